@@ -1,0 +1,144 @@
+//! Per-hop flow counters: TC programs on ingress and egress of each traced device.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::bpf_skb_load_bytes,
+    macros::{classifier, map},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    programs::TcContext,
+};
+use tracer_ebpf::{
+    DIR_EGRESS, DIR_INGRESS, DeviceInfo, FlowKey, FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST,
+    TUPLE_FRAG_REST, counter,
+    parse::{Reader, parse_ethernet},
+};
+
+use crate::{
+    kernel,
+    maps::{config, count},
+};
+
+/// Default size of each flow map; userspace resizes it from `--flow-map-size`.
+const FLOW_MAP_ENTRIES: u32 = 65536;
+
+// Two maps so that userspace can drain one while the programs fill the other:
+// `FLOW_GENERATION[0]` says which one the programs write to.
+#[map]
+static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
+#[map]
+static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
+#[map]
+static FLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+/// `struct net_device` address -> which device it is, written when a flow is first
+/// seen so that userspace can name the `dev` of a [`FlowKey`].
+#[map]
+static DEVICES: HashMap<u64, DeviceInfo> = HashMap::with_max_entries(4096, 0);
+/// Room for the key being built: it does not fit the 512-byte eBPF stack with the rest.
+#[map]
+static FLOW_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    record(&ctx, DIR_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    record(&ctx, DIR_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+struct Skb<'a>(&'a TcContext);
+
+impl Reader for Skb<'_> {
+    #[inline(always)]
+    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
+        unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb.cast(),
+                off,
+                dst.as_mut_ptr().cast(),
+                N as u32,
+            ) == 0
+        }
+    }
+}
+
+#[inline(always)]
+fn record(ctx: &TcContext, dir: u8) {
+    let Some(key) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let key = unsafe { &mut *key };
+    let skb = ctx.skb.skb;
+    let (ifindex, gso_segs, gso_size) =
+        unsafe { ((*skb).ifindex, (*skb).gso_segs, (*skb).gso_size) };
+    // The context of a TC program is the kernel's `struct sk_buff`: read its
+    // device pointer, which names the device across namespaces.
+    let dev = kernel::skb_dev(skb as u64);
+    *key = FlowKey {
+        dev,
+        ifindex,
+        dir,
+        ..FlowKey::default()
+    };
+    let parsed = parse_ethernet(&Skb(ctx), &config!(vxlan_ports), &mut key.id);
+    if key.id.outer.family == 0 {
+        // Not IP (ARP, LLDP...): not a flow.
+        return;
+    }
+    // A GSO skb is `gso_segs` packets on the wire, each with its own copy of the headers.
+    let len = ctx.len() as u64;
+    let (packets, bytes, seg_len) = if gso_segs > 1 {
+        let hdr = parsed.hdr_end as u64;
+        (
+            gso_segs as u64,
+            len + (gso_segs as u64 - 1) * hdr,
+            hdr + gso_size as u64,
+        )
+    } else {
+        (1, len, len)
+    };
+    let flags = key.id.outer.flags;
+    let apply = |s: &mut FlowStats| {
+        s.packets += packets;
+        s.bytes += bytes;
+        if flags & TUPLE_FRAG_FIRST != 0 {
+            s.frags_first += packets;
+        }
+        if flags & TUPLE_FRAG_REST != 0 {
+            s.frags_rest += packets;
+        }
+        if flags & TUPLE_DF != 0 {
+            s.df += packets;
+        }
+        if seg_len as u32 > s.max_len {
+            s.max_len = seg_len as u32;
+        }
+    };
+    let map = match FLOW_GENERATION.get(0) {
+        Some(1) => &FLOWS_1,
+        _ => &FLOWS_0,
+    };
+    if let Some(s) = map.get_ptr_mut(&*key) {
+        apply(unsafe { &mut *s });
+        return;
+    }
+    let info = DeviceInfo {
+        ifindex,
+        netns_inode: kernel::dev_netns_inode(dev),
+    };
+    let _ = DEVICES.insert(&dev, &info, 0);
+    let mut s = FlowStats::default();
+    apply(&mut s);
+    if map.insert(&*key, &s, BPF_NOEXIST as u64).is_err() {
+        // Another CPU may have inserted the key meanwhile; anything else is a full map.
+        match map.get_ptr_mut(&*key) {
+            Some(s) => apply(unsafe { &mut *s }),
+            None => count(counter::FLOW_MAP_FULL),
+        }
+    }
+}

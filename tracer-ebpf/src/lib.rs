@@ -1,0 +1,161 @@
+//! Types shared by the eBPF programs and userspace.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields, so its layout is
+//! the same on both sides and no byte of a map key is left uninitialised (an
+//! uninitialised padding byte in a hash key would split one flow into many).
+#![no_std]
+
+pub mod parse;
+
+/// Address family of a [`Tuple`].
+pub const FAMILY_NONE: u8 = 0;
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// [`Tuple::flags`]: the ports are valid (TCP/UDP header was read).
+pub const TUPLE_PORTS: u8 = 1 << 0;
+/// [`Tuple::flags`]: a first fragment (offset 0, more fragments follow).
+pub const TUPLE_FRAG_FIRST: u8 = 1 << 1;
+/// [`Tuple::flags`]: a non-first fragment; it carries no L4 header.
+pub const TUPLE_FRAG_REST: u8 = 1 << 2;
+/// [`Tuple::flags`]: IPv4 "don't fragment" is set.
+pub const TUPLE_DF: u8 = 1 << 3;
+
+/// An L3/L4 flow tuple. IPv4 addresses use the first 4 bytes of `src`/`dst`.
+/// Ports are in host byte order and zero unless [`TUPLE_PORTS`] is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Bit set in [`FlowId::vni`] when the packet was VXLAN; the low 24 bits are the VNI.
+pub const VNI_PRESENT: u32 = 1 << 31;
+
+/// What a packet is: its outer tuple, and for VXLAN the VNI and inner tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowId {
+    pub outer: Tuple,
+    pub inner: Tuple,
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Key of the per-hop flow counters kept by the TC programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Address of the `struct net_device`: unlike the ifindex it is unique
+    /// across namespaces. The `DEVICES` map says which device it is.
+    pub dev: u64,
+    pub ifindex: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+    pub id: FlowId,
+}
+
+/// Per-CPU counters of one [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets on the wire: a GSO skb counts as its number of segments.
+    pub packets: u64,
+    /// Bytes on the wire from the L2 header on, segment headers of GSO skbs included.
+    pub bytes: u64,
+    pub frags_first: u64,
+    pub frags_rest: u64,
+    pub df: u64,
+    /// Largest packet (one segment of a GSO skb) in bytes from the L2 header on.
+    pub max_len: u32,
+    pub _pad: u32,
+}
+
+/// What a `struct net_device` address in a [`FlowKey`] stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ifindex: u32,
+    /// Inode of the device's network namespace (`net->ns.inum`).
+    pub netns_inode: u32,
+}
+
+/// Indices into the `COUNTERS` per-CPU array: events the programs could not record.
+pub mod counter {
+    /// A flow could not be inserted because the flow map was full.
+    pub const FLOW_MAP_FULL: u32 = 0;
+    pub const COUNT: u32 = 8;
+}
+
+/// Maximum number of UDP ports decoded as VXLAN.
+pub const MAX_VXLAN_PORTS: usize = 8;
+
+/// Byte offsets of the kernel struct fields the programs read. Rust eBPF has no
+/// CO-RE, so userspace reads them from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+    pub skb_data_len: u32,
+    pub skb_network_header: u32,
+    pub skb_mac_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_protocol: u32,
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    pub net_inum: u32,
+    pub sk_net: u32,
+}
+
+/// Load-time configuration of the programs, written into `.rodata` by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: Offsets,
+    /// UDP destination ports decoded as VXLAN; 0 marks an unused slot.
+    pub vxlan_ports: [u16; MAX_VXLAN_PORTS],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::Tuple {}
+    unsafe impl aya::Pod for super::FlowId {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::DeviceInfo {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    // A size that is not the sum of the fields means the compiler inserted padding.
+    #[test]
+    fn shared_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<Tuple>(), 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
+        assert_eq!(size_of::<FlowId>(), 40 + 40 + 4 + 4);
+        assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
+        assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
+        assert_eq!(size_of::<DeviceInfo>(), 8);
+        assert_eq!(size_of::<Offsets>(), 14 * 4);
+        assert_eq!(size_of::<Config>(), 14 * 4 + 2 * MAX_VXLAN_PORTS);
+    }
+}

@@ -1,0 +1,176 @@
+//! The few `bpf(2)` commands aya 0.14 does not offer: batched draining of a
+//! hash map, and a barrier that waits for running BPF programs to finish.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd`;
+    // the kernel zero-fills the rest.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn map_create(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
+    let fd = bpf(BPF_MAP_CREATE, attr)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until every BPF program that was running when [`Barrier::wait`] was
+/// called has returned.
+///
+/// The kernel calls `synchronize_rcu()` after an update of a map-of-maps so
+/// that userspace knows no program still uses the old inner map (see
+/// `maybe_wait_bpf_programs` in kernel/bpf/syscall.c). tc and tracepoint
+/// programs run inside RCU read-side sections, so once the update returns, a
+/// program that read the old buffer generation has finished writing to it.
+pub struct Barrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl Barrier {
+    pub fn new() -> io::Result<Self> {
+        let inner = map_create(&mut MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            ..Default::default()
+        })?;
+        let outer = map_create(&mut MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            inner_map_fd: inner.as_raw_fd() as u32,
+            ..Default::default()
+        })?;
+        Ok(Self { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            &mut MapElemAttr {
+                map_fd: self.outer.as_raw_fd() as u32,
+                key: &key as *const u32 as u64,
+                value: &value as *const u32 as u64,
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Removes every entry of a per-CPU hash map, calling `f(key, values)` for
+/// each, where `values` holds one value per possible CPU, each padded to 8 bytes.
+///
+/// Only safe from lost updates when no program writes to the map meanwhile;
+/// callers switch the programs to the other buffer and wait on a [`Barrier`] first.
+pub fn drain_percpu_hash(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    ncpus: usize,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> io::Result<usize> {
+    let stride = value_size.div_ceil(8) * 8 * ncpus;
+    let mut chunk: usize = 1024;
+    let mut keys = vec![0u8; key_size * chunk];
+    let mut values = vec![0u8; stride * chunk];
+    let mut token = [0u8; 8];
+    let mut first = true;
+    let mut total = 0;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let done = match bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            // A hash bucket holds more entries than `count`: retry with room for them.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
+                chunk *= 2;
+                keys.resize(key_size * chunk, 0);
+                values.resize(stride * chunk, 0);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let n = attr.count as usize;
+        for i in 0..n {
+            f(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * stride..(i + 1) * stride],
+            );
+        }
+        total += n;
+        first = false;
+        if done {
+            return Ok(total);
+        }
+    }
+}

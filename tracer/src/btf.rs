@@ -1,0 +1,168 @@
+//! What the running kernel's BTF says: struct field offsets for the eBPF
+//! programs (Rust eBPF has no CO-RE) and names of enum values.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use tracer_ebpf::Offsets;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+pub fn load_kernel() -> Result<Btf> {
+    if !std::path::Path::new(VMLINUX).exists() {
+        bail!(
+            "the kernel exposes no BTF ({VMLINUX} is missing): tracer needs CONFIG_DEBUG_INFO_BTF=y"
+        );
+    }
+    Btf::from_file(VMLINUX).map_err(|e| anyhow!("read {VMLINUX}: {e}"))
+}
+
+/// Offsets of every field the programs read, from `btf`.
+pub fn offsets(btf: &Btf) -> Result<Offsets> {
+    let f = |s: &str, path: &str| member_offset(btf, s, path);
+    Ok(Offsets {
+        skb_dev: f("sk_buff", "dev")?,
+        skb_sk: f("sk_buff", "sk")?,
+        skb_head: f("sk_buff", "head")?,
+        skb_data: f("sk_buff", "data")?,
+        skb_len: f("sk_buff", "len")?,
+        skb_data_len: f("sk_buff", "data_len")?,
+        skb_network_header: f("sk_buff", "network_header")?,
+        skb_mac_header: f("sk_buff", "mac_header")?,
+        skb_transport_header: f("sk_buff", "transport_header")?,
+        skb_protocol: f("sk_buff", "protocol")?,
+        dev_ifindex: f("net_device", "ifindex")?,
+        dev_nd_net: f("net_device", "nd_net.net")?,
+        net_inum: f("net", "ns.inum")?,
+        sk_net: f("sock", "__sk_common.skc_net.net")?,
+    })
+}
+
+/// Follows typedefs and qualifiers to the type they name.
+fn strip(btf: &Btf, mut t: Type) -> Result<Type> {
+    loop {
+        match t {
+            Type::Typedef(_)
+            | Type::Const(_)
+            | Type::Volatile(_)
+            | Type::Restrict(_)
+            | Type::TypeTag(_) => {
+                t = btf.resolve_chained_type(t.as_btf_type().expect("has btf type"))?;
+            }
+            _ => return Ok(t),
+        }
+    }
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("struct {name} not in kernel BTF"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("struct {name} not in kernel BTF"))
+}
+
+/// Byte offset of `path` (dot-separated member names) in `struct name`,
+/// looking through anonymous unions and structs as C does.
+pub fn member_offset(btf: &Btf, name: &str, path: &str) -> Result<u32> {
+    let mut s = find_struct(btf, name)?;
+    let mut offset = 0;
+    let mut segments = path.split('.').peekable();
+    while let Some(seg) = segments.next() {
+        let (bits, ty) = find_member(btf, &s, seg)?
+            .ok_or_else(|| anyhow!("kernel BTF: struct {name} has no member {path}"))?;
+        if bits % 8 != 0 {
+            bail!("kernel BTF: {name}.{path} is a bitfield");
+        }
+        offset += bits / 8;
+        if segments.peek().is_some() {
+            s = match strip(btf, ty)? {
+                Type::Struct(inner) | Type::Union(inner) => inner,
+                _ => bail!("kernel BTF: {name}.{path}: {seg} is not a struct"),
+            };
+        }
+    }
+    Ok(offset)
+}
+
+/// Bit offset and type of member `want` of `s`, searching anonymous members too.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, want: &str) -> Result<Option<(u32, Type)>> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let ty = btf.resolve_chained_type(m)?;
+        if name == want {
+            return Ok(Some((m.bit_offset(), ty)));
+        }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = strip(btf, ty)?
+            && let Some((bits, t)) = find_member(btf, &inner, want)?
+        {
+            return Ok(Some((m.bit_offset() + bits, t)));
+        }
+    }
+    Ok(None)
+}
+
+/// Values of `enum name`, as (name, value).
+pub fn enum_values(btf: &Btf, name: &str) -> Result<Vec<(String, u64)>> {
+    for t in btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("enum {name} not in kernel BTF"))?
+    {
+        match t {
+            Type::Enum(e) => {
+                return e
+                    .members
+                    .iter()
+                    .map(|m| Ok((btf.resolve_name(m)?, m.val() as u64)))
+                    .collect();
+            }
+            Type::Enum64(e) => {
+                return e
+                    .members
+                    .iter()
+                    .map(|m| Ok((btf.resolve_name(m)?, m.val())))
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    Err(anyhow!("enum {name} not in kernel BTF"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_kernel_offsets_are_plausible() {
+        let btf = load_kernel().unwrap();
+        let o = offsets(&btf).unwrap();
+        // Every sk_buff field lies inside the struct, and distinct fields differ.
+        let skb = [
+            o.skb_dev,
+            o.skb_sk,
+            o.skb_head,
+            o.skb_data,
+            o.skb_len,
+            o.skb_data_len,
+            o.skb_network_header,
+            o.skb_mac_header,
+            o.skb_transport_header,
+            o.skb_protocol,
+        ];
+        let mut sorted = skb.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), skb.len(), "{o:?}");
+        assert!(skb.iter().all(|&x| x < 256), "{o:?}");
+        // `dev` shares its anonymous union with `dev_scratch`: same offset.
+        assert_eq!(
+            member_offset(&btf, "sk_buff", "dev_scratch").unwrap(),
+            o.skb_dev
+        );
+        assert!(member_offset(&btf, "sk_buff", "no_such_field").is_err());
+    }
+}

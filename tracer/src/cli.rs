@@ -1,0 +1,127 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Per-flow counters for veth, bridge and VXLAN hops, from eBPF",
+    long_about = "Attaches eBPF programs to every veth, bridge and VXLAN device of the chosen \
+                  network namespaces and prints, per flow and hop, packets, bytes, fragments \
+                  and the largest packet; VXLAN traffic is shown with its VNI and inner flow."
+)]
+pub struct Cli {
+    /// Trace only this device (repeatable). Default: every veth, bridge and VXLAN device.
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+
+    /// Trace in this network namespace (repeatable): a name from `ip netns`, a path such as
+    /// /var/run/docker/netns/<id>, `pid:N`, or `all` (every named and Docker namespace).
+    /// Default: tracer's own namespace.
+    #[arg(long = "netns", value_name = "NS")]
+    pub netns: Vec<String>,
+
+    /// Also decode UDP to this destination port as VXLAN (repeatable). 4789 and the ports of
+    /// VXLAN devices found are always decoded.
+    #[arg(long = "vxlan-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan_ports: Vec<u16>,
+
+    /// Seconds between reports.
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds and print totals.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub duration: Option<Duration>,
+
+    /// Output format. `auto`: a live table on a terminal, text lines otherwise.
+    #[arg(long, value_enum, default_value_t = Output::Auto)]
+    pub output: Output,
+
+    /// Entries of each in-kernel flow map (two maps are used in turn). Flows beyond it
+    /// are counted as lost and shown.
+    #[arg(long, default_value_t = 65536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    pub flow_map_size: u32,
+
+    /// Create this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Auto,
+    Table,
+    Text,
+    Json,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(v > 0.0 && v.is_finite() && v <= 1e9) {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("tracer").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert!(c.ifaces.is_empty() && c.netns.is_empty() && c.vxlan_ports.is_empty());
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.output, Output::Auto);
+        assert_eq!(c.duration, None);
+    }
+
+    #[test]
+    fn repeatable_and_fractional() {
+        let c = parse(&[
+            "--iface",
+            "a",
+            "--iface",
+            "b",
+            "--vxlan-port",
+            "8472",
+            "--interval",
+            "0.5",
+            "--output",
+            "json",
+            "--netns",
+            "pid:1",
+        ])
+        .unwrap();
+        assert_eq!(c.ifaces, ["a", "b"]);
+        assert_eq!(c.vxlan_ports, [8472]);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.output, Output::Json);
+        assert_eq!(c.netns, ["pid:1"]);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (args, needle) in [
+            (&["--vxlan-port", "70000"][..], "70000"),
+            (&["--vxlan-port", "0"][..], "0"),
+            (&["--interval", "0"][..], "positive"),
+            (&["--duration", "soon"][..], "not a number"),
+            (&["--flow-map-size", "0"][..], "0"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Draining a pair of per-CPU hash maps that the eBPF programs fill in turn.
+//!
+//! The programs write to the map named by a generation index. To drain, userspace
+//! points them at the other map, waits on a [`Barrier`] until no program can
+//! still be writing to the old one, then empties it with batched
+//! lookup-and-delete. No update is lost between the read and the delete, which a
+//! single map drained in place cannot promise.
+
+use std::os::fd::AsFd as _;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, Map, MapData},
+};
+
+use crate::bpf_sys::{Barrier, drain_percpu_hash};
+
+pub struct DoubleBuffer {
+    generation: Array<MapData, u32>,
+    maps: [MapData; 2],
+    active: u32,
+    ncpus: usize,
+}
+
+impl DoubleBuffer {
+    /// Takes the maps out of `ebpf`: `generation` is an array of one u32,
+    /// `names` the two per-CPU hash maps it selects between.
+    pub fn take(ebpf: &mut Ebpf, generation: &str, names: [&str; 2]) -> Result<Self> {
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+        };
+        let generation = Array::try_from(take(ebpf, generation)?)?;
+        let mut maps = Vec::with_capacity(2);
+        for name in names {
+            match take(ebpf, name)? {
+                Map::PerCpuHashMap(data) => maps.push(data),
+                _ => return Err(anyhow!("map {name} is not a per-CPU hash map")),
+            }
+        }
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let maps: [MapData; 2] = maps.try_into().map_err(|_| anyhow!("two maps expected"))?;
+        Ok(Self {
+            generation,
+            maps,
+            active: 0,
+            ncpus,
+        })
+    }
+
+    /// Switches the programs to the other map and hands every entry of the one
+    /// they were writing to `f`, with one value per possible CPU; returns the
+    /// number of entries.
+    pub fn drain<K: Pod, V: Pod>(
+        &mut self,
+        barrier: &Barrier,
+        mut f: impl FnMut(K, &[V]),
+    ) -> Result<usize> {
+        let old = self.active;
+        let new = 1 - old;
+        self.generation
+            .set(0, new, 0)
+            .context("switch map generation")?;
+        barrier.wait().context("wait for running BPF programs")?;
+        self.active = new;
+
+        let stride = size_of::<V>().div_ceil(8) * 8;
+        let mut values: Vec<V> = Vec::with_capacity(self.ncpus);
+        let n = drain_percpu_hash(
+            self.maps[old as usize].fd().as_fd(),
+            size_of::<K>(),
+            size_of::<V>(),
+            self.ncpus,
+            |k, v| {
+                // SAFETY: the kernel wrote `size_of::<K>()` bytes of a `K` and,
+                // per CPU, `size_of::<V>()` bytes of a `V`; both are Pod.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) };
+                values.clear();
+                for cpu in 0..self.ncpus {
+                    let p = v[cpu * stride..].as_ptr().cast::<V>();
+                    values.push(unsafe { std::ptr::read_unaligned(p) });
+                }
+                f(key, &values);
+            },
+        )
+        .context("drain map")?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,215 @@
+//! Turning drained counters into output: JSON lines, plain text lines, or a
+//! live table. Renderers write to an injected `Write` so that tests can
+//! capture exactly what a user would see.
+
+pub mod json;
+pub mod table;
+pub mod text;
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
+
+use crate::flows::Counts;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Counts of the last interval.
+    Interval,
+    /// Counts of the whole run, printed once at exit.
+    Total,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Interval => "interval",
+            Scope::Total => "total",
+        }
+    }
+}
+
+/// One flow at one hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRow {
+    pub netns: String,
+    pub iface: String,
+    pub dir: &'static str,
+    pub id: FlowId,
+    pub counts: Counts,
+}
+
+/// Events the eBPF side could not record, and other signs that counts are incomplete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Flows not counted because the flow map was full.
+    pub flow_map_full: u64,
+}
+
+/// Everything printed for one interval, or for the whole run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scope: Scope,
+    /// Length of the interval, or of the whole run.
+    pub elapsed: Duration,
+    pub flows: Vec<FlowRow>,
+    pub health: Health,
+}
+
+/// Where reports go.
+pub trait Sink {
+    fn report(&mut self, report: &Report) -> io::Result<()>;
+}
+
+/// Printable view of a [`Tuple`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub proto: Proto,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Named(&'static str),
+    Number(u8),
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proto::Named(n) => f.write_str(n),
+            Proto::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Endpoints {
+    pub fn of(t: &Tuple) -> Self {
+        let addr = |a: &[u8; 16]| match t.family {
+            FAMILY_IPV4 => Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()),
+            FAMILY_IPV6 => Some(Ipv6Addr::from(*a).to_string()),
+            _ => None,
+        };
+        let ports = t.flags & TUPLE_PORTS != 0;
+        Endpoints {
+            proto: match t.proto {
+                6 => Proto::Named("tcp"),
+                17 => Proto::Named("udp"),
+                1 => Proto::Named("icmp"),
+                58 => Proto::Named("icmpv6"),
+                n => Proto::Number(n),
+            },
+            src: addr(&t.src),
+            dst: addr(&t.dst),
+            sport: ports.then_some(t.sport),
+            dport: ports.then_some(t.dport),
+        }
+    }
+
+    /// `10.0.0.1:5000` or `[fd00::1]:5000`, without the port where there is none.
+    pub fn src_str(&self) -> String {
+        host_port(self.src.as_deref(), self.sport)
+    }
+
+    pub fn dst_str(&self) -> String {
+        host_port(self.dst.as_deref(), self.dport)
+    }
+}
+
+fn host_port(addr: Option<&str>, port: Option<u16>) -> String {
+    match (addr, port) {
+        (None, _) => "-".to_string(),
+        (Some(a), None) => a.to_string(),
+        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+    }
+}
+
+/// The VNI of a VXLAN flow.
+pub fn vni(id: &FlowId) -> Option<u32> {
+    (id.vni & VNI_PRESENT != 0).then_some(id.vni & 0x00ff_ffff)
+}
+
+/// The encapsulated packet of a VXLAN flow.
+pub fn inner(id: &FlowId) -> Option<Endpoints> {
+    (id.inner.family != 0).then(|| Endpoints::of(&id.inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_ebpf::{FAMILY_NONE, TUPLE_FRAG_REST};
+
+    use super::*;
+
+    fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, ports: Option<(u16, u16)>) -> Tuple {
+        let mut t = Tuple {
+            family: FAMILY_IPV4,
+            proto,
+            ..Tuple::default()
+        };
+        t.src[..4].copy_from_slice(&src);
+        t.dst[..4].copy_from_slice(&dst);
+        if let Some((s, d)) = ports {
+            t.sport = s;
+            t.dport = d;
+            t.flags |= TUPLE_PORTS;
+        }
+        t
+    }
+
+    #[test]
+    fn ipv4_udp_endpoints() {
+        let e = Endpoints::of(&v4([10, 0, 0, 1], [10, 0, 0, 2], 17, Some((4000, 4789))));
+        assert_eq!(e.proto.to_string(), "udp");
+        assert_eq!(e.src_str(), "10.0.0.1:4000");
+        assert_eq!(e.dst_str(), "10.0.0.2:4789");
+    }
+
+    #[test]
+    fn ports_absent_without_the_flag_even_if_nonzero() {
+        let mut t = v4([1, 1, 1, 1], [2, 2, 2, 2], 17, None);
+        t.sport = 99;
+        t.flags |= TUPLE_FRAG_REST;
+        let e = Endpoints::of(&t);
+        assert_eq!((e.sport, e.dport), (None, None));
+        assert_eq!(e.src_str(), "1.1.1.1");
+    }
+
+    #[test]
+    fn ipv6_and_unknown_protocols() {
+        let t = Tuple {
+            family: FAMILY_IPV6,
+            proto: 47,
+            src: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            dst: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            sport: 1,
+            dport: 2,
+            flags: TUPLE_PORTS,
+            _pad: 0,
+        };
+        let e = Endpoints::of(&t);
+        assert_eq!(e.proto, Proto::Number(47));
+        assert_eq!(e.src_str(), "[fd00::1]:1");
+        assert_eq!(e.dst.as_deref(), Some("fd00::2"));
+    }
+
+    #[test]
+    fn vni_and_inner_only_for_vxlan() {
+        let mut id = FlowId::default();
+        assert_eq!(vni(&id), None);
+        assert!(inner(&id).is_none());
+        id.vni = VNI_PRESENT | 4242;
+        id.inner = v4([172, 16, 0, 1], [172, 16, 0, 2], 1, None);
+        assert_eq!(vni(&id), Some(4242));
+        assert_eq!(inner(&id).unwrap().proto.to_string(), "icmp");
+        id.inner.family = FAMILY_NONE;
+        assert!(inner(&id).is_none());
+    }
+}

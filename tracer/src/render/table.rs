@@ -1,0 +1,321 @@
+//! Live table for a terminal: redrawn every interval, sorted by traffic,
+//! cut to the terminal's width and height.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+};
+
+use tracer_ebpf::FlowId;
+
+use super::{Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use crate::flows::Counts;
+
+/// Size of the terminal, or of the test's pretend one.
+pub trait Screen {
+    fn size(&self) -> (usize, usize);
+}
+
+/// The terminal on stdout.
+pub struct Terminal;
+
+impl Screen for Terminal {
+    fn size(&self) -> (usize, usize) {
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ fills a winsize.
+        if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0
+            && ws.ws_col > 0
+        {
+            (ws.ws_col as usize, ws.ws_row as usize)
+        } else {
+            (120, 40)
+        }
+    }
+}
+
+pub struct TableSink<W: Write, S: Screen> {
+    out: W,
+    screen: S,
+    /// Run totals per row, for the cumulative columns.
+    totals: HashMap<(String, String, &'static str, FlowId), Counts>,
+}
+
+impl<W: Write, S: Screen> TableSink<W, S> {
+    pub fn new(out: W, screen: S) -> Self {
+        Self {
+            out,
+            screen,
+            totals: HashMap::new(),
+        }
+    }
+}
+
+const HEADERS: [&str; 12] = [
+    "NETNS",
+    "IFACE",
+    "DIR",
+    "PROTO",
+    "SOURCE",
+    "DESTINATION",
+    "VNI",
+    "INNER",
+    "PKT/s",
+    "BYTES/s",
+    "PACKETS",
+    "BYTES",
+];
+const EXTRA: [&str; 3] = ["FRAGS", "DF", "MAXLEN"];
+/// Columns that give up width first when the terminal is narrow, widest first.
+const SHRINKABLE: [usize; 3] = [7, 4, 5];
+
+fn human(n: f64) -> String {
+    const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn cells(row: &FlowRow, rate: &Counts, secs: f64, total: &Counts) -> Vec<String> {
+    let outer = Endpoints::of(&row.id.outer);
+    let inner = inner(&row.id)
+        .map(|i| format!("{} {} > {}", i.proto, i.src_str(), i.dst_str()))
+        .unwrap_or_default();
+    vec![
+        row.netns.clone(),
+        row.iface.clone(),
+        if row.dir == "ingress" { "in" } else { "out" }.to_string(),
+        outer.proto.to_string(),
+        outer.src_str(),
+        outer.dst_str(),
+        vni(&row.id).map(|v| v.to_string()).unwrap_or_default(),
+        inner,
+        human(rate.packets as f64 / secs),
+        human(rate.bytes as f64 / secs),
+        total.packets.to_string(),
+        total.bytes.to_string(),
+        format!("{}+{}", total.frags_first, total.frags_rest),
+        total.df.to_string(),
+        total.max_len.to_string(),
+    ]
+}
+
+fn fit(cell: &str, width: usize) -> String {
+    if cell.chars().count() <= width {
+        format!("{cell:<width$}")
+    } else if width == 0 {
+        String::new()
+    } else {
+        let s: String = cell.chars().take(width - 1).collect();
+        format!("{s}~")
+    }
+}
+
+/// Lays out `rows` (header first) in at most `width` columns of text.
+fn layout(rows: &[Vec<String>], width: usize) -> Vec<String> {
+    let ncols = rows[0].len();
+    let mut widths: Vec<usize> = (0..ncols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
+    for &c in &SHRINKABLE {
+        let over = total(&widths).saturating_sub(width);
+        if over == 0 {
+            break;
+        }
+        let min = HEADERS[c].len().max(7);
+        widths[c] -= over.min(widths[c].saturating_sub(min));
+    }
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| fit(c, *w)).collect();
+            let line = line.join("  ");
+            let line = line.trim_end();
+            line.chars().take(width).collect()
+        })
+        .collect()
+}
+
+impl<W: Write, S: Screen> Sink for TableSink<W, S> {
+    fn report(&mut self, r: &Report) -> io::Result<()> {
+        let (width, height) = self.screen.size();
+        let secs = r.elapsed.as_secs_f64().max(1e-3);
+        let mut entries: Vec<(&FlowRow, Counts)> = r
+            .flows
+            .iter()
+            .map(|row| {
+                let key = (row.netns.clone(), row.iface.clone(), row.dir, row.id);
+                let total = match r.scope {
+                    Scope::Interval => {
+                        let t = self.totals.entry(key).or_default();
+                        t.add(&row.counts);
+                        *t
+                    }
+                    Scope::Total => row.counts,
+                };
+                (row, total)
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (b.0.counts.bytes, b.1.bytes)
+                .cmp(&(a.0.counts.bytes, a.1.bytes))
+                .then_with(|| (&a.0.netns, &a.0.iface).cmp(&(&b.0.netns, &b.0.iface)))
+        });
+        let mut rows = vec![
+            HEADERS
+                .iter()
+                .chain(EXTRA.iter())
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        ];
+        // Title, header, and a line for what did not fit.
+        let room = height.saturating_sub(3).max(1);
+        let shown = entries.len().min(room);
+        for (row, total) in &entries[..shown] {
+            rows.push(cells(row, &row.counts, secs, total));
+        }
+        let mut title = match r.scope {
+            Scope::Interval => format!(
+                "tracer  interval {:.1}s  {} flows",
+                r.elapsed.as_secs_f64(),
+                entries.len()
+            ),
+            Scope::Total => format!(
+                "tracer  totals for {:.1}s  {} flows",
+                r.elapsed.as_secs_f64(),
+                entries.len()
+            ),
+        };
+        if r.health.flow_map_full > 0 {
+            title.push_str(&format!(
+                "  FLOW MAP FULL: {} packets not counted (raise --flow-map-size)",
+                r.health.flow_map_full
+            ));
+        }
+        if r.scope == Scope::Interval {
+            // Clear the screen and home the cursor for a redraw.
+            write!(self.out, "\x1b[H\x1b[2J")?;
+        }
+        writeln!(self.out, "{}", fit(&title, width).trim_end())?;
+        for line in layout(&rows, width) {
+            writeln!(self.out, "{line}")?;
+        }
+        if shown < entries.len() {
+            writeln!(self.out, "... {} more flows", entries.len() - shown)?;
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracer_ebpf::{FAMILY_IPV4, TUPLE_PORTS, Tuple};
+
+    use super::*;
+    use crate::render::Health;
+
+    struct Fixed(usize, usize);
+    impl Screen for Fixed {
+        fn size(&self) -> (usize, usize) {
+            (self.0, self.1)
+        }
+    }
+
+    fn row(iface: &str, bytes: u64) -> FlowRow {
+        let mut t = Tuple {
+            family: FAMILY_IPV4,
+            proto: 17,
+            sport: 1000,
+            dport: 53,
+            flags: TUPLE_PORTS,
+            ..Tuple::default()
+        };
+        t.src[..4].copy_from_slice(&[10, 1, 0, 1]);
+        t.dst[..4].copy_from_slice(&[10, 1, 0, 2]);
+        FlowRow {
+            netns: "ns".into(),
+            iface: iface.into(),
+            dir: "egress",
+            id: FlowId {
+                outer: t,
+                ..FlowId::default()
+            },
+            counts: Counts {
+                packets: bytes / 100,
+                bytes,
+                max_len: 100,
+                ..Counts::default()
+            },
+        }
+    }
+
+    fn render(width: usize, height: usize, reports: &[Report]) -> String {
+        let mut out = Vec::new();
+        let mut sink = TableSink::new(&mut out, Fixed(width, height));
+        for r in reports {
+            sink.report(r).unwrap();
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn interval(flows: Vec<FlowRow>) -> Report {
+        Report {
+            scope: Scope::Interval,
+            elapsed: Duration::from_secs(2),
+            flows,
+            health: Health::default(),
+        }
+    }
+
+    #[test]
+    fn sorted_by_bytes_with_rates_and_running_totals() {
+        let out = render(
+            200,
+            20,
+            &[
+                interval(vec![row("a", 1000)]),
+                interval(vec![row("a", 200), row("b", 4000)]),
+            ],
+        );
+        let second = out.rsplit("\x1b[H\x1b[2J").next().unwrap();
+        let lines: Vec<&str> = second.lines().collect();
+        assert_eq!(lines[0], "tracer  interval 2.0s  2 flows");
+        assert!(lines[1].starts_with("NETNS  IFACE  DIR  PROTO  SOURCE"));
+        // b moved more bytes this interval: first. a: 200 bytes over 2 s, 1200 in all.
+        assert!(
+            lines[2].starts_with("ns     b      out  udp    10.1.0.1:1000"),
+            "{second}"
+        );
+        assert!(
+            lines[3].contains(" 100 ") && lines[3].contains(" 1200 "),
+            "{second}"
+        );
+    }
+
+    #[test]
+    fn fits_narrow_and_short_terminals() {
+        let flows: Vec<FlowRow> = (0..30).map(|i| row(&format!("if{i}"), 100 * i)).collect();
+        let out = render(60, 10, &[interval(flows)]);
+        let body = out.trim_start_matches("\x1b[H\x1b[2J");
+        assert!(body.lines().all(|l| l.chars().count() <= 60), "{body}");
+        assert_eq!(body.lines().count(), 10);
+        assert_eq!(body.lines().last().unwrap(), "... 23 more flows");
+    }
+
+    #[test]
+    fn map_full_is_shown_in_the_title() {
+        let mut r = interval(vec![]);
+        r.health.flow_map_full = 5;
+        let out = render(200, 10, &[r]);
+        assert!(out.contains("FLOW MAP FULL: 5 packets not counted"));
+    }
+}

@@ -1,0 +1,129 @@
+//! Plain text: one line per row, `key=value` fields, for pipes and logs.
+
+use std::io::{self, Write};
+
+use super::{Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+
+pub struct TextSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> TextSink<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+pub fn flow_line(scope: Scope, row: &FlowRow) -> String {
+    let outer = Endpoints::of(&row.id.outer);
+    let mut line = format!(
+        "flow {} netns={} iface={} dir={} {} {} > {}",
+        scope.as_str(),
+        row.netns,
+        row.iface,
+        row.dir,
+        outer.proto,
+        outer.src_str(),
+        outer.dst_str()
+    );
+    if let Some(vni) = vni(&row.id) {
+        line.push_str(&format!(" vni={vni}"));
+    }
+    if let Some(i) = inner(&row.id) {
+        line.push_str(&format!(
+            " inner=[{} {} > {}]",
+            i.proto,
+            i.src_str(),
+            i.dst_str()
+        ));
+    }
+    let c = &row.counts;
+    line.push_str(&format!(
+        " packets={} bytes={} frags_first={} frags_rest={} df={} max_len={}",
+        c.packets, c.bytes, c.frags_first, c.frags_rest, c.df, c.max_len
+    ));
+    line
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn report(&mut self, r: &Report) -> io::Result<()> {
+        for row in &r.flows {
+            writeln!(self.out, "{}", flow_line(r.scope, row))?;
+        }
+        if r.scope == Scope::Total || r.health.flow_map_full > 0 {
+            writeln!(
+                self.out,
+                "health {} seconds={:.3} flow_map_full={}",
+                r.scope.as_str(),
+                r.elapsed.as_secs_f64(),
+                r.health.flow_map_full
+            )?;
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
+
+    use super::*;
+    use crate::{flows::Counts, render::Health};
+
+    #[test]
+    fn one_line_per_flow_then_health() {
+        let mut outer = Tuple {
+            family: FAMILY_IPV4,
+            proto: 17,
+            sport: 5000,
+            dport: 4789,
+            flags: TUPLE_PORTS,
+            ..Tuple::default()
+        };
+        outer.src[..4].copy_from_slice(&[192, 168, 0, 1]);
+        outer.dst[..4].copy_from_slice(&[192, 168, 0, 2]);
+        let mut inner = Tuple {
+            family: FAMILY_IPV4,
+            proto: 6,
+            sport: 1,
+            dport: 80,
+            flags: TUPLE_PORTS,
+            ..Tuple::default()
+        };
+        inner.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        inner.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let report = Report {
+            scope: Scope::Total,
+            elapsed: Duration::from_millis(1500),
+            flows: vec![FlowRow {
+                netns: "a".into(),
+                iface: "eth0".into(),
+                dir: "egress",
+                id: FlowId {
+                    outer,
+                    inner,
+                    vni: VNI_PRESENT | 7,
+                    _pad: 0,
+                },
+                counts: Counts {
+                    packets: 2,
+                    bytes: 200,
+                    max_len: 100,
+                    ..Counts::default()
+                },
+            }],
+            health: Health::default(),
+        };
+        let mut out = Vec::new();
+        TextSink::new(&mut out).report(&report).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "flow total netns=a iface=eth0 dir=egress udp 192.168.0.1:5000 > 192.168.0.2:4789 \
+             vni=7 inner=[tcp 10.0.0.1:1 > 10.0.0.2:80] packets=2 bytes=200 frags_first=0 \
+             frags_rest=0 df=0 max_len=100\n\
+             health total seconds=1.500 flow_map_full=0\n"
+        );
+    }
+}
