@@ -266,3 +266,983 @@ fn vxlan_vni<R: Reader>(r: &R, off: u32) -> Option<u32> {
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::{vec, vec::Vec};
+
+    use super::*;
+    use crate::FAMILY_NONE;
+
+    /// A packet held in a byte slice; reads past its end fail as
+    /// `bpf_skb_load_bytes` does past the end of the skb.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl Reader for Bytes<'_> {
+        fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
+            let off = off as usize;
+            match self.0.get(off..off + N) {
+                Some(b) => {
+                    dst.copy_from_slice(b);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    // ---- Packet builders -------------------------------------------------
+
+    const ETH: u32 = 14;
+    const VLAN: u32 = 4;
+    const IP4: u32 = 20;
+    const IP6: u32 = 40;
+    const UDP: u32 = 8;
+    const TCP: u32 = 20;
+    const VXLAN: u32 = 8;
+
+    const ETH_P_ARP: u16 = 0x0806;
+    const DF: u16 = 0x4000;
+    const MF: u16 = 0x2000;
+
+    const A4: [u8; 4] = [10, 0, 0, 1];
+    const B4: [u8; 4] = [10, 0, 0, 2];
+    const A6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const B6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    /// Ethernet header; each entry of `tpids` adds a VLAN tag (802.1Q or
+    /// 802.1ad) with VLAN id 100, 101, ... before the final ethertype.
+    fn eth(tpids: &[u16], ethertype: u16) -> Vec<u8> {
+        let mut b = vec![0x02, 0, 0, 0, 0, 0xbb, 0x02, 0, 0, 0, 0, 0xaa];
+        for (i, tpid) in tpids.iter().enumerate() {
+            b.extend_from_slice(&tpid.to_be_bytes());
+            b.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        b.extend_from_slice(&ethertype.to_be_bytes());
+        b
+    }
+
+    /// The IPv4 header fields the parser looks at. Total length, TTL and
+    /// checksum are not read by it, so they are left as placeholders.
+    #[derive(Clone, Copy)]
+    struct Ip4 {
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        id: u16,
+        /// Flags (DF, MF) and fragment offset in 8-byte units.
+        frag: u16,
+        /// Must be a multiple of 4 bytes long.
+        options: &'static [u8],
+        /// First byte; `None` means version 4 and the IHL matching `options`.
+        ver_ihl: Option<u8>,
+    }
+
+    fn ip4(proto: u8) -> Ip4 {
+        Ip4 {
+            src: A4,
+            dst: B4,
+            proto,
+            id: 0x1234,
+            frag: 0,
+            options: &[],
+            ver_ihl: None,
+        }
+    }
+
+    impl Ip4 {
+        fn bytes(&self) -> Vec<u8> {
+            let ihl = 5 + self.options.len() as u8 / 4;
+            let mut b = vec![self.ver_ihl.unwrap_or(0x40 | ihl), 0, 0, 0];
+            b.extend_from_slice(&self.id.to_be_bytes());
+            b.extend_from_slice(&self.frag.to_be_bytes());
+            b.extend_from_slice(&[64, self.proto, 0, 0]);
+            b.extend_from_slice(&self.src);
+            b.extend_from_slice(&self.dst);
+            b.extend_from_slice(self.options);
+            b
+        }
+    }
+
+    /// IPv6 header from `src` to `dst` whose next header is `next`.
+    fn ip6_addrs(next: u8, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+        let mut b = vec![0x60, 0, 0, 0, 0, 0, next, 64];
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&dst);
+        b
+    }
+
+    fn ip6(next: u8) -> Vec<u8> {
+        ip6_addrs(next, A6, B6)
+    }
+
+    const IPV6_HOPOPTS: u8 = 0;
+    const IPV6_ROUTING: u8 = 43;
+    const IPV6_FRAGMENT: u8 = 44;
+    const IPV6_AH: u8 = 51;
+    const IPV6_DSTOPTS: u8 = 60;
+
+    /// Hop-by-hop, routing or destination options header: `(len + 1) * 8`
+    /// bytes, padded with Pad1 options.
+    fn ext6(next: u8, len: u8) -> Vec<u8> {
+        let mut b = vec![0; (len as usize + 1) * 8];
+        b[0] = next;
+        b[1] = len;
+        b
+    }
+
+    /// Authentication header: `(len + 2) * 4` bytes.
+    fn ah6(next: u8, len: u8) -> Vec<u8> {
+        let mut b = vec![0xaa; (len as usize + 2) * 4];
+        b[0] = next;
+        b[1] = len;
+        b[2] = 0;
+        b[3] = 0;
+        b
+    }
+
+    /// Fragment header; `offset` is in 8-byte units, `more` is the M flag.
+    fn frag6(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut b = vec![next, 0];
+        b.extend_from_slice(&(offset << 3 | more as u16).to_be_bytes());
+        b.extend_from_slice(&id.to_be_bytes());
+        b
+    }
+
+    /// TCP header of `doff` 32-bit words (options filled with NOPs).
+    fn tcp(sport: u16, dport: u16, doff: u8) -> Vec<u8> {
+        let mut b = vec![1; doff as usize * 4];
+        b[..4].copy_from_slice(&[sport.to_be_bytes(), dport.to_be_bytes()].concat());
+        b[4..12].fill(0);
+        b[12] = doff << 4;
+        b[13] = 0x18; // PSH|ACK
+        b[14..20].fill(0);
+        b
+    }
+
+    fn udp(sport: u16, dport: u16) -> Vec<u8> {
+        [sport.to_be_bytes(), dport.to_be_bytes(), [0, 0], [0, 0]].concat()
+    }
+
+    /// ICMP (or ICMPv6) echo request header.
+    fn icmp() -> Vec<u8> {
+        vec![8, 0, 0, 0, 0, 1, 0, 1]
+    }
+
+    /// VXLAN header: `flags` is 0x08 when the VNI is valid.
+    fn vxlan(flags: u8, vni: u32) -> Vec<u8> {
+        let v = vni.to_be_bytes();
+        vec![flags, 0, 0, 0, v[1], v[2], v[3], 0]
+    }
+
+    // ---- Parsing and expected values ---------------------------------------
+
+    const PORTS: [u16; MAX_VXLAN_PORTS] = [4789, 0, 0, 0, 0, 0, 0, 0];
+
+    fn parse_ports(pkt: &[u8], ports: &[u16; MAX_VXLAN_PORTS]) -> (FlowId, Parsed) {
+        let mut id = FlowId::default();
+        let p = parse_ethernet(&Bytes(pkt), ports, &mut id);
+        (id, p)
+    }
+
+    fn parse(pkt: &[u8]) -> (FlowId, Parsed) {
+        parse_ports(pkt, &PORTS)
+    }
+
+    /// IPv4 tuple without ports or flags.
+    fn v4(src: [u8; 4], dst: [u8; 4], proto: u8) -> Tuple {
+        let mut t = Tuple {
+            family: FAMILY_IPV4,
+            proto,
+            ..Tuple::default()
+        };
+        t.src[..4].copy_from_slice(&src);
+        t.dst[..4].copy_from_slice(&dst);
+        t
+    }
+
+    /// IPv6 tuple without ports or flags.
+    fn v6(src: [u8; 16], dst: [u8; 16], proto: u8) -> Tuple {
+        Tuple {
+            src,
+            dst,
+            proto,
+            family: FAMILY_IPV6,
+            ..Tuple::default()
+        }
+    }
+
+    fn ports(t: Tuple, sport: u16, dport: u16) -> Tuple {
+        Tuple {
+            sport,
+            dport,
+            flags: t.flags | TUPLE_PORTS,
+            ..t
+        }
+    }
+
+    fn flags(t: Tuple, flags: u8) -> Tuple {
+        Tuple {
+            flags: t.flags | flags,
+            ..t
+        }
+    }
+
+    /// A packet that is not VXLAN.
+    fn plain(outer: Tuple) -> FlowId {
+        FlowId {
+            outer,
+            ..FlowId::default()
+        }
+    }
+
+    fn vxlan_id(outer: Tuple, vni: u32, inner: Tuple) -> FlowId {
+        FlowId {
+            outer,
+            inner,
+            vni: VNI_PRESENT | vni,
+            _pad: 0,
+        }
+    }
+
+    fn parsed(outer_ip_id: u32, hdr_end: u32) -> Parsed {
+        Parsed {
+            outer_ip_id,
+            hdr_end,
+        }
+    }
+
+    // ---- IPv4 ---------------------------------------------------------------
+
+    #[test]
+    fn ipv4_udp() {
+        let pkt = [eth(&[], ETH_P_IP), ip4(IPPROTO_UDP).bytes(), udp(40000, 53)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 40000, 53)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + UDP));
+    }
+
+    // hdr_end must cover the TCP options: it is the per-segment header length of GSO.
+    #[test]
+    fn ipv4_tcp_hdr_end_includes_tcp_options() {
+        let pkt = [
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_TCP).bytes(),
+            tcp(443, 51000, 8),
+            vec![0xee; 100],
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 443, 51000)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + 32));
+    }
+
+    #[test]
+    fn ipv4_icmp_has_no_ports() {
+        let pkt = [eth(&[], ETH_P_IP), ip4(IPPROTO_ICMP).bytes(), icmp()].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(v4(A4, B4, IPPROTO_ICMP)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8));
+    }
+
+    // An unknown L4 protocol (GRE) has no ports and hdr_end stops at its start.
+    #[test]
+    fn ipv4_unknown_l4_protocol() {
+        let pkt = [eth(&[], ETH_P_IP), ip4(47).bytes(), vec![0; 16]].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(v4(A4, B4, 47)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4));
+    }
+
+    // With IHL 7 the UDP header starts 8 bytes later; reading ports at
+    // offset 20 would return option bytes.
+    #[test]
+    fn ipv4_options_move_the_l4_header() {
+        let ip = Ip4 {
+            options: &[0x94, 0x04, 0, 0, 1, 1, 1, 0], // router alert, NOPs, EOL
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1111, 2222)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 1111, 2222)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8 + UDP));
+    }
+
+    #[test]
+    fn ipv4_df() {
+        let ip = Ip4 {
+            frag: DF,
+            ..ip4(IPPROTO_TCP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), tcp(22, 60000, 5)].concat();
+        let (id, p) = parse(&pkt);
+        let t = flags(ports(v4(A4, B4, IPPROTO_TCP), 22, 60000), TUPLE_DF);
+        assert_eq!(id, plain(t));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + TCP));
+    }
+
+    // MF set at offset 0: the L4 header is there, so ports are read.
+    #[test]
+    fn ipv4_first_fragment() {
+        let ip = Ip4 {
+            id: 0xbeef,
+            frag: MF,
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(5000, 6000), vec![0; 64]].concat();
+        let (id, p) = parse(&pkt);
+        let t = flags(ports(v4(A4, B4, IPPROTO_UDP), 5000, 6000), TUPLE_FRAG_FIRST);
+        assert_eq!(id, plain(t));
+        assert_eq!(p, parsed(0xbeef, ETH + IP4 + UDP));
+    }
+
+    // A middle fragment (MF set, offset > 0) carries payload, not an L4
+    // header: bytes that look like a UDP header must not become ports, and it
+    // is FRAG_REST only, not FRAG_FIRST.
+    #[test]
+    fn ipv4_middle_fragment_has_no_ports() {
+        let ip = Ip4 {
+            id: 0xbeef,
+            frag: MF | 185,
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(5000, 6000), vec![0; 64]].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_UDP), TUPLE_FRAG_REST)));
+        assert_eq!(p, parsed(0xbeef, ETH + IP4));
+    }
+
+    // The last fragment has MF clear but a non-zero offset.
+    #[test]
+    fn ipv4_last_fragment_has_no_ports() {
+        let ip = Ip4 {
+            id: 0xbeef,
+            frag: 370,
+            ..ip4(IPPROTO_TCP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), tcp(80, 8080, 5)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_TCP), TUPLE_FRAG_REST)));
+        assert_eq!(p, parsed(0xbeef, ETH + IP4));
+    }
+
+    #[test]
+    fn ipv4_df_and_fragment_flags_combine() {
+        let ip = Ip4 {
+            frag: DF | 1,
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
+        let (id, _) = parse(&pkt);
+        let t = flags(v4(A4, B4, IPPROTO_UDP), TUPLE_DF | TUPLE_FRAG_REST);
+        assert_eq!(id, plain(t));
+    }
+
+    #[test]
+    fn ipv4_bad_version_is_not_ip() {
+        let ip = Ip4 {
+            ver_ihl: Some(0x65),
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, FlowId::default());
+        assert_eq!(id.outer.family, FAMILY_NONE);
+        assert_eq!(p, parsed(0, ETH));
+    }
+
+    #[test]
+    fn ipv4_ihl_below_5_is_not_ip() {
+        for ihl in 0..5 {
+            let ip = Ip4 {
+                ver_ihl: Some(0x40 | ihl),
+                ..ip4(IPPROTO_UDP)
+            };
+            let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
+            let (id, p) = parse(&pkt);
+            assert_eq!(id, FlowId::default(), "ihl {ihl}");
+            assert_eq!(p, parsed(0, ETH), "ihl {ihl}");
+        }
+    }
+
+    // parse_from_l3 serves callers that already know where the IP header is.
+    #[test]
+    fn parse_from_l3_without_ethernet() {
+        let pkt = [ip4(IPPROTO_UDP).bytes(), udp(7, 9)].concat();
+        let mut id = FlowId::default();
+        let p = parse_from_l3(&Bytes(&pkt), 0, ETH_P_IP, &PORTS, &mut id);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 7, 9)));
+        assert_eq!(p, parsed(0x1234, IP4 + UDP));
+    }
+
+    // ---- IPv6 ---------------------------------------------------------------
+
+    #[test]
+    fn ipv6_udp() {
+        let pkt = [eth(&[], ETH_P_IPV6), ip6(IPPROTO_UDP), udp(546, 547)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 546, 547)));
+        assert_eq!(p, parsed(0, ETH + IP6 + UDP));
+    }
+
+    #[test]
+    fn ipv6_icmpv6_has_no_ports() {
+        let pkt = [eth(&[], ETH_P_IPV6), ip6(IPPROTO_ICMPV6), icmp()].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(v6(A6, B6, IPPROTO_ICMPV6)));
+        assert_eq!(p, parsed(0, ETH + IP6 + 8));
+    }
+
+    // proto is the L4 protocol found after the extension headers, not the
+    // IPv6 header's next header.
+    #[test]
+    fn ipv6_hop_by_hop_and_destination_options_before_tcp() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_HOPOPTS),
+            ext6(IPV6_DSTOPTS, 0), // 8 bytes
+            ext6(IPPROTO_TCP, 2),  // 24 bytes
+            tcp(443, 50000, 5),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_TCP), 443, 50000)));
+        assert_eq!(p, parsed(0, ETH + IP6 + 8 + 24 + TCP));
+    }
+
+    // AH counts its length in 4-byte units minus two, unlike the others.
+    #[test]
+    fn ipv6_routing_and_authentication_headers_before_udp() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_ROUTING),
+            ext6(IPV6_AH, 2),    // 24 bytes
+            ah6(IPPROTO_UDP, 4), // 24 bytes
+            udp(500, 4500),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 500, 4500)));
+        assert_eq!(p, parsed(0, ETH + IP6 + 24 + 24 + UDP));
+    }
+
+    #[test]
+    fn ipv6_first_fragment() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_FRAGMENT),
+            frag6(IPPROTO_UDP, 0, true, 0xdeadbeef),
+            udp(3000, 4000),
+            vec![0; 64],
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        let t = flags(ports(v6(A6, B6, IPPROTO_UDP), 3000, 4000), TUPLE_FRAG_FIRST);
+        assert_eq!(id, plain(t));
+        assert_eq!(p, parsed(0xdeadbeef, ETH + IP6 + 8 + UDP));
+    }
+
+    // As for IPv4: bytes after the fragment header are payload, not ports.
+    #[test]
+    fn ipv6_non_first_fragment_has_no_ports() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_FRAGMENT),
+            frag6(IPPROTO_UDP, 181, true, 0xdeadbeef),
+            udp(3000, 4000),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(flags(v6(A6, B6, IPPROTO_UDP), TUPLE_FRAG_REST)));
+        assert_eq!(p, parsed(0xdeadbeef, ETH + IP6 + 8));
+    }
+
+    #[test]
+    fn ipv6_last_fragment_has_no_ports() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_FRAGMENT),
+            frag6(IPPROTO_TCP, 362, false, 7),
+            tcp(1, 2, 5),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(flags(v6(A6, B6, IPPROTO_TCP), TUPLE_FRAG_REST)));
+        assert_eq!(p, parsed(7, ETH + IP6 + 8));
+    }
+
+    // An "atomic" fragment (offset 0, M clear) is a whole packet: no fragment
+    // flag, but the id is still reported.
+    #[test]
+    fn ipv6_atomic_fragment() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_FRAGMENT),
+            frag6(IPPROTO_UDP, 0, false, 0x01020304),
+            udp(10, 20),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 10, 20)));
+        assert_eq!(p, parsed(0x01020304, ETH + IP6 + 8 + UDP));
+    }
+
+    // The walk is bounded (verifier); past MAX_IPV6_EXT headers the
+    // unwalked header's type is reported as the protocol, without ports.
+    #[test]
+    fn ipv6_too_many_extension_headers() {
+        let mut pkt = [eth(&[], ETH_P_IPV6), ip6(IPV6_DSTOPTS)].concat();
+        for _ in 0..MAX_IPV6_EXT {
+            pkt.extend(ext6(IPV6_DSTOPTS, 0));
+        }
+        pkt.extend(ext6(IPPROTO_UDP, 0));
+        pkt.extend(udp(1, 2));
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(v6(A6, B6, IPV6_DSTOPTS)));
+        assert_eq!(p, parsed(0, ETH + IP6 + MAX_IPV6_EXT as u32 * 8));
+    }
+
+    #[test]
+    fn ipv6_bad_version_is_not_ip() {
+        let mut ip = ip6(IPPROTO_UDP);
+        ip[0] = 0x40;
+        let pkt = [eth(&[], ETH_P_IPV6), ip, udp(1, 2)].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, FlowId::default());
+        assert_eq!(p, parsed(0, ETH));
+    }
+
+    // ---- Ethernet -------------------------------------------------------------
+
+    #[test]
+    fn vlan_single_tag() {
+        let pkt = [
+            eth(&[0x8100], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+            udp(1, 2),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 1, 2)));
+        assert_eq!(p, parsed(0x1234, ETH + VLAN + IP4 + UDP));
+    }
+
+    #[test]
+    fn vlan_double_tag_8021ad() {
+        let pkt = [
+            eth(&[0x88a8, 0x8100], ETH_P_IPV6),
+            ip6(IPPROTO_TCP),
+            tcp(1, 2, 5),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_TCP), 1, 2)));
+        assert_eq!(p, parsed(0, ETH + 2 * VLAN + IP6 + TCP));
+    }
+
+    // Older QinQ stacks use 0x8100 for both tags.
+    #[test]
+    fn vlan_double_tag_8021q() {
+        let pkt = [
+            eth(&[0x8100, 0x8100], ETH_P_IP),
+            ip4(IPPROTO_TCP).bytes(),
+            tcp(1, 2, 5),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 1, 2)));
+        assert_eq!(p, parsed(0x1234, ETH + 2 * VLAN + IP4 + TCP));
+    }
+
+    #[test]
+    fn arp_is_not_ip() {
+        let pkt = [
+            eth(&[], ETH_P_ARP),
+            vec![0, 1, 8, 0, 6, 4, 0, 1],
+            vec![0; 20],
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, FlowId::default());
+        assert_eq!(id.outer.family, FAMILY_NONE);
+        assert_eq!(p, parsed(0, ETH));
+    }
+
+    #[test]
+    fn arp_behind_vlan_tag_is_not_ip() {
+        let pkt = [eth(&[0x8100], ETH_P_ARP), vec![0; 28]].concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, FlowId::default());
+        assert_eq!(p, parsed(0, ETH + VLAN));
+    }
+
+    // ---- VXLAN ----------------------------------------------------------------
+
+    const A4_IN: [u8; 4] = [192, 168, 1, 1];
+    const B4_IN: [u8; 4] = [192, 168, 1, 2];
+
+    /// Outer Ethernet/IPv4/UDP to `dport`, VXLAN header, inner Ethernet/IPv4/TCP.
+    fn vxlan_ipv4_tcp(dport: u16, vxlan_flags: u8) -> Vec<u8> {
+        let inner_ip = Ip4 {
+            src: A4_IN,
+            dst: B4_IN,
+            id: 0x5555,
+            ..ip4(IPPROTO_TCP)
+        };
+        [
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+            udp(54321, dport),
+            vxlan(vxlan_flags, 0x123456),
+            eth(&[], ETH_P_IP),
+            inner_ip.bytes(),
+            tcp(8080, 33000, 8),
+            vec![0xee; 50],
+        ]
+        .concat()
+    }
+
+    const VX_OUTER_UDP_END: u32 = ETH + IP4 + UDP;
+    const VX_INNER_L3: u32 = VX_OUTER_UDP_END + VXLAN + ETH;
+
+    fn vx_inner_tcp() -> Tuple {
+        ports(v4(A4_IN, B4_IN, IPPROTO_TCP), 8080, 33000)
+    }
+
+    // outer_ip_id is the outer header's id (0x1234), not the inner one (0x5555).
+    #[test]
+    fn vxlan_ipv4_tcp_is_decoded() {
+        let (id, p) = parse(&vxlan_ipv4_tcp(4789, 0x08));
+        let outer = ports(v4(A4, B4, IPPROTO_UDP), 54321, 4789);
+        assert_eq!(id, vxlan_id(outer, 0x123456, vx_inner_tcp()));
+        assert_eq!(id.vni, VNI_PRESENT | 0x123456);
+        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP4 + 32));
+    }
+
+    #[test]
+    fn vxlan_on_unconfigured_port_is_not_decoded() {
+        let (id, p) = parse(&vxlan_ipv4_tcp(8472, 0x08));
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 8472)));
+        assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+    }
+
+    #[test]
+    fn vxlan_on_configured_non_default_port_is_decoded() {
+        let ports_cfg = [4789, 0, 0, 8472, 0, 0, 0, 0];
+        let (id, p) = parse_ports(&vxlan_ipv4_tcp(8472, 0x08), &ports_cfg);
+        let outer = ports(v4(A4, B4, IPPROTO_UDP), 54321, 8472);
+        assert_eq!(id, vxlan_id(outer, 0x123456, vx_inner_tcp()));
+        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP4 + 32));
+    }
+
+    // The last slot of the list counts too.
+    #[test]
+    fn vxlan_port_in_last_slot_is_decoded() {
+        let mut ports_cfg = [0; MAX_VXLAN_PORTS];
+        ports_cfg[MAX_VXLAN_PORTS - 1] = 4789;
+        let (id, _) = parse_ports(&vxlan_ipv4_tcp(4789, 0x08), &ports_cfg);
+        assert_eq!(id.vni, VNI_PRESENT | 0x123456);
+        assert_eq!(id.inner, vx_inner_tcp());
+    }
+
+    // 0 marks an unused slot: it must not match UDP destination port 0.
+    #[test]
+    fn vxlan_unused_slots_do_not_match_port_0() {
+        let (id, p) = parse_ports(&vxlan_ipv4_tcp(0, 0x08), &[0; MAX_VXLAN_PORTS]);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 0)));
+        assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+    }
+
+    #[test]
+    fn vxlan_without_vni_flag_is_not_decoded() {
+        // 0x04 is a reserved bit, not the I flag.
+        for f in [0x00, 0x04] {
+            let (id, p) = parse(&vxlan_ipv4_tcp(4789, f));
+            assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 4789)));
+            assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+        }
+    }
+
+    // Byte 7 of the VXLAN header is reserved and not part of the VNI.
+    #[test]
+    fn vxlan_vni_ignores_reserved_bytes() {
+        let mut pkt = vxlan_ipv4_tcp(4789, 0x08);
+        let vx = VX_OUTER_UDP_END as usize;
+        pkt[vx + 1..vx + 4].fill(0xff);
+        pkt[vx + 7] = 0xff;
+        let (id, _) = parse(&pkt);
+        assert_eq!(id.vni, VNI_PRESENT | 0x123456);
+    }
+
+    #[test]
+    fn vxlan_inner_ipv6() {
+        let inner_a: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa];
+        let inner_b: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+        let pkt = [
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+            udp(1000, 4789),
+            vxlan(0x08, 42),
+            eth(&[], ETH_P_IPV6),
+            ip6_addrs(IPPROTO_UDP, inner_a, inner_b),
+            udp(5353, 5353),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        let outer = ports(v4(A4, B4, IPPROTO_UDP), 1000, 4789);
+        let inner = ports(v6(inner_a, inner_b, IPPROTO_UDP), 5353, 5353);
+        assert_eq!(id, vxlan_id(outer, 42, inner));
+        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP6 + UDP));
+    }
+
+    #[test]
+    fn vxlan_over_ipv6_with_inner_vlan() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPPROTO_UDP),
+            udp(1000, 4789),
+            vxlan(0x08, 0xffffff),
+            eth(&[0x8100], ETH_P_IP),
+            Ip4 {
+                src: A4_IN,
+                dst: B4_IN,
+                ..ip4(IPPROTO_ICMP)
+            }
+            .bytes(),
+            icmp(),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        let outer = ports(v6(A6, B6, IPPROTO_UDP), 1000, 4789);
+        let inner = v4(A4_IN, B4_IN, IPPROTO_ICMP);
+        assert_eq!(id, vxlan_id(outer, 0xffffff, inner));
+        assert_eq!(p, parsed(0, ETH + IP6 + UDP + VXLAN + ETH + VLAN + IP4 + 8));
+    }
+
+    // A non-first fragment to port 4789 has no ports, so it is not VXLAN.
+    #[test]
+    fn vxlan_port_in_non_first_fragment_is_not_decoded() {
+        let mut pkt = vxlan_ipv4_tcp(4789, 0x08);
+        pkt[ETH as usize + 6..ETH as usize + 8].copy_from_slice(&100u16.to_be_bytes());
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_UDP), TUPLE_FRAG_REST)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4));
+    }
+
+    // A TCP packet to port 4789 is not VXLAN.
+    #[test]
+    fn vxlan_port_over_tcp_is_not_decoded() {
+        let pkt = [
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_TCP).bytes(),
+            tcp(1000, 4789, 5),
+            vxlan(0x08, 1),
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt);
+        assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 1000, 4789)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + TCP));
+    }
+
+    // ---- Truncated packets ------------------------------------------------------
+
+    // Every prefix of an IPv4/TCP packet: each field appears once the bytes it
+    // is read from are all there, and stays zero before.
+    #[test]
+    fn truncated_ipv4_tcp() {
+        let ip = Ip4 {
+            frag: DF,
+            ..ip4(IPPROTO_TCP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), tcp(443, 50000, 6)].concat();
+        let l3 = ETH;
+        let l4 = ETH + IP4;
+        for len in 0..=pkt.len() as u32 {
+            let (id, p) = parse(&pkt[..len as usize]);
+            let l3_tuple = flags(v4(A4, B4, IPPROTO_TCP), TUPLE_DF);
+            let (outer, want) = if len < ETH {
+                (Tuple::default(), parsed(0, 0))
+            } else if len < l3 + IP4 {
+                (Tuple::default(), parsed(0, l3))
+            } else if len < l4 + 13 {
+                // TCP needs 13 bytes: the ports and the data offset.
+                (l3_tuple, parsed(0x1234, l4))
+            } else {
+                (ports(l3_tuple, 443, 50000), parsed(0x1234, l4 + 24))
+            };
+            assert_eq!(id, plain(outer), "len {len}");
+            assert_eq!(p, want, "len {len}");
+        }
+    }
+
+    // UDP needs only the 4 bytes of ports; until they are there, no ports.
+    #[test]
+    fn truncated_ipv4_udp_ports() {
+        let pkt = [
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+            udp(1234, 5678),
+        ]
+        .concat();
+        let l4 = ETH + IP4;
+        for len in l4..=pkt.len() as u32 {
+            let (id, p) = parse(&pkt[..len as usize]);
+            let t = v4(A4, B4, IPPROTO_UDP);
+            if len < l4 + 4 {
+                assert_eq!(id, plain(t), "len {len}");
+                assert_eq!(p, parsed(0x1234, l4), "len {len}");
+            } else {
+                assert_eq!(id, plain(ports(t, 1234, 5678)), "len {len}");
+                assert_eq!(p, parsed(0x1234, l4 + UDP), "len {len}");
+            }
+        }
+    }
+
+    // Cut inside the IPv4 options: the fixed header is read, the L4 header is not.
+    #[test]
+    fn truncated_inside_ipv4_options() {
+        let ip = Ip4 {
+            options: &[1, 1, 1, 1, 1, 1, 1, 0],
+            ..ip4(IPPROTO_UDP)
+        };
+        let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
+        let (id, p) = parse(&pkt[..(ETH + IP4 + 4) as usize]);
+        assert_eq!(id, plain(v4(A4, B4, IPPROTO_UDP)));
+        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8));
+    }
+
+    #[test]
+    fn truncated_inside_vlan_tag() {
+        let pkt = [eth(&[0x88a8, 0x8100], ETH_P_IP), ip4(IPPROTO_UDP).bytes()].concat();
+        // Cut inside the first and inside the second tag.
+        for len in [ETH + 2, ETH + VLAN + 2] {
+            let (id, p) = parse(&pkt[..len as usize]);
+            assert_eq!(id, FlowId::default(), "len {len}");
+            assert_eq!(p, Parsed::default(), "len {len}");
+        }
+        // Both tags there, IP header cut.
+        let (id, p) = parse(&pkt[..(ETH + 2 * VLAN + 10) as usize]);
+        assert_eq!(id, FlowId::default());
+        assert_eq!(p, parsed(0, ETH + 2 * VLAN));
+    }
+
+    // Every prefix of an IPv6 packet with extension headers.
+    #[test]
+    fn truncated_ipv6_with_extension_headers() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_HOPOPTS),
+            ext6(IPPROTO_UDP, 0),
+            udp(1234, 5678),
+        ]
+        .concat();
+        let l3 = ETH;
+        let l4 = ETH + IP6 + 8;
+        for len in 0..=pkt.len() as u32 {
+            let (id, p) = parse(&pkt[..len as usize]);
+            if len < l3 + IP6 {
+                // Not an IPv6 flow yet. The source address is copied as soon
+                // as it is there (from len 38), before the destination check
+                // fails; callers drop family-0 results, so only the other
+                // fields are checked.
+                let rest = Tuple {
+                    src: [0; 16],
+                    ..id.outer
+                };
+                assert_eq!(rest, Tuple::default(), "len {len}");
+                assert_eq!(id.outer.family, FAMILY_NONE, "len {len}");
+                assert_eq!((id.inner, id.vni), (Tuple::default(), 0), "len {len}");
+                let want = if len < ETH { 0 } else { l3 };
+                assert_eq!(p, parsed(0, want), "len {len}");
+            } else if len < l3 + IP6 + 2 {
+                // Addresses known; the protocol is behind the cut extension header.
+                assert_eq!(id, plain(v6(A6, B6, 0)), "len {len}");
+                assert_eq!(p, parsed(0, l3), "len {len}");
+            } else if len < l4 + 4 {
+                assert_eq!(id, plain(v6(A6, B6, IPPROTO_UDP)), "len {len}");
+                assert_eq!(p, parsed(0, l4), "len {len}");
+            } else {
+                let t = ports(v6(A6, B6, IPPROTO_UDP), 1234, 5678);
+                assert_eq!(id, plain(t), "len {len}");
+                assert_eq!(p, parsed(0, l4 + UDP), "len {len}");
+            }
+        }
+    }
+
+    // IPv6 cut inside the fragment header: the fragment id is not read.
+    #[test]
+    fn truncated_inside_ipv6_fragment_header() {
+        let pkt = [
+            eth(&[], ETH_P_IPV6),
+            ip6(IPV6_FRAGMENT),
+            frag6(IPPROTO_UDP, 0, true, 0xdeadbeef),
+            udp(1, 2),
+        ]
+        .concat();
+        let (id, p) = parse(&pkt[..(ETH + IP6 + 6) as usize]);
+        assert_eq!(id, plain(v6(A6, B6, 0)));
+        assert_eq!(p, parsed(0, ETH));
+    }
+
+    // Every prefix of a VXLAN packet: the inner part appears layer by layer.
+    #[test]
+    fn truncated_vxlan() {
+        let pkt = vxlan_ipv4_tcp(4789, 0x08);
+        let outer_l4 = ETH + IP4;
+        let vx_end = VX_OUTER_UDP_END + VXLAN;
+        let inner_l4 = VX_INNER_L3 + IP4;
+        let outer = ports(v4(A4, B4, IPPROTO_UDP), 54321, 4789);
+        let inner_l3_tuple = v4(A4_IN, B4_IN, IPPROTO_TCP);
+        for len in outer_l4 + 4..=pkt.len() as u32 {
+            let (id, p) = parse(&pkt[..len as usize]);
+            let (want_id, want_end) = if len < vx_end {
+                (plain(outer), VX_OUTER_UDP_END)
+            } else if len < vx_end + ETH {
+                (vxlan_id(outer, 0x123456, Tuple::default()), vx_end)
+            } else if len < VX_INNER_L3 + IP4 {
+                (vxlan_id(outer, 0x123456, Tuple::default()), VX_INNER_L3)
+            } else if len < inner_l4 + 13 {
+                (vxlan_id(outer, 0x123456, inner_l3_tuple), inner_l4)
+            } else {
+                (vxlan_id(outer, 0x123456, vx_inner_tcp()), inner_l4 + 32)
+            };
+            assert_eq!(id, want_id, "len {len}");
+            assert_eq!(p, parsed(0x1234, want_end), "len {len}");
+        }
+    }
+
+    // Garbage of every length must not panic, whatever its ethertype.
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x1234_5678u32;
+        let mut byte = move || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) as u8
+        };
+        let all_ports = [4789, 8472, 1, 2, 3, 4, 5, 6];
+        for ethertype in [ETH_P_IP, ETH_P_IPV6, 0x8100, 0x88a8, ETH_P_ARP] {
+            for len in 0..200 {
+                let mut pkt: Vec<u8> = (0..len).map(|_| byte()).collect();
+                if len >= 15 {
+                    pkt[12..14].copy_from_slice(&ethertype.to_be_bytes());
+                    // Valid version nibbles, so that the IP paths run deeper.
+                    pkt[14] = match ethertype {
+                        ETH_P_IP => 0x40 | (pkt[14] & 0x0f),
+                        ETH_P_IPV6 => 0x60,
+                        _ => pkt[14],
+                    };
+                }
+                let (id, _) = parse_ports(&pkt, &all_ports);
+                let family = id.outer.family;
+                assert!(
+                    matches!(family, FAMILY_NONE | FAMILY_IPV4 | FAMILY_IPV6),
+                    "len {len}"
+                );
+            }
+        }
+    }
+}

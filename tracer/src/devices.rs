@@ -129,14 +129,14 @@ fn kind(infos: &[LinkInfo]) -> Kind {
         match info {
             LinkInfo::Kind(InfoKind::Veth) => kind = Kind::Veth,
             LinkInfo::Kind(InfoKind::Bridge) => kind = Kind::Bridge,
-            LinkInfo::Kind(InfoKind::Vxlan) => {
-                if !matches!(kind, Kind::Vxlan(_)) {
-                    kind = Kind::Vxlan(Vxlan {
-                        port: 8472,
-                        ..Vxlan::default()
-                    });
-                }
+            // The data attribute, when it came first, already made it a Vxlan.
+            LinkInfo::Kind(InfoKind::Vxlan) if !matches!(kind, Kind::Vxlan(_)) => {
+                kind = Kind::Vxlan(Vxlan {
+                    port: 8472,
+                    ..Vxlan::default()
+                });
             }
+            LinkInfo::Kind(InfoKind::Vxlan) => {}
             LinkInfo::Kind(other) => kind = Kind::Other(other.to_string()),
             LinkInfo::Data(InfoData::Vxlan(attrs)) => {
                 let mut v = Vxlan {

@@ -1,0 +1,56 @@
+//! Shared by the integration tests: starting tracer on a lab and finding rows.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use serde_json::Value;
+use xtask::tracer::{Finished, TracerRun};
+
+pub fn tracer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tracer"))
+}
+
+/// Starts tracer on `namespaces` with `extra` arguments.
+pub fn start(namespaces: &[String], extra: &[&str]) -> TracerRun {
+    let mut args: Vec<String> = Vec::new();
+    for ns in namespaces {
+        args.push("--netns".into());
+        args.push(ns.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TracerRun::start(tracer_bin(), &args).expect("start tracer")
+}
+
+pub fn stop(run: TracerRun) -> Finished {
+    let f = run.stop().expect("stop tracer");
+    assert!(
+        f.status.success(),
+        "tracer failed: {}\n{}",
+        f.status,
+        f.stderr
+    );
+    f
+}
+
+/// Total flow rows at `iface` in `netns`, direction `dir`.
+pub fn flows_at<'a>(f: &'a Finished, netns: &str, iface: &str, dir: &str) -> Vec<&'a Value> {
+    f.totals("flow")
+        .into_iter()
+        .filter(|r| r["netns"] == netns && r["iface"] == iface && r["dir"] == dir)
+        .collect()
+}
+
+/// Does the endpoints object `e` (a row, or its "inner") match?
+pub fn endpoints_are(
+    e: &Value,
+    proto: &str,
+    src: &str,
+    dst: &str,
+    ports: Option<(u16, u16)>,
+) -> bool {
+    let ports_ok = match ports {
+        Some((s, d)) => e["sport"] == s && e["dport"] == d,
+        None => e["sport"].is_null() && e["dport"].is_null(),
+    };
+    e["proto"] == proto && e["src"] == src && e["dst"] == dst && ports_ok
+}

@@ -1,0 +1,6 @@
+//! Helpers shared by the xtask commands and tracer's integration tests.
+
+pub mod cmd;
+pub mod lab;
+pub mod tracer;
+pub mod traffic;

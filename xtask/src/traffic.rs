@@ -1,0 +1,140 @@
+//! Known traffic, sent and received inside lab namespaces.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::cmd::in_ns;
+
+/// Runs `f` on a thread inside network namespace `ns` (a name under /var/run/netns).
+/// Sockets made there keep that namespace afterwards.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file =
+        File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("open netns {ns}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: plain syscall on a valid fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow!("setns {ns}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in {ns} panicked"))?
+    })
+}
+
+/// A UDP socket bound inside a namespace.
+pub fn udp_socket(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+    in_netns(ns, || UdpSocket::bind(addr))?.with_context(|| format!("bind {addr} in {ns}"))
+}
+
+/// Sends `count` datagrams of `payload` bytes from `from` (in `ns`) to `to`.
+pub fn send_udp(
+    ns: &str,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    count: u32,
+    payload: usize,
+) -> Result<()> {
+    let sock = udp_socket(ns, from)?;
+    let buf = vec![0x5a; payload];
+    for _ in 0..count {
+        let n = sock
+            .send_to(&buf, to)
+            .with_context(|| format!("send {from} -> {to}"))?;
+        if n != payload {
+            bail!("short send: {n} of {payload}");
+        }
+    }
+    Ok(())
+}
+
+/// Counts datagrams arriving on a socket until dropped.
+pub struct UdpSink {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub addr: SocketAddrV4,
+}
+
+impl UdpSink {
+    pub fn start(ns: &str, addr: SocketAddrV4) -> Result<Self> {
+        let sock = udp_socket(ns, addr)?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(UdpSink {
+            received,
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` datagrams arrived; false after `timeout`.
+    pub fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.received() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.received() >= n
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `ping -c count -s size [-M do] dst` in `ns`; returns how many replies came back.
+pub fn ping(ns: &str, dst: Ipv4Addr, count: u32, size: u32, dont_fragment: bool) -> Result<u32> {
+    let (count_s, size_s, dst_s) = (count.to_string(), size.to_string(), dst.to_string());
+    let mut args = vec![
+        "-n", "-q", "-c", &count_s, "-i", "0.01", "-W", "1", "-s", &size_s,
+    ];
+    if dont_fragment {
+        args.extend(["-M", "do"]);
+    }
+    args.push(&dst_s);
+    // ping exits non-zero when replies are missing; that is a result, not an error.
+    let out = match in_ns(ns, "ping", &args) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => e.to_string(),
+    };
+    let received = out
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received")?.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(received)
+}
