@@ -24,7 +24,7 @@ pub const TUPLE_DF: u8 = 1 << 3;
 /// An L3/L4 flow tuple. IPv4 addresses use the first 4 bytes of `src`/`dst`.
 /// Ports are in host byte order and zero unless [`TUPLE_PORTS`] is set.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tuple {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -41,7 +41,7 @@ pub const VNI_PRESENT: u32 = 1 << 31;
 
 /// What a packet is: its outer tuple, and for VXLAN the VNI and inner tuple.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowId {
     pub outer: Tuple,
     pub inner: Tuple,

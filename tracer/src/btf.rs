@@ -1,19 +1,26 @@
 //! What the running kernel's BTF says: struct field offsets for the eBPF
 //! programs (Rust eBPF has no CO-RE) and names of enum values.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 use tracer_ebpf::Offsets;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn load_kernel() -> Result<Btf> {
-    if !std::path::Path::new(VMLINUX).exists() {
-        bail!(
-            "the kernel exposes no BTF ({VMLINUX} is missing): tracer needs CONFIG_DEBUG_INFO_BTF=y"
-        );
+/// Reads kernel BTF from `path` (normally [`VMLINUX`]).
+pub fn load(path: &Path) -> Result<Btf> {
+    if !path.exists() {
+        if path == Path::new(VMLINUX) {
+            bail!(
+                "the kernel exposes no BTF ({VMLINUX} is missing): tracer needs \
+                 CONFIG_DEBUG_INFO_BTF=y, or a BTF file for this kernel given with --kernel-btf"
+            );
+        }
+        bail!("no BTF file at {}", path.display());
     }
-    Btf::from_file(VMLINUX).map_err(|e| anyhow!("read {VMLINUX}: {e}"))
+    Btf::from_file(path).map_err(|e| anyhow!("{} is not usable kernel BTF: {e}", path.display()))
 }
 
 /// Offsets of every field the programs read, from `btf`.
@@ -111,7 +118,7 @@ mod tests {
 
     #[test]
     fn running_kernel_offsets_are_plausible() {
-        let btf = load_kernel().unwrap();
+        let btf = load(Path::new(VMLINUX)).unwrap();
         let o = offsets(&btf).unwrap();
         // Every sk_buff field lies inside the struct, and distinct fields differ.
         let skb = [

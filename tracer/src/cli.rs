@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 65536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub flow_map_size: u32,
 
+    /// Kernel BTF to take struct offsets from, for kernels that do not expose
+    /// /sys/kernel/btf/vmlinux (e.g. a file from BTFHub).
+    #[arg(long, value_name = "PATH", default_value = crate::btf::VMLINUX)]
+    pub kernel_btf: PathBuf,
+
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,

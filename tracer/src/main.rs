@@ -3,6 +3,7 @@
 mod bpf_sys;
 mod btf;
 mod cli;
+mod collect;
 mod devices;
 mod double_buffer;
 mod flows;

@@ -1,31 +1,20 @@
 //! One tracing session: plan, load, attach, then report every interval until stopped.
 
 use std::{
-    collections::HashMap,
     io::{self, IsTerminal as _},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-};
+use anyhow::{Context as _, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tracer_ebpf::{Config, DIR_INGRESS, DeviceInfo, FlowKey, FlowStats, counter};
+use tracer_ebpf::Config;
 
 use crate::{
-    bpf_sys::Barrier,
     btf,
     cli::{Cli, Output},
-    devices,
-    double_buffer::DoubleBuffer,
-    flows::{Counts, FlowTable},
-    loader, netns,
-    render::{
-        FlowRow, Health, Report, Scope, Sink, json::JsonSink, table::TableSink, table::Terminal,
-        text::TextSink,
-    },
+    collect::Collector,
+    devices, loader, netns,
+    render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
     targets::{self, Target},
     tc,
 };
@@ -44,7 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let targets = targets::select(found, &cli.ifaces)?;
     let config = Config {
-        offsets: btf::offsets(&btf::load_kernel()?)?,
+        offsets: btf::offsets(&btf::load(&cli.kernel_btf)?)?,
         vxlan_ports: targets::vxlan_ports(&cli.vxlan_ports, &targets)?,
     };
 
@@ -95,132 +84,6 @@ fn announce(targets: &[Target], config: &Config, links: usize) {
         per_ns.join(", "),
         ports.join(",")
     );
-}
-
-/// Reads the kernel's counters and names what they count.
-struct Collector {
-    flows: DoubleBuffer,
-    counters: PerCpuArray<MapData, u64>,
-    /// `struct net_device` address -> device, filled by the TC programs.
-    devices: BpfHashMap<MapData, u64, DeviceInfo>,
-    barrier: Barrier,
-    table: FlowTable,
-    /// Netns inode -> (netns name, ifindex -> device name).
-    names: HashMap<u64, (String, HashMap<u32, String>)>,
-    /// Device address -> (netns name, device name), from `devices`.
-    dev_names: HashMap<u64, (String, String)>,
-    health_total: Health,
-    health_interval: Health,
-}
-
-impl Collector {
-    fn new(ebpf: &mut Ebpf, targets: &[Target]) -> Result<Self> {
-        let flows = DoubleBuffer::take(ebpf, "FLOW_GENERATION", ["FLOWS_0", "FLOWS_1"])?;
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
-        };
-        let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
-        let devices = BpfHashMap::try_from(take("DEVICES")?)?;
-        let names = targets
-            .iter()
-            .map(|t| {
-                let devs = t
-                    .devices
-                    .iter()
-                    .map(|d| (d.ifindex, d.name.clone()))
-                    .collect();
-                (t.netns.inode, (t.netns.name.clone(), devs))
-            })
-            .collect();
-        Ok(Self {
-            flows,
-            counters,
-            devices,
-            dev_names: HashMap::new(),
-            barrier: Barrier::new().context("create BPF barrier map")?,
-            table: FlowTable::default(),
-            names,
-            health_total: Health::default(),
-            health_interval: Health::default(),
-        })
-    }
-
-    /// Moves everything the kernel counted since the last call into the tables.
-    fn collect(&mut self) -> Result<()> {
-        let table = &mut self.table;
-        self.flows
-            .drain::<FlowKey, FlowStats>(&self.barrier, |key, values| {
-                table.add(key, Counts::from_percpu(values));
-            })?;
-        let full: u64 = self
-            .counters
-            .get(&counter::FLOW_MAP_FULL, 0)
-            .context("read COUNTERS")?
-            .iter()
-            .sum();
-        self.health_interval.flow_map_full = full - self.health_total.flow_map_full;
-        self.health_total.flow_map_full = full;
-        Ok(())
-    }
-
-    /// Names the device at kernel address `dev`.
-    fn device_name(&mut self, dev: u64, ifindex: u32) -> (String, String) {
-        if let Some(n) = self.dev_names.get(&dev) {
-            return n.clone();
-        }
-        let Ok(info) = self.devices.get(&dev, 0) else {
-            return ("?".to_string(), format!("if{ifindex}"));
-        };
-        let inode = info.netns_inode as u64;
-        let name = match self.names.get(&inode) {
-            Some((ns, devs)) => (
-                ns.clone(),
-                devs.get(&info.ifindex)
-                    .cloned()
-                    .unwrap_or_else(|| format!("if{}", info.ifindex)),
-            ),
-            None => (inode.to_string(), format!("if{}", info.ifindex)),
-        };
-        self.dev_names.insert(dev, name.clone());
-        name
-    }
-
-    fn row(&mut self, key: &FlowKey, counts: Counts) -> FlowRow {
-        let (netns, iface) = self.device_name(key.dev, key.ifindex);
-        FlowRow {
-            netns,
-            iface,
-            dir: if key.dir == DIR_INGRESS {
-                "ingress"
-            } else {
-                "egress"
-            },
-            id: key.id,
-            counts,
-        }
-    }
-
-    fn interval_report(&mut self, elapsed: Duration) -> Report {
-        let flows = self.table.take_interval();
-        Report {
-            scope: Scope::Interval,
-            elapsed,
-            flows: flows.iter().map(|(k, c)| self.row(k, *c)).collect(),
-            health: self.health_interval,
-        }
-    }
-
-    fn total_report(&mut self, elapsed: Duration) -> Report {
-        let total: Vec<(FlowKey, Counts)> =
-            self.table.total().iter().map(|(k, c)| (*k, *c)).collect();
-        Report {
-            scope: Scope::Total,
-            elapsed,
-            flows: total.iter().map(|(k, c)| self.row(k, *c)).collect(),
-            health: self.health_total,
-        }
-    }
 }
 
 fn stream(cli: &Cli, collector: &mut Collector, mut sink: Box<dyn Sink>) -> Result<()> {

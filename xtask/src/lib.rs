@@ -1,5 +1,6 @@
 //! Helpers shared by the xtask commands and tracer's integration tests.
 
+pub mod bpf;
 pub mod cmd;
 pub mod lab;
 pub mod tracer;

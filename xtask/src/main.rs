@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask <command>`: setup, the demo, the tests.
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: packages, rust-src, bpf-linker; mount tracefs.
+    Setup,
+    /// Build a VXLAN lab, send known traffic across it and show what tracer sees.
+    Demo,
+    /// Set up, then run every test (arguments go to `cargo test`).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Demo => setup::setup().and_then(|()| demo::demo()),
+        Cmd::Test { args } => setup::setup().and_then(|()| test(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .args(args)
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("tests failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Bad input gets one clear line and a non-zero exit; nothing tracer
+//! attaches outlives it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use xtask::{
+    bpf::{bpftool_finds, tcx_attached},
+    lab::Lab,
+};
+
+fn tracer(args: &[&str]) -> Output {
+    Command::new(tracer_bin()).args(args).output().unwrap()
+}
+
+/// Exactly one line on stderr containing `needle`, nothing on stdout, exit `code`.
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(stderr.starts_with("tracer: "), "{stderr:?}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A namespace with one veth pair (both ends inside), for tracer to attach to.
+fn lab_with_veth() -> (Lab, String) {
+    let mut lab = Lab::new().unwrap();
+    let ns = lab.add_ns("x").unwrap();
+    let macs = (lab.mac(1, 1), lab.mac(1, 2));
+    lab.veth((&ns, "v0"), (&ns, "v1"), 1500, (&macs.0, &macs.1))
+        .unwrap();
+    (lab, ns)
+}
+
+#[test]
+fn unknown_interface_names_it_and_lists_what_exists() {
+    let (_lab, ns) = lab_with_veth();
+    let out = tracer(&["--netns", &ns, "--iface", "nosuch0"]);
+    assert_one_line_error(&out, 1, "unknown interface 'nosuch0'");
+    assert_one_line_error(&out, 1, "lo v1 v0");
+}
+
+#[test]
+fn unknown_namespace() {
+    let out = tracer(&["--netns", "tracer-test-no-such-ns"]);
+    assert_one_line_error(
+        &out,
+        1,
+        "unknown network namespace 'tracer-test-no-such-ns'",
+    );
+    let out = tracer(&["--netns", "/no/such/path"]);
+    assert_one_line_error(&out, 1, "--netns /no/such/path: no such file");
+    let out = tracer(&["--netns", "pid:999999999"]);
+    assert_one_line_error(&out, 1, "no process with pid 999999999");
+    let out = tracer(&["--netns", "/etc/hostname"]);
+    assert_one_line_error(&out, 1, "/etc/hostname is not a network namespace");
+}
+
+#[test]
+fn bad_values() {
+    for (args, needle) in [
+        (&["--vxlan-port", "70000"][..], "70000"),
+        (&["--vxlan-port", "-1"][..], "-1"),
+        (&["--vxlan-port", "0"][..], "0"),
+        (&["--interval", "0"][..], "positive"),
+        (&["--output", "xml"][..], "xml"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        assert_one_line_error(&tracer(args), 2, needle);
+    }
+}
+
+#[test]
+fn not_root() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tracer_bin())
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, 1, "tracer must run as root");
+}
+
+#[test]
+fn kernel_without_usable_btf() {
+    let (_lab, ns) = lab_with_veth();
+    let out = tracer(&["--netns", &ns, "--kernel-btf", "/etc/hostname"]);
+    assert_one_line_error(&out, 1, "/etc/hostname is not usable kernel BTF");
+    let out = tracer(&["--netns", &ns, "--kernel-btf", "/no/btf"]);
+    assert_one_line_error(&out, 1, "no BTF file at /no/btf");
+}
+
+#[test]
+fn non_ethernet_device_is_refused() {
+    let (_lab, ns) = lab_with_veth();
+    let out = tracer(&["--netns", &ns, "--iface", "lo"]);
+    assert_one_line_error(&out, 1, "'lo' in");
+}
+
+/// Runs tracer on the lab's veth pair, stops it with `signal`, and checks
+/// that its programs and links are gone from the kernel.
+fn leaves_nothing_behind(signal: i32) {
+    let (lab, ns) = lab_with_veth();
+    let run = start(std::slice::from_ref(&ns), &[]);
+    let mut progs = Vec::new();
+    let mut links = Vec::new();
+    for dev in ["v0", "v1"] {
+        let (p, l) = tcx_attached(&ns, dev).unwrap();
+        assert_eq!((p.len(), l.len()), (2, 2), "{dev}: ingress and egress");
+        progs.extend(p);
+        links.extend(l);
+    }
+    assert!(progs.iter().all(|&id| bpftool_finds("prog", id)));
+    assert!(links.iter().all(|&id| bpftool_finds("link", id)));
+    run.stop_with(signal).unwrap();
+    for dev in ["v0", "v1"] {
+        assert_eq!(tcx_attached(&ns, dev).unwrap(), (vec![], vec![]), "{dev}");
+    }
+    // Freed asynchronously after the last reference goes: give it a moment.
+    let gone = |obj: &str, ids: &[u32]| {
+        (0..100).any(|_| {
+            let all_gone = ids.iter().all(|&id| !bpftool_finds(obj, id));
+            if !all_gone {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            all_gone
+        })
+    };
+    assert!(gone("link", &links), "links left: {links:?}");
+    assert!(gone("prog", &progs), "programs left: {progs:?}");
+    drop(lab);
+}
+
+#[test]
+fn nothing_left_after_sigterm() {
+    leaves_nothing_behind(libc::SIGTERM);
+}
+
+#[test]
+fn nothing_left_after_sigkill() {
+    leaves_nothing_behind(libc::SIGKILL);
+}
+
+#[test]
+fn sigint_prints_totals_and_exits_zero() {
+    let (_lab, ns) = lab_with_veth();
+    let f = start(&[ns], &[]).stop_with(libc::SIGINT).unwrap();
+    assert!(f.status.success(), "{}", f.stderr);
+    assert_eq!(f.totals("health").len(), 1, "{}", f.stdout);
+}
+
+#[test]
+fn duration_stops_by_itself_with_totals() {
+    let (_lab, ns) = lab_with_veth();
+    let out = tracer(&[
+        "--netns",
+        &ns,
+        "--duration",
+        "0.5",
+        "--interval",
+        "0.2",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let health: Vec<_> = rows.iter().filter(|r| r["type"] == "health").collect();
+    // Two or three intervals, then the totals.
+    assert!(health.len() >= 3, "{stdout}");
+    assert_eq!(health.last().unwrap()["scope"], "total");
+    assert!(
+        health[..health.len() - 1]
+            .iter()
+            .all(|h| h["scope"] == "interval")
+    );
+}
