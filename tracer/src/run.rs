@@ -6,7 +6,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    runtime::Runtime,
+    signal::unix::{Signal, SignalKind, signal},
+};
 use tracer_ebpf::Config;
 
 use crate::{
@@ -24,6 +27,18 @@ pub fn run(cli: Cli) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
     }
+    // Handle SIGINT/SIGTERM from the start, so that one arriving while
+    // programs are being attached still ends in an orderly detach.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signals = {
+        let _ctx = rt.enter();
+        Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        }
+    };
     let namespaces = netns::resolve(&cli.netns)?;
     let mut found = Vec::new();
     for ns in namespaces {
@@ -58,7 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Output::Auto => Box::new(TextSink::new(io::stdout().lock())),
         };
         let mut collector = Collector::new(&mut ebpf, &targets)?;
-        stream(&cli, &mut collector, sink)
+        stream(&cli, &rt, signals, &mut collector, sink)
     });
     links.detach(&mut ebpf);
     result
@@ -86,13 +101,19 @@ fn announce(targets: &[Target], config: &Config, links: usize) {
     );
 }
 
-fn stream(cli: &Cli, collector: &mut Collector, mut sink: Box<dyn Sink>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+fn stream(
+    cli: &Cli,
+    rt: &Runtime,
+    mut signals: Signals,
+    collector: &mut Collector,
+    mut sink: Box<dyn Sink>,
+) -> Result<()> {
     rt.block_on(async {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let start = Instant::now();
         let mut last = start;
         let mut ticker = tokio::time::interval_at((start + cli.interval).into(), cli.interval);
@@ -115,8 +136,8 @@ fn stream(cli: &Cli, collector: &mut Collector, mut sink: Box<dyn Sink>) -> Resu
                         return Ok(());
                     }
                 }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.term.recv() => break,
                 _ = &mut until_stop => break,
             }
         }

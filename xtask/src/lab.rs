@@ -159,8 +159,8 @@ impl Lab {
             "link", "add", a.1, "netns", a.0, "mtu", &mtu, "address", macs.0, "type", "veth",
             "peer", "name", b.1, "netns", b.0, "mtu", &mtu, "address", macs.1,
         ])?;
-        ip(&["-n", a.0, "link", "set", a.1, "up"])?;
-        ip(&["-n", b.0, "link", "set", b.1, "up"])
+        up(a.0, a.1)?;
+        up(b.0, b.1)
     }
 }
 
@@ -462,12 +462,29 @@ fn vxlan_and_bridge(opts: &OverlayOpts, h: &Host) -> Result<()> {
         ])?;
     }
     let ons = h.overlay_ns.as_str();
+    // No multicast snooping: a snooping bridge joins 224.0.0.106 and reports it.
     ip(&[
-        "-n", ons, "link", "add", &h.bridge, "mtu", &mtu, "type", "bridge",
+        "-n",
+        ons,
+        "link",
+        "add",
+        &h.bridge,
+        "mtu",
+        &mtu,
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
     ])?;
     ip(&["-n", ons, "link", "set", &h.vxlan_dev, "master", &h.bridge])?;
-    ip(&["-n", ons, "link", "set", &h.vxlan_dev, "up"])?;
-    ip(&["-n", ons, "link", "set", &h.bridge, "up"])
+    up(ons, &h.vxlan_dev)?;
+    up(ons, &h.bridge)
+}
+
+/// Brings a device up with multicast off: otherwise a device without an
+/// address may send IGMP reports a while after coming up, traffic no test sent.
+pub fn up(ns: &str, dev: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "set", dev, "multicast", "off", "up"])
 }
 
 pub fn addr(ns: &str, dev: &str, a: Ipv4Addr, prefix: u8) -> Result<()> {
