@@ -1,7 +1,7 @@
 //! Per-hop flow counters: TC programs on ingress and egress of each traced device.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     helpers::bpf_skb_load_bytes,
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -15,7 +15,7 @@ use tracer_ebpf::{
 
 use crate::{
     kernel,
-    maps::{config, count},
+    maps::{Upsert, config, count, upsert},
 };
 
 /// Default size of each flow map; userspace resizes it from `--flow-map-size`.
@@ -123,22 +123,16 @@ fn record(ctx: &TcContext, dir: u8) {
         Some(1) => &FLOWS_1,
         _ => &FLOWS_0,
     };
-    if let Some(s) = map.get_ptr_mut(&*key) {
-        apply(unsafe { &mut *s });
-        return;
-    }
-    let info = DeviceInfo {
-        ifindex,
-        netns_inode: kernel::dev_netns_inode(dev),
-    };
-    let _ = DEVICES.insert(&dev, &info, 0);
-    let mut s = FlowStats::default();
-    apply(&mut s);
-    if map.insert(&*key, &s, BPF_NOEXIST as u64).is_err() {
-        // Another CPU may have inserted the key meanwhile; anything else is a full map.
-        match map.get_ptr_mut(&*key) {
-            Some(s) => apply(unsafe { &mut *s }),
-            None => count(counter::FLOW_MAP_FULL),
+    match upsert(map, key, apply) {
+        // Name the device for userspace whenever a flow starts on it.
+        Upsert::Inserted => {
+            let info = DeviceInfo {
+                ifindex,
+                netns_inode: kernel::dev_netns_inode(dev),
+            };
+            let _ = DEVICES.insert(&dev, &info, 0);
         }
+        Upsert::Full => count(counter::FLOW_MAP_FULL),
+        Upsert::Updated => {}
     }
 }

@@ -25,3 +25,10 @@ pub fn dev_netns_inode(dev: u64) -> u32 {
     let net: u64 = read(dev, config!(offsets.dev_nd_net)).unwrap_or(0);
     read(net, config!(offsets.net_inum)).unwrap_or(0)
 }
+
+/// Inode of the network namespace of socket `sk` (`sk->__sk_common.skc_net.net->ns.inum`).
+#[inline(always)]
+pub fn sk_netns_inode(sk: u64) -> u32 {
+    let net: u64 = read(sk, config!(offsets.sk_net)).unwrap_or(0);
+    read(net, config!(offsets.net_inum)).unwrap_or(0)
+}

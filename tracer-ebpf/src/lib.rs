@@ -90,10 +90,49 @@ pub struct DeviceInfo {
     pub netns_inode: u32,
 }
 
+/// Key of the drop counters kept by the `kfree_skb` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// Where the kernel dropped it: the caller of `kfree_skb_reason`.
+    pub location: u64,
+    /// Inode of the namespace of the skb's device (or socket, without a device).
+    pub netns_inode: u32,
+    /// The skb's device at the drop; 0 if it had none.
+    pub ifindex: u32,
+    /// `enum skb_drop_reason`, named by userspace from the kernel's BTF.
+    pub reason: u32,
+    pub _pad: u32,
+    pub id: FlowId,
+}
+
+/// Per-CPU counters of one [`DropKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropStats {
+    pub packets: u64,
+    /// Bytes of the dropped skbs (`skb->len`).
+    pub bytes: u64,
+}
+
+/// The first drop of a [`DropKey`] not seen before, sent at once through a ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub key: DropKey,
+    /// `skb->len` of that drop.
+    pub len: u32,
+    pub _pad: u32,
+}
+
 /// Indices into the `COUNTERS` per-CPU array: events the programs could not record.
 pub mod counter {
     /// A flow could not be inserted because the flow map was full.
     pub const FLOW_MAP_FULL: u32 = 0;
+    /// A drop could not be counted because the drop map was full.
+    pub const DROP_MAP_FULL: u32 = 1;
+    /// The first drop of a new key could not be announced: the ring buffer was full.
+    pub const DROP_EVENTS_LOST: u32 = 2;
     pub const COUNT: u32 = 8;
 }
 
@@ -128,6 +167,10 @@ pub struct Config {
     pub offsets: Offsets,
     /// UDP destination ports decoded as VXLAN; 0 marks an unused slot.
     pub vxlan_ports: [u16; MAX_VXLAN_PORTS],
+    /// `SKB_CONSUMED` on the running kernel: frees that are not drops.
+    pub reason_consumed: u32,
+    /// `SKB_NOT_DROPPED_YET` on the running kernel.
+    pub reason_not_dropped: u32,
 }
 
 #[cfg(feature = "user")]
@@ -137,6 +180,9 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::DeviceInfo {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropStats {}
+    unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
 }
@@ -156,6 +202,9 @@ mod tests {
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<DeviceInfo>(), 8);
         assert_eq!(size_of::<Offsets>(), 14 * 4);
-        assert_eq!(size_of::<Config>(), 14 * 4 + 2 * MAX_VXLAN_PORTS);
+        assert_eq!(size_of::<Config>(), 14 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
+        assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
+        assert_eq!(size_of::<DropStats>(), 16);
+        assert_eq!(size_of::<DropEvent>(), 112 + 4 + 4);
     }
 }

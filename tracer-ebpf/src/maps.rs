@@ -1,6 +1,10 @@
 //! State shared by several programs.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
 use tracer_ebpf::{Config, Offsets, counter};
 
 /// Per-CPU counts of events the programs could not record (full maps, lost events).
@@ -28,6 +32,8 @@ pub static CONFIG: Config = Config {
         sk_net: 0,
     },
     vxlan_ports: [4789, 0, 0, 0, 0, 0, 0, 0],
+    reason_consumed: 0,
+    reason_not_dropped: 0,
 };
 
 /// Reads a field of [`CONFIG`]: `config!(offsets.skb_dev)`. Volatile so that
@@ -43,5 +49,37 @@ pub(crate) use config;
 pub fn count(index: u32) {
     if let Some(v) = COUNTERS.get_ptr_mut(index) {
         unsafe { *v += 1 };
+    }
+}
+
+/// What [`upsert`] did.
+#[derive(PartialEq, Eq)]
+pub enum Upsert {
+    Updated,
+    Inserted,
+    /// The map is full: nothing was recorded.
+    Full,
+}
+
+/// Applies `apply` to this CPU's value of `key`, inserting the key first if
+/// it is new.
+#[inline(always)]
+pub fn upsert<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K, apply: impl Fn(&mut V)) -> Upsert {
+    if let Some(v) = map.get_ptr_mut(key) {
+        apply(unsafe { &mut *v });
+        return Upsert::Updated;
+    }
+    let mut v = V::default();
+    apply(&mut v);
+    if map.insert(key, &v, BPF_NOEXIST as u64).is_ok() {
+        return Upsert::Inserted;
+    }
+    // Another CPU may have inserted the key meanwhile; otherwise the map is full.
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            apply(unsafe { &mut *v });
+            Upsert::Updated
+        }
+        None => Upsert::Full,
     }
 }

@@ -112,6 +112,33 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, want: &str) -> Result<Option<(u32,
     Ok(None)
 }
 
+/// Values of `enum name`, as (name, value).
+pub fn enum_values(btf: &Btf, name: &str) -> Result<Vec<(String, u64)>> {
+    for t in btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("enum {name} not in kernel BTF"))?
+    {
+        match t {
+            Type::Enum(e) => {
+                return e
+                    .members
+                    .iter()
+                    .map(|m| Ok((btf.resolve_name(m)?, m.val() as u64)))
+                    .collect();
+            }
+            Type::Enum64(e) => {
+                return e
+                    .members
+                    .iter()
+                    .map(|m| Ok((btf.resolve_name(m)?, m.val())))
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    Err(anyhow!("enum {name} not in kernel BTF"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

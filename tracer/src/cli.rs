@@ -46,6 +46,22 @@ pub struct Cli {
     #[arg(long, default_value_t = 65536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub flow_map_size: u32,
 
+    /// Show only drops for this reason (repeatable), e.g. NETFILTER_DROP; see --list-reasons.
+    #[arg(long = "reason", value_name = "REASON")]
+    pub reasons: Vec<String>,
+
+    /// Hide drops for this reason (repeatable), e.g. NOT_SPECIFIED.
+    #[arg(long = "exclude-reason", value_name = "REASON")]
+    pub exclude_reasons: Vec<String>,
+
+    /// Print the drop reasons of the running kernel, with what they mean, and exit.
+    #[arg(long)]
+    pub list_reasons: bool,
+
+    /// Do not trace drops (skb:kfree_skb).
+    #[arg(long)]
+    pub no_drops: bool,
+
     /// Kernel BTF to take struct offsets from, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (e.g. a file from BTFHub).
     #[arg(long, value_name = "PATH", default_value = crate::btf::VMLINUX)]

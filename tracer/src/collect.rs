@@ -7,17 +7,23 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
-use tracer_ebpf::{DIR_INGRESS, DeviceInfo, FlowKey, FlowStats, counter};
+use tracer_ebpf::{
+    DIR_INGRESS, DeviceInfo, DropEvent, DropKey, DropStats, FlowKey, FlowStats, counter,
+};
 
 use crate::{
     bpf_sys::Barrier,
     double_buffer::DoubleBuffer,
-    flows::{Counts, FlowTable},
-    render::{FlowRow, Health, Report, Scope},
+    drops::DropCounts,
+    flows::Counts,
+    kallsyms::Symbolizer,
+    reasons::{ReasonFilter, Reasons},
+    render::{DropRow, FlowRow, Health, Report, Scope},
+    tally::Tally,
     targets::Target,
 };
 
-/// Names the devices that kernel keys point at.
+/// Names what kernel keys point at: devices, namespaces, reasons, code.
 struct Namer {
     /// `struct net_device` address -> device, filled by the TC programs.
     devices: BpfHashMap<MapData, u64, DeviceInfo>,
@@ -25,9 +31,24 @@ struct Namer {
     names: HashMap<u64, (String, HashMap<u32, String>)>,
     /// Device address -> (netns name, device name), from `devices`.
     cache: HashMap<u64, (String, String)>,
+    reasons: Reasons,
+    symbols: Symbolizer,
 }
 
 impl Namer {
+    /// (namespace, device) names of `ifindex` in the namespace with `inode`.
+    fn in_netns(&self, inode: u64, ifindex: u32) -> (String, String) {
+        match self.names.get(&inode) {
+            Some((ns, devs)) => (
+                ns.clone(),
+                devs.get(&ifindex)
+                    .cloned()
+                    .unwrap_or_else(|| format!("if{ifindex}")),
+            ),
+            None => (inode.to_string(), format!("if{ifindex}")),
+        }
+    }
+
     /// Names the device at kernel address `dev`.
     fn device(&mut self, dev: u64, ifindex: u32) -> (String, String) {
         if let Some(n) = self.cache.get(&dev) {
@@ -36,22 +57,16 @@ impl Namer {
         let Ok(info) = self.devices.get(&dev, 0) else {
             return ("?".to_string(), format!("if{ifindex}"));
         };
-        let inode = info.netns_inode as u64;
-        let name = match self.names.get(&inode) {
-            Some((ns, devs)) => (
-                ns.clone(),
-                devs.get(&info.ifindex)
-                    .cloned()
-                    .unwrap_or_else(|| format!("if{}", info.ifindex)),
-            ),
-            None => (inode.to_string(), format!("if{}", info.ifindex)),
-        };
+        let name = self.in_netns(info.netns_inode as u64, info.ifindex);
         self.cache.insert(dev, name.clone());
         name
     }
 
-    /// Named rows, in a stable order: by namespace, device, direction, flow.
-    fn rows<'a>(&mut self, flows: impl Iterator<Item = (&'a FlowKey, &'a Counts)>) -> Vec<FlowRow> {
+    /// Named flow rows, in a stable order: by namespace, device, direction, flow.
+    fn flow_rows<'a>(
+        &mut self,
+        flows: impl Iterator<Item = (&'a FlowKey, &'a Counts)>,
+    ) -> Vec<FlowRow> {
         let mut rows: Vec<FlowRow> = flows
             .map(|(key, counts)| {
                 let (netns, iface) = self.device(key.dev, key.ifindex);
@@ -73,22 +88,63 @@ impl Namer {
         });
         rows
     }
+
+    /// Named drop rows the filter lets through, by namespace, device, reason, flow.
+    fn drop_rows<'a>(
+        &mut self,
+        filter: &ReasonFilter,
+        drops: impl Iterator<Item = (&'a DropKey, &'a DropCounts)>,
+    ) -> Vec<DropRow> {
+        let mut rows: Vec<DropRow> = drops
+            .filter(|(key, _)| filter.allows(key.reason))
+            .map(|(key, counts)| {
+                let (netns, iface) = self.in_netns(key.netns_inode as u64, key.ifindex);
+                DropRow {
+                    netns,
+                    iface: (key.ifindex != 0).then_some(iface),
+                    id: key.id,
+                    reason: self.reasons.name(key.reason),
+                    location: self.symbols.name(key.location),
+                    counts: *counts,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (&a.netns, &a.iface, &a.reason, &a.id, &a.location).cmp(&(
+                &b.netns,
+                &b.iface,
+                &b.reason,
+                &b.id,
+                &b.location,
+            ))
+        });
+        rows
+    }
 }
 
 /// Reads the kernel's counters and keeps interval and run totals.
 pub struct Collector {
-    flows: DoubleBuffer,
+    flow_maps: DoubleBuffer,
+    drop_maps: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     barrier: Barrier,
-    table: FlowTable,
+    flows: Tally<FlowKey, Counts>,
+    drops: Tally<DropKey, DropCounts>,
     namer: Namer,
+    filter: ReasonFilter,
     health_total: Health,
     health_interval: Health,
 }
 
 impl Collector {
-    pub fn new(ebpf: &mut Ebpf, targets: &[Target]) -> Result<Self> {
-        let flows = DoubleBuffer::take(ebpf, "FLOW_GENERATION", ["FLOWS_0", "FLOWS_1"])?;
+    pub fn new(
+        ebpf: &mut Ebpf,
+        targets: &[Target],
+        reasons: Reasons,
+        filter: ReasonFilter,
+    ) -> Result<Self> {
+        let flow_maps = DoubleBuffer::take(ebpf, "FLOW_GENERATION", ["FLOWS_0", "FLOWS_1"])?;
+        let drop_maps = DoubleBuffer::take(ebpf, "DROP_GENERATION", ["DROPS_0", "DROPS_1"])?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
@@ -107,44 +163,68 @@ impl Collector {
             })
             .collect();
         Ok(Self {
-            flows,
+            flow_maps,
+            drop_maps,
             counters,
             barrier: Barrier::new().context("create BPF barrier map")?,
-            table: FlowTable::default(),
+            flows: Tally::default(),
+            drops: Tally::default(),
             namer: Namer {
                 devices,
                 names,
                 cache: HashMap::new(),
+                reasons,
+                symbols: Symbolizer::default(),
             },
+            filter,
             health_total: Health::default(),
             health_interval: Health::default(),
         })
     }
 
-    /// Moves everything the kernel counted since the last call into the tables.
+    /// Moves everything the kernel counted since the last call into the tallies.
     pub fn collect(&mut self) -> Result<()> {
-        let table = &mut self.table;
-        self.flows
+        let flows = &mut self.flows;
+        self.flow_maps
             .drain::<FlowKey, FlowStats>(&self.barrier, |key, values| {
-                table.add(key, Counts::from_percpu(values));
+                flows.add(key, Counts::from_percpu(values));
             })?;
-        let full: u64 = self
-            .counters
-            .get(&counter::FLOW_MAP_FULL, 0)
-            .context("read COUNTERS")?
-            .iter()
-            .sum();
-        self.health_interval.flow_map_full = full - self.health_total.flow_map_full;
-        self.health_total.flow_map_full = full;
+        let drops = &mut self.drops;
+        self.drop_maps
+            .drain::<DropKey, DropStats>(&self.barrier, |key, values| {
+                drops.add(key, DropCounts::from_percpu(values));
+            })?;
+        let read = |index: u32| -> Result<u64> {
+            Ok(self
+                .counters
+                .get(&index, 0)
+                .context("read COUNTERS")?
+                .iter()
+                .sum())
+        };
+        let now = Health {
+            flow_map_full: read(counter::FLOW_MAP_FULL)?,
+            drop_map_full: read(counter::DROP_MAP_FULL)?,
+            drop_events_lost: read(counter::DROP_EVENTS_LOST)?,
+        };
+        let before = self.health_total;
+        self.health_interval = Health {
+            flow_map_full: now.flow_map_full - before.flow_map_full,
+            drop_map_full: now.drop_map_full - before.drop_map_full,
+            drop_events_lost: now.drop_events_lost - before.drop_events_lost,
+        };
+        self.health_total = now;
         Ok(())
     }
 
     pub fn interval_report(&mut self, elapsed: Duration) -> Report {
-        let flows = self.table.take_interval();
+        let flows = self.flows.take_interval();
+        let drops = self.drops.take_interval();
         Report {
             scope: Scope::Interval,
             elapsed,
-            flows: self.namer.rows(flows.iter()),
+            flows: self.namer.flow_rows(flows.iter()),
+            drops: self.namer.drop_rows(&self.filter, drops.iter()),
             health: self.health_interval,
         }
     }
@@ -153,8 +233,32 @@ impl Collector {
         Report {
             scope: Scope::Total,
             elapsed,
-            flows: self.namer.rows(self.table.total().iter()),
+            flows: self.namer.flow_rows(self.flows.total().iter()),
+            drops: self
+                .namer
+                .drop_rows(&self.filter, self.drops.total().iter()),
             health: self.health_total,
+        }
+    }
+
+    /// The first drops of keys never seen before, announced by the kernel.
+    pub fn first_drops(&mut self, events: &[DropEvent]) -> Report {
+        let counts: Vec<(DropKey, DropCounts)> = events
+            .iter()
+            .map(|e| {
+                let c = DropCounts {
+                    packets: 1,
+                    bytes: e.len as u64,
+                };
+                (e.key, c)
+            })
+            .collect();
+        Report {
+            scope: Scope::First,
+            drops: self
+                .namer
+                .drop_rows(&self.filter, counts.iter().map(|(k, c)| (k, c))),
+            ..Report::default()
         }
     }
 }

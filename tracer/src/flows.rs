@@ -1,10 +1,10 @@
-//! Per-hop flow counters: merging per-CPU values and keeping interval and run totals.
+//! Per-hop flow counters, merged over CPUs.
 
-use std::collections::HashMap;
+use tracer_ebpf::FlowStats;
 
-use tracer_ebpf::{FlowKey, FlowStats};
+use crate::tally::Accumulate;
 
-/// Counters of one flow at one hop, merged over CPUs.
+/// Counters of one flow at one hop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub packets: u64,
@@ -15,8 +15,8 @@ pub struct Counts {
     pub max_len: u32,
 }
 
-impl Counts {
-    pub fn add(&mut self, o: &Counts) {
+impl Accumulate for Counts {
+    fn add(&mut self, o: &Counts) {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.frags_first += o.frags_first;
@@ -24,7 +24,9 @@ impl Counts {
         self.df += o.df;
         self.max_len = self.max_len.max(o.max_len);
     }
+}
 
+impl Counts {
     /// Sums the per-CPU values of one map entry.
     pub fn from_percpu(values: &[FlowStats]) -> Self {
         let mut c = Counts::default();
@@ -39,29 +41,6 @@ impl Counts {
             });
         }
         c
-    }
-}
-
-/// Flow counters of the current interval and of the whole run.
-#[derive(Default)]
-pub struct FlowTable {
-    interval: HashMap<FlowKey, Counts>,
-    total: HashMap<FlowKey, Counts>,
-}
-
-impl FlowTable {
-    pub fn add(&mut self, key: FlowKey, counts: Counts) {
-        self.interval.entry(key).or_default().add(&counts);
-        self.total.entry(key).or_default().add(&counts);
-    }
-
-    /// The flows seen since the last call, which starts a new interval.
-    pub fn take_interval(&mut self) -> HashMap<FlowKey, Counts> {
-        std::mem::take(&mut self.interval)
-    }
-
-    pub fn total(&self) -> &HashMap<FlowKey, Counts> {
-        &self.total
     }
 }
 
@@ -95,37 +74,5 @@ mod tests {
                 max_len: 140
             }
         );
-    }
-
-    #[test]
-    fn intervals_restart_and_totals_accumulate() {
-        let mut t = FlowTable::default();
-        let a = FlowKey {
-            ifindex: 1,
-            ..FlowKey::default()
-        };
-        let b = FlowKey {
-            ifindex: 2,
-            ..FlowKey::default()
-        };
-        let one = Counts {
-            packets: 1,
-            bytes: 10,
-            max_len: 10,
-            ..Counts::default()
-        };
-        t.add(a, one);
-        t.add(a, one);
-        t.add(b, one);
-        let first = t.take_interval();
-        assert_eq!(first[&a].packets, 2);
-        assert_eq!(first[&b].packets, 1);
-        t.add(a, one);
-        let second = t.take_interval();
-        assert_eq!(second.len(), 1);
-        assert_eq!(second[&a].bytes, 10);
-        assert_eq!(t.total()[&a].packets, 3);
-        assert_eq!(t.total()[&b].bytes, 10);
-        assert!(t.take_interval().is_empty());
     }
 }

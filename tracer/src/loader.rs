@@ -1,11 +1,16 @@
 //! Loading the eBPF object with this run's configuration.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier},
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::{HashMap, MapData, RingBuf},
+    programs::{BtfTracePoint, ProgramError, SchedClassifier},
 };
 use tracer_ebpf::Config;
+
+use crate::targets::Target;
 
 /// The eBPF programs, compiled by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -45,4 +50,36 @@ pub fn explain(name: &str, e: ProgramError) -> anyhow::Error {
         }
         e => anyhow!("load eBPF program {name}: {e}"),
     }
+}
+
+/// Loads and attaches the `kfree_skb` program, restricted to the traced
+/// namespaces; returns the ring buffer of first drops.
+pub fn attach_drops(
+    ebpf: &mut Ebpf,
+    btf_path: &Path,
+    targets: &[Target],
+) -> Result<RingBuf<MapData>> {
+    const NAME: &str = "kfree_skb";
+    let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
+        ebpf.map_mut("TRACED_NETNS")
+            .ok_or_else(|| anyhow!("eBPF object has no map TRACED_NETNS"))?,
+    )?;
+    for t in targets {
+        traced.insert(t.netns.inode as u32, 1, 0)?;
+    }
+    let btf = Btf::parse_file(btf_path, Endianness::default())
+        .with_context(|| format!("parse {}", btf_path.display()))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(NAME)
+        .ok_or_else(|| anyhow!("eBPF object has no program {NAME}"))?
+        .try_into()?;
+    prog.load("kfree_skb", &btf).map_err(|e| {
+        explain(NAME, e).context("drops cannot be traced here (--no-drops skips them)")
+    })?;
+    prog.attach()
+        .map_err(|e| anyhow!("attach to tracepoint skb:kfree_skb: {e} (--no-drops skips drops)"))?;
+    let ring = ebpf
+        .take_map("DROP_EVENTS")
+        .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
+    Ok(RingBuf::try_from(ring)?)
 }

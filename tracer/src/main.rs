@@ -6,11 +6,15 @@ mod cli;
 mod collect;
 mod devices;
 mod double_buffer;
+mod drops;
 mod flows;
+mod kallsyms;
 mod loader;
 mod netns;
+mod reasons;
 mod render;
 mod run;
+mod tally;
 mod targets;
 mod tc;
 

@@ -5,24 +5,33 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
+    io::unix::AsyncFd,
     runtime::Runtime,
     signal::unix::{Signal, SignalKind, signal},
 };
-use tracer_ebpf::Config;
+use tracer_ebpf::{Config, DropEvent};
 
 use crate::{
     btf,
     cli::{Cli, Output},
     collect::Collector,
     devices, loader, netns,
+    reasons::{ReasonFilter, Reasons, hint},
     render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
     targets::{self, Target},
     tc,
 };
 
 pub fn run(cli: Cli) -> Result<()> {
+    let kernel_btf = btf::load(&cli.kernel_btf)?;
+    let reasons = Reasons::from_btf(&kernel_btf)?;
+    if cli.list_reasons {
+        return list_reasons(&reasons);
+    }
+    let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -39,26 +48,27 @@ pub fn run(cli: Cli) -> Result<()> {
             term: signal(SignalKind::terminate())?,
         }
     };
-    let namespaces = netns::resolve(&cli.netns)?;
-    let mut found = Vec::new();
-    for ns in namespaces {
-        let devs = netns::run_in(&ns.path, devices::list)?
-            .with_context(|| format!("list devices in {}", ns.name))?;
-        found.push((ns, devs));
-    }
-    let targets = targets::select(found, &cli.ifaces)?;
+    let targets = plan(&cli)?;
     let config = Config {
-        offsets: btf::offsets(&btf::load(&cli.kernel_btf)?)?,
+        offsets: btf::offsets(&kernel_btf)?,
         vxlan_ports: targets::vxlan_ports(&cli.vxlan_ports, &targets)?,
+        reason_consumed: reasons.consumed,
+        reason_not_dropped: reasons.not_dropped,
     };
+    drop(kernel_btf);
 
     let mut ebpf = loader::load(&config, cli.flow_map_size)?;
     loader::load_classifier(&mut ebpf, tc::INGRESS)?;
     loader::load_classifier(&mut ebpf, tc::EGRESS)?;
     let mut links = tc::Links::default();
-    let attached = links.attach(&mut ebpf, &targets);
-    let result = attached.and_then(|()| {
-        announce(&targets, &config, links.len());
+    let result = (|| {
+        let drop_events = if cli.no_drops {
+            None
+        } else {
+            Some(loader::attach_drops(&mut ebpf, &cli.kernel_btf, &targets)?)
+        };
+        links.attach(&mut ebpf, &targets)?;
+        announce(&targets, &config, links.len(), drop_events.is_some());
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
                 .with_context(|| format!("write ready file {}", path.display()))?;
@@ -72,14 +82,35 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Output::Auto => Box::new(TextSink::new(io::stdout().lock())),
         };
-        let mut collector = Collector::new(&mut ebpf, &targets)?;
-        stream(&cli, &rt, signals, &mut collector, sink)
-    });
+        let mut collector = Collector::new(&mut ebpf, &targets, reasons, filter)?;
+        stream(&cli, &rt, signals, drop_events, &mut collector, sink)
+    })();
     links.detach(&mut ebpf);
     result
 }
 
-fn announce(targets: &[Target], config: &Config, links: usize) {
+/// The namespaces and the devices to trace in them.
+fn plan(cli: &Cli) -> Result<Vec<Target>> {
+    let mut found = Vec::new();
+    for ns in netns::resolve(&cli.netns)? {
+        let devs = netns::run_in(&ns.path, devices::list)?
+            .with_context(|| format!("list devices in {}", ns.name))?;
+        found.push((ns, devs));
+    }
+    targets::select(found, &cli.ifaces)
+}
+
+fn list_reasons(reasons: &Reasons) -> Result<()> {
+    for (value, name) in reasons.all() {
+        match hint(name) {
+            Some(h) => println!("{value:>4} {name:<32} {h}"),
+            None => println!("{value:>4} {name}"),
+        }
+    }
+    Ok(())
+}
+
+fn announce(targets: &[Target], config: &Config, links: usize, drops: bool) {
     let per_ns: Vec<String> = targets
         .iter()
         .filter(|t| !t.traced.is_empty())
@@ -95,9 +126,14 @@ fn announce(targets: &[Target], config: &Config, links: usize) {
         .map(|p| p.to_string())
         .collect();
     eprintln!(
-        "tracer: {links} TC hooks on {}; VXLAN ports {}",
+        "tracer: {links} TC hooks on {}; VXLAN ports {}; drops {}",
         per_ns.join(", "),
-        ports.join(",")
+        ports.join(","),
+        if drops {
+            "traced in these namespaces"
+        } else {
+            "not traced (--no-drops)"
+        }
     );
 }
 
@@ -106,14 +142,34 @@ struct Signals {
     term: Signal,
 }
 
+/// Reads every pending event of the ring buffer.
+fn read_events(ring: &mut RingBuf<MapData>) -> Vec<DropEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<DropEvent>() {
+            // SAFETY: the program wrote a whole DropEvent, which is Pod.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+        }
+    }
+    events
+}
+
 fn stream(
     cli: &Cli,
     rt: &Runtime,
     mut signals: Signals,
+    drop_events: Option<RingBuf<MapData>>,
     collector: &mut Collector,
     mut sink: Box<dyn Sink>,
 ) -> Result<()> {
     rt.block_on(async {
+        let mut events = match drop_events {
+            // SAFETY: the ring buffer owns its fd and outlives the registration.
+            Some(ring) => Some(
+                unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("poll ring buffer: {e}"))?,
+            ),
+            None => None,
+        };
         let start = Instant::now();
         let mut last = start;
         let mut ticker = tokio::time::interval_at((start + cli.interval).into(), cli.interval);
@@ -126,7 +182,23 @@ fn stream(
         };
         tokio::pin!(until_stop);
         loop {
+            let new_drops = async {
+                match events.as_mut() {
+                    Some(fd) => fd.readable_mut().await.map(Some),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                ready = new_drops => {
+                    if let Some(mut guard) = ready? {
+                        let batch = read_events(guard.get_inner_mut());
+                        guard.clear_ready();
+                        let report = collector.first_drops(&batch);
+                        if !report.drops.is_empty() && !emit(&mut *sink, &report)? {
+                            return Ok(());
+                        }
+                    }
+                }
                 _ = ticker.tick() => {
                     collector.collect()?;
                     let now = Instant::now();

@@ -6,30 +6,20 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use common::*;
 use xtask::{
-    lab::{Lab, addr, neigh},
+    lab::Pair,
     traffic::{UdpSink, send_udp},
 };
 
 #[test]
 fn fragments_of_known_datagrams_are_counted_exactly() {
     const N: u64 = 10;
-    const MTU: u32 = 1000;
     const PAYLOAD: usize = 2500;
-    let mut lab = Lab::new().unwrap();
-    let (a, b) = (lab.add_ns("a").unwrap(), lab.add_ns("b").unwrap());
-    let (mac_a, mac_b) = (lab.mac(1, 1), lab.mac(1, 2));
-    lab.veth((&a, "v0"), (&b, "v0"), MTU, (&mac_a, &mac_b))
-        .unwrap();
-    let (ip_a, ip_b) = (lab.addr(1, 1), lab.addr(1, 2));
-    addr(&a, "v0", ip_a, 24).unwrap();
-    addr(&b, "v0", ip_b, 24).unwrap();
-    neigh(&a, "v0", ip_b, &mac_b).unwrap();
-    neigh(&b, "v0", ip_a, &mac_a).unwrap();
-
-    let to = SocketAddrV4::new(ip_b, 6000);
-    let sink = UdpSink::start(&b, to).unwrap();
-    let run = start(&[a.clone(), b.clone()], &[]);
-    send_udp(&a, SocketAddrV4::new(ip_a, 6001), to, N as u32, PAYLOAD).unwrap();
+    let p = Pair::new(1000).unwrap();
+    let (a, b) = (&p.a, &p.b);
+    let to = SocketAddrV4::new(b.ip, 6000);
+    let sink = UdpSink::start(&b.ns, to).unwrap();
+    let run = start(p.namespaces(), &[]);
+    send_udp(&a.ns, SocketAddrV4::new(a.ip, 6001), to, N as u32, PAYLOAD).unwrap();
     assert!(
         sink.wait_for(N, Duration::from_secs(10)),
         "{} arrived",
@@ -39,8 +29,8 @@ fn fragments_of_known_datagrams_are_counted_exactly() {
 
     // 8 + 2500 bytes of UDP in fragments of at most MTU - 20 rounded down to 8: 976, 976, 556.
     let (full, last) = (14 + 20 + 976, 14 + 20 + 556);
-    let (ip_a, ip_b) = (ip_a.to_string(), ip_b.to_string());
-    for (ns, dir) in [(&a, "egress"), (&b, "ingress")] {
+    let (ip_a, ip_b) = (a.ip.to_string(), b.ip.to_string());
+    for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
         let rows = flows_at(&f, ns, "v0", dir);
         assert_eq!(rows.len(), 2, "{ns} {dir}: {rows:#?}");
         let first = rows

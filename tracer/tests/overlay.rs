@@ -87,9 +87,11 @@ fn exact_counts_at_every_hop(opts: OverlayOpts) {
         .map(|r| r["packets"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 8 * N as u64, "{:#?}", f.totals("flow"));
+    assert!(f.totals("drop").is_empty(), "{:#?}", f.totals("drop"));
     let health = f.totals("health");
     assert_eq!(health.len(), 1);
     assert_eq!(health[0]["flow_map_full"], 0);
+    assert_eq!(health[0]["drop_map_full"], 0);
 }
 
 #[test]

@@ -172,6 +172,17 @@ impl Drop for Lab {
     }
 }
 
+/// The inode of namespace `ns` (what the kernel's `ns.inum` holds).
+pub fn netns_inode(ns: &str) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(fs::metadata(format!("/var/run/netns/{ns}"))?.ino())
+}
+
+/// `iptables args...` inside `ns`.
+pub fn iptables(ns: &str, args: &[&str]) -> Result<()> {
+    in_ns(ns, "iptables", args).map(drop)
+}
+
 /// `sysctl -w key=value` inside `ns`.
 pub fn sysctl(ns: &str, assignment: &str) -> Result<()> {
     in_ns(ns, "sysctl", &["-q", "-w", assignment]).map(drop)
@@ -513,4 +524,46 @@ pub fn neigh(ns: &str, dev: &str, a: Ipv4Addr, mac: &str) -> Result<()> {
         "nud",
         "permanent",
     ])
+}
+
+/// One end of a [`Pair`].
+#[derive(Debug, Clone)]
+pub struct End {
+    pub ns: String,
+    pub dev: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+/// Two namespaces joined by one veth link, with addresses and static neighbours.
+pub struct Pair {
+    pub a: End,
+    pub b: End,
+    pub lab: Lab,
+}
+
+impl Pair {
+    pub fn new(mtu: u32) -> Result<Self> {
+        let mut lab = Lab::new()?;
+        let end = |lab: &mut Lab, role: &str, n: u8| -> Result<End> {
+            Ok(End {
+                ns: lab.add_ns(role)?,
+                dev: "v0".into(),
+                ip: lab.addr(1, n),
+                mac: lab.mac(1, n),
+            })
+        };
+        let a = end(&mut lab, "a", 1)?;
+        let b = end(&mut lab, "b", 2)?;
+        lab.veth((&a.ns, &a.dev), (&b.ns, &b.dev), mtu, (&a.mac, &b.mac))?;
+        for (x, y) in [(&a, &b), (&b, &a)] {
+            addr(&x.ns, &x.dev, x.ip, 24)?;
+            neigh(&x.ns, &x.dev, y.ip, &y.mac)?;
+        }
+        Ok(Pair { a, b, lab })
+    }
+
+    pub fn namespaces(&self) -> &[String] {
+        self.lab.namespaces()
+    }
 }

@@ -3,5 +3,6 @@
 pub mod bpf;
 pub mod cmd;
 pub mod lab;
+pub mod peers;
 pub mod tracer;
 pub mod traffic;

@@ -4,8 +4,10 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use tracer_ebpf::FlowId;
 
-use super::{Endpoints, FlowRow, Proto, Report, Sink, inner, vni};
+use super::{DropRow, Endpoints, FlowRow, Proto, Report, Scope, Sink, inner, vni};
+use crate::reasons::hint;
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -14,6 +16,11 @@ pub struct JsonSink<W: Write> {
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self { out }
+    }
+
+    fn line(&mut self, row: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, row)?;
+        self.out.write_all(b"\n")
     }
 }
 
@@ -41,17 +48,44 @@ impl From<Endpoints> for JsonEndpoints {
     }
 }
 
+/// The fields every row about a packet carries.
 #[derive(Serialize)]
-struct JsonFlow<'a> {
+struct JsonFlowFields<'a> {
     r#type: &'static str,
     scope: &'static str,
     netns: &'a str,
-    iface: &'a str,
-    dir: &'static str,
+    iface: Option<&'a str>,
+    dir: Option<&'static str>,
     #[serde(flatten)]
     outer: JsonEndpoints,
     vni: Option<u32>,
     inner: Option<JsonEndpoints>,
+}
+
+fn flow_fields<'a>(
+    r#type: &'static str,
+    scope: Scope,
+    netns: &'a str,
+    iface: Option<&'a str>,
+    dir: Option<&'static str>,
+    id: &FlowId,
+) -> JsonFlowFields<'a> {
+    JsonFlowFields {
+        r#type,
+        scope: scope.as_str(),
+        netns,
+        iface,
+        dir,
+        outer: Endpoints::of(&id.outer).into(),
+        vni: vni(id),
+        inner: inner(id).map(Into::into),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonFlow<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
     packets: u64,
     bytes: u64,
     frags_first: u64,
@@ -61,23 +95,36 @@ struct JsonFlow<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonDrop<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    reason: &'a str,
+    location: &'a str,
+    count: u64,
+    bytes: u64,
+    hint: Option<&'static str>,
+}
+
+#[derive(Serialize)]
 struct JsonHealth {
     r#type: &'static str,
     scope: &'static str,
     seconds: f64,
     flow_map_full: u64,
+    drop_map_full: u64,
+    drop_events_lost: u64,
 }
 
-fn flow<'a>(scope: &'static str, row: &'a FlowRow) -> JsonFlow<'a> {
+fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
     JsonFlow {
-        r#type: "flow",
-        scope,
-        netns: &row.netns,
-        iface: &row.iface,
-        dir: row.dir,
-        outer: Endpoints::of(&row.id.outer).into(),
-        vni: vni(&row.id),
-        inner: inner(&row.id).map(Into::into),
+        flow: flow_fields(
+            "flow",
+            scope,
+            &row.netns,
+            Some(&row.iface),
+            Some(row.dir),
+            &row.id,
+        ),
         packets: row.counts.packets,
         bytes: row.counts.bytes,
         frags_first: row.counts.frags_first,
@@ -87,21 +134,42 @@ fn flow<'a>(scope: &'static str, row: &'a FlowRow) -> JsonFlow<'a> {
     }
 }
 
+fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
+    JsonDrop {
+        flow: flow_fields(
+            "drop",
+            scope,
+            &row.netns,
+            row.iface.as_deref(),
+            None,
+            &row.id,
+        ),
+        reason: &row.reason,
+        location: &row.location,
+        count: row.counts.packets,
+        bytes: row.counts.bytes,
+        hint: hint(&row.reason),
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
-        let scope = r.scope.as_str();
         for row in &r.flows {
-            serde_json::to_writer(&mut self.out, &flow(scope, row))?;
-            self.out.write_all(b"\n")?;
+            self.line(&flow(r.scope, row))?;
         }
-        let health = JsonHealth {
-            r#type: "health",
-            scope,
-            seconds: r.elapsed.as_secs_f64(),
-            flow_map_full: r.health.flow_map_full,
-        };
-        serde_json::to_writer(&mut self.out, &health)?;
-        self.out.write_all(b"\n")?;
+        for row in &r.drops {
+            self.line(&drop_row(r.scope, row))?;
+        }
+        if r.scope != Scope::First {
+            self.line(&JsonHealth {
+                r#type: "health",
+                scope: r.scope.as_str(),
+                seconds: r.elapsed.as_secs_f64(),
+                flow_map_full: r.health.flow_map_full,
+                drop_map_full: r.health.drop_map_full,
+                drop_events_lost: r.health.drop_events_lost,
+            })?;
+        }
         self.out.flush()
     }
 }
@@ -113,10 +181,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
-    use crate::{
-        flows::Counts,
-        render::{Health, Scope},
-    };
+    use crate::{drops::DropCounts, flows::Counts, render::Health};
 
     fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
         let mut t = Tuple {
@@ -133,6 +198,25 @@ mod tests {
         t
     }
 
+    fn vxlan_id() -> FlowId {
+        FlowId {
+            outer: tuple(1, 2, 17, Some((40000, 4789))),
+            inner: tuple(5, 6, 1, None),
+            vni: VNI_PRESENT | 42,
+            _pad: 0,
+        }
+    }
+
+    fn lines(report: &Report) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        JsonSink::new(&mut out).report(report).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     #[test]
     fn vxlan_flow_row_matches_the_contract() {
         let report = Report {
@@ -142,12 +226,7 @@ mod tests {
                 netns: "hostA".into(),
                 iface: "ul0".into(),
                 dir: "egress",
-                id: FlowId {
-                    outer: tuple(1, 2, 17, Some((40000, 4789))),
-                    inner: tuple(5, 6, 1, None),
-                    vni: VNI_PRESENT | 42,
-                    _pad: 0,
-                },
+                id: vxlan_id(),
                 counts: Counts {
                     packets: 3,
                     bytes: 444,
@@ -157,15 +236,14 @@ mod tests {
                     max_len: 148,
                 },
             }],
-            health: Health { flow_map_full: 7 },
+            health: Health {
+                flow_map_full: 7,
+                drop_map_full: 1,
+                drop_events_lost: 2,
+            },
+            ..Report::default()
         };
-        let mut out = Vec::new();
-        JsonSink::new(&mut out).report(&report).unwrap();
-        let lines: Vec<serde_json::Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = lines(&report);
         assert_eq!(
             lines[0],
             serde_json::json!({
@@ -181,9 +259,69 @@ mod tests {
         assert_eq!(
             lines[1],
             serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
-                               "flow_map_full": 7})
+                               "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2})
         );
         assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn drop_row_matches_the_contract() {
+        let report = Report {
+            scope: Scope::Interval,
+            elapsed: Duration::from_secs(1),
+            drops: vec![DropRow {
+                netns: "hostB".into(),
+                iface: Some("ul0".into()),
+                id: vxlan_id(),
+                reason: "NETFILTER_DROP".into(),
+                location: "nf_hook_slow+0x9a".into(),
+                counts: DropCounts {
+                    packets: 5,
+                    bytes: 740,
+                },
+            }],
+            ..Report::default()
+        };
+        let lines = lines(&report);
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "type": "drop", "scope": "interval", "netns": "hostB", "iface": "ul0",
+                "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
+                "sport": 40000, "dport": 4789, "vni": 42,
+                "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                          "sport": null, "dport": null},
+                "reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x9a",
+                "count": 5, "bytes": 740,
+                "hint": "a netfilter (iptables/nftables) rule dropped it"
+            })
+        );
+        assert_eq!(lines[1]["type"], "health");
+    }
+
+    #[test]
+    fn first_drops_have_no_health_row_and_a_device_may_be_missing() {
+        let report = Report {
+            scope: Scope::First,
+            drops: vec![DropRow {
+                netns: "4026531840".into(),
+                iface: None,
+                id: FlowId::default(),
+                reason: "SUBSYS_3:1".into(),
+                location: "0x1234".into(),
+                counts: DropCounts {
+                    packets: 1,
+                    bytes: 60,
+                },
+            }],
+            ..Report::default()
+        };
+        let lines = lines(&report);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["scope"], "first");
+        assert_eq!(lines[0]["iface"], serde_json::Value::Null);
+        assert_eq!(lines[0]["hint"], serde_json::Value::Null);
+        assert_eq!(lines[0]["src"], serde_json::Value::Null);
     }
 
     #[test]
@@ -198,7 +336,7 @@ mod tests {
             },
             counts: Counts::default(),
         };
-        let v = serde_json::to_value(flow("interval", &row)).unwrap();
+        let v = serde_json::to_value(flow(Scope::Interval, &row)).unwrap();
         assert_eq!(v["vni"], serde_json::Value::Null);
         assert_eq!(v["inner"], serde_json::Value::Null);
         assert_eq!(v["proto"], 47);

@@ -14,14 +14,18 @@ use std::{
 
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
-use crate::flows::Counts;
+use crate::{drops::DropCounts, flows::Counts};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
     /// Counts of the last interval.
+    #[default]
     Interval,
     /// Counts of the whole run, printed once at exit.
     Total,
+    /// The first drop of a (flow, reason, place) not seen before, printed at
+    /// once; it is counted again in the next interval.
+    First,
 }
 
 impl Scope {
@@ -29,6 +33,7 @@ impl Scope {
         match self {
             Scope::Interval => "interval",
             Scope::Total => "total",
+            Scope::First => "first",
         }
     }
 }
@@ -43,20 +48,46 @@ pub struct FlowRow {
     pub counts: Counts,
 }
 
+/// Drops of one flow, for one reason, at one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropRow {
+    pub netns: String,
+    /// The skb's device where it was dropped, if it had one.
+    pub iface: Option<String>,
+    pub id: FlowId,
+    /// `NETFILTER_DROP`, ...
+    pub reason: String,
+    /// Kernel function and offset that dropped it.
+    pub location: String,
+    pub counts: DropCounts,
+}
+
 /// Events the eBPF side could not record, and other signs that counts are incomplete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Health {
-    /// Flows not counted because the flow map was full.
+    /// Packets not counted because the flow map was full.
     pub flow_map_full: u64,
+    /// Drops not counted because the drop map was full.
+    pub drop_map_full: u64,
+    /// First drops of new keys not announced at once (ring buffer full); they
+    /// are still counted in the interval rows.
+    pub drop_events_lost: u64,
+}
+
+impl Health {
+    pub fn any(&self) -> bool {
+        *self != Health::default()
+    }
 }
 
 /// Everything printed for one interval, or for the whole run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Report {
     pub scope: Scope,
     /// Length of the interval, or of the whole run.
     pub elapsed: Duration,
     pub flows: Vec<FlowRow>,
+    pub drops: Vec<DropRow>,
     pub health: Health,
 }
 

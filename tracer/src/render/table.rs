@@ -8,8 +8,11 @@ use std::{
 
 use tracer_ebpf::FlowId;
 
-use super::{Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
-use crate::flows::Counts;
+use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use crate::{
+    drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
+    tally::Accumulate as _,
+};
 
 /// Size of the terminal, or of the test's pretend one.
 pub trait Screen {
@@ -33,11 +36,14 @@ impl Screen for Terminal {
     }
 }
 
+type DropIdent = (String, Option<String>, FlowId, String, String);
+
 pub struct TableSink<W: Write, S: Screen> {
     out: W,
     screen: S,
     /// Run totals per row, for the cumulative columns.
     totals: HashMap<(String, String, &'static str, FlowId), Counts>,
+    drop_totals: HashMap<DropIdent, DropCounts>,
 }
 
 impl<W: Write, S: Screen> TableSink<W, S> {
@@ -46,27 +52,24 @@ impl<W: Write, S: Screen> TableSink<W, S> {
             out,
             screen,
             totals: HashMap::new(),
+            drop_totals: HashMap::new(),
         }
     }
 }
 
-const HEADERS: [&str; 12] = [
-    "NETNS",
-    "IFACE",
-    "DIR",
-    "PROTO",
-    "SOURCE",
-    "DESTINATION",
-    "VNI",
-    "INNER",
-    "PKT/s",
-    "BYTES/s",
-    "PACKETS",
-    "BYTES",
+#[rustfmt::skip]
+const FLOW_HEADERS: [&str; 15] = [
+    "NETNS", "IFACE", "DIR", "PROTO", "SOURCE", "DESTINATION", "VNI", "INNER", "PKT/s", "BYTES/s",
+    "PACKETS", "BYTES", "FRAGS", "DF", "MAXLEN",
 ];
-const EXTRA: [&str; 3] = ["FRAGS", "DF", "MAXLEN"];
-/// Columns that give up width first when the terminal is narrow, widest first.
-const SHRINKABLE: [usize; 3] = [7, 4, 5];
+/// Columns that give up width first when the terminal is narrow.
+const FLOW_SHRINKABLE: [usize; 3] = [7, 4, 5];
+#[rustfmt::skip]
+const DROP_HEADERS: [&str; 12] = [
+    "NETNS", "IFACE", "PROTO", "SOURCE", "DESTINATION", "VNI", "INNER", "REASON", "DROP/s", "DROPS",
+    "WHERE", "MEANING",
+];
+const DROP_SHRINKABLE: [usize; 5] = [11, 6, 10, 3, 4];
 
 fn human(n: f64) -> String {
     const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
@@ -83,11 +86,33 @@ fn human(n: f64) -> String {
     }
 }
 
+fn inner_cell(id: &FlowId) -> String {
+    inner(id)
+        .map(|i| format!("{} {} > {}", i.proto, i.src_str(), i.dst_str()))
+        .unwrap_or_default()
+}
+
+fn drop_cells(row: &DropRow, secs: f64, total: &DropCounts) -> Vec<String> {
+    let outer = Endpoints::of(&row.id.outer);
+    vec![
+        row.netns.clone(),
+        row.iface.clone().unwrap_or_else(|| "-".into()),
+        outer.proto.to_string(),
+        outer.src_str(),
+        outer.dst_str(),
+        vni(&row.id).map(|v| v.to_string()).unwrap_or_default(),
+        inner_cell(&row.id),
+        row.reason.clone(),
+        human(row.counts.packets as f64 / secs),
+        total.packets.to_string(),
+        row.location.clone(),
+        hint(&row.reason).unwrap_or("").to_string(),
+    ]
+}
+
 fn cells(row: &FlowRow, rate: &Counts, secs: f64, total: &Counts) -> Vec<String> {
     let outer = Endpoints::of(&row.id.outer);
-    let inner = inner(&row.id)
-        .map(|i| format!("{} {} > {}", i.proto, i.src_str(), i.dst_str()))
-        .unwrap_or_default();
+    let inner = inner_cell(&row.id);
     vec![
         row.netns.clone(),
         row.iface.clone(),
@@ -118,19 +143,20 @@ fn fit(cell: &str, width: usize) -> String {
     }
 }
 
-/// Lays out `rows` (header first) in at most `width` columns of text.
-fn layout(rows: &[Vec<String>], width: usize) -> Vec<String> {
+/// Lays out `rows` (header first) in at most `width` columns of text,
+/// narrowing the `shrinkable` columns first.
+fn layout(rows: &[Vec<String>], width: usize, shrinkable: &[usize]) -> Vec<String> {
     let ncols = rows[0].len();
     let mut widths: Vec<usize> = (0..ncols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
-    for &c in &SHRINKABLE {
+    for &c in shrinkable {
         let over = total(&widths).saturating_sub(width);
         if over == 0 {
             break;
         }
-        let min = HEADERS[c].len().max(7);
+        let min = rows[0][c].len().max(7);
         widths[c] -= over.min(widths[c].saturating_sub(min));
     }
     rows.iter()
@@ -143,22 +169,21 @@ fn layout(rows: &[Vec<String>], width: usize) -> Vec<String> {
         .collect()
 }
 
-impl<W: Write, S: Screen> Sink for TableSink<W, S> {
-    fn report(&mut self, r: &Report) -> io::Result<()> {
-        let (width, height) = self.screen.size();
-        let secs = r.elapsed.as_secs_f64().max(1e-3);
+impl<W: Write, S: Screen> TableSink<W, S> {
+    /// Flow rows with their run totals, busiest first.
+    fn flow_entries<'a>(&mut self, r: &'a Report) -> Vec<(&'a FlowRow, Counts)> {
         let mut entries: Vec<(&FlowRow, Counts)> = r
             .flows
             .iter()
             .map(|row| {
-                let key = (row.netns.clone(), row.iface.clone(), row.dir, row.id);
                 let total = match r.scope {
-                    Scope::Interval => {
+                    Scope::Total => row.counts,
+                    _ => {
+                        let key = (row.netns.clone(), row.iface.clone(), row.dir, row.id);
                         let t = self.totals.entry(key).or_default();
                         t.add(&row.counts);
                         *t
                     }
-                    Scope::Total => row.counts,
                 };
                 (row, total)
             })
@@ -168,47 +193,127 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
                 .cmp(&(a.0.counts.bytes, a.1.bytes))
                 .then_with(|| (&a.0.netns, &a.0.iface).cmp(&(&b.0.netns, &b.0.iface)))
         });
-        let mut rows = vec![
-            HEADERS
-                .iter()
-                .chain(EXTRA.iter())
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        ];
-        // Title, header, and a line for what did not fit.
-        let room = height.saturating_sub(3).max(1);
-        let shown = entries.len().min(room);
-        for (row, total) in &entries[..shown] {
-            rows.push(cells(row, &row.counts, secs, total));
+        entries
+    }
+
+    fn drop_entries<'a>(&mut self, r: &'a Report) -> Vec<(&'a DropRow, DropCounts)> {
+        let mut entries: Vec<(&DropRow, DropCounts)> = r
+            .drops
+            .iter()
+            .map(|row| {
+                let total = match r.scope {
+                    Scope::Total => row.counts,
+                    _ => {
+                        let key = (
+                            row.netns.clone(),
+                            row.iface.clone(),
+                            row.id,
+                            row.reason.clone(),
+                            row.location.clone(),
+                        );
+                        let t = self.drop_totals.entry(key).or_default();
+                        t.add(&row.counts);
+                        *t
+                    }
+                };
+                (row, total)
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (b.0.counts.packets, b.1.packets).cmp(&(a.0.counts.packets, a.1.packets))
+        });
+        entries
+    }
+}
+
+impl<W: Write, S: Screen> Sink for TableSink<W, S> {
+    fn report(&mut self, r: &Report) -> io::Result<()> {
+        let (width, height) = self.screen.size();
+        if r.scope == Scope::First {
+            // Shown at once under the table; the next redraw lists it among the drops.
+            for row in &r.drops {
+                let line = format!("NEW {}", drop_line(r.scope, row));
+                writeln!(self.out, "{}", fit(&line, width).trim_end())?;
+            }
+            return self.out.flush();
         }
-        let mut title = match r.scope {
-            Scope::Interval => format!(
-                "tracer  interval {:.1}s  {} flows",
-                r.elapsed.as_secs_f64(),
-                entries.len()
-            ),
-            Scope::Total => format!(
-                "tracer  totals for {:.1}s  {} flows",
-                r.elapsed.as_secs_f64(),
-                entries.len()
-            ),
-        };
-        if r.health.flow_map_full > 0 {
+        let secs = r.elapsed.as_secs_f64().max(1e-3);
+        let flows = self.flow_entries(r);
+        let drops = self.drop_entries(r);
+        let mut title = format!(
+            "tracer  {} {:.1}s  {} flows  {} drop kinds",
+            if r.scope == Scope::Total {
+                "totals for"
+            } else {
+                "interval"
+            },
+            r.elapsed.as_secs_f64(),
+            flows.len(),
+            drops.len(),
+        );
+        let h = &r.health;
+        if h.flow_map_full > 0 {
             title.push_str(&format!(
                 "  FLOW MAP FULL: {} packets not counted (raise --flow-map-size)",
-                r.health.flow_map_full
+                h.flow_map_full
             ));
+        }
+        if h.drop_map_full > 0 {
+            title.push_str(&format!(
+                "  DROP MAP FULL: {} drops not counted",
+                h.drop_map_full
+            ));
+        }
+        if h.drop_events_lost > 0 {
+            title.push_str(&format!("  {} new-drop events lost", h.drop_events_lost));
         }
         if r.scope == Scope::Interval {
             // Clear the screen and home the cursor for a redraw.
             write!(self.out, "\x1b[H\x1b[2J")?;
         }
         writeln!(self.out, "{}", fit(&title, width).trim_end())?;
-        for line in layout(&rows, width) {
+        // Lines left for the two tables: each needs a header and maybe a "more" line.
+        let mut room = height.saturating_sub(1);
+        if !drops.is_empty() {
+            let budget = if flows.is_empty() { room } else { room / 2 };
+            let shown = drops.len().min(budget.saturating_sub(2).max(1));
+            let mut rows = vec![
+                DROP_HEADERS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            ];
+            rows.extend(
+                drops[..shown]
+                    .iter()
+                    .map(|(row, total)| drop_cells(row, secs, total)),
+            );
+            for line in layout(&rows, width, &DROP_SHRINKABLE) {
+                writeln!(self.out, "{line}")?;
+            }
+            room = room.saturating_sub(rows.len());
+            if shown < drops.len() {
+                writeln!(self.out, "... {} more drop kinds", drops.len() - shown)?;
+                room = room.saturating_sub(1);
+            }
+        }
+        let shown = flows.len().min(room.saturating_sub(2).max(1));
+        let mut rows = vec![
+            FLOW_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        ];
+        rows.extend(
+            flows[..shown]
+                .iter()
+                .map(|(row, total)| cells(row, &row.counts, secs, total)),
+        );
+        for line in layout(&rows, width, &FLOW_SHRINKABLE) {
             writeln!(self.out, "{line}")?;
         }
-        if shown < entries.len() {
-            writeln!(self.out, "... {} more flows", entries.len() - shown)?;
+        if shown < flows.len() {
+            writeln!(self.out, "... {} more flows", flows.len() - shown)?;
         }
         self.out.flush()
     }
@@ -221,7 +326,6 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, TUPLE_PORTS, Tuple};
 
     use super::*;
-    use crate::render::Health;
 
     struct Fixed(usize, usize);
     impl Screen for Fixed {
@@ -272,7 +376,7 @@ mod tests {
             scope: Scope::Interval,
             elapsed: Duration::from_secs(2),
             flows,
-            health: Health::default(),
+            ..Report::default()
         }
     }
 
@@ -288,7 +392,7 @@ mod tests {
         );
         let second = out.rsplit("\x1b[H\x1b[2J").next().unwrap();
         let lines: Vec<&str> = second.lines().collect();
-        assert_eq!(lines[0], "tracer  interval 2.0s  2 flows");
+        assert_eq!(lines[0], "tracer  interval 2.0s  2 flows  0 drop kinds");
         assert!(lines[1].starts_with("NETNS  IFACE  DIR  PROTO  SOURCE"));
         // b moved more bytes this interval: first. a: 200 bytes over 2 s, 1200 in all.
         assert!(
@@ -315,7 +419,54 @@ mod tests {
     fn map_full_is_shown_in_the_title() {
         let mut r = interval(vec![]);
         r.health.flow_map_full = 5;
-        let out = render(200, 10, &[r]);
-        assert!(out.contains("FLOW MAP FULL: 5 packets not counted"));
+        r.health.drop_map_full = 2;
+        let out = render(250, 10, &[r]);
+        assert!(
+            out.contains("FLOW MAP FULL: 5 packets not counted"),
+            "{out}"
+        );
+        assert!(out.contains("DROP MAP FULL: 2 drops not counted"), "{out}");
+    }
+
+    fn drop(reason: &str, packets: u64) -> DropRow {
+        DropRow {
+            netns: "hb".into(),
+            iface: Some("ul0".into()),
+            id: row("x", 0).id,
+            reason: reason.into(),
+            location: "nf_hook_slow+0x9a".into(),
+            counts: DropCounts {
+                packets,
+                bytes: packets * 100,
+            },
+        }
+    }
+
+    #[test]
+    fn drops_come_first_with_their_meaning_and_new_ones_show_at_once() {
+        let mut r = interval(vec![row("a", 1000)]);
+        r.drops = vec![drop("NO_SOCKET", 2), drop("NETFILTER_DROP", 8)];
+        let first = Report {
+            scope: Scope::First,
+            drops: vec![drop("NETFILTER_DROP", 1)],
+            ..Report::default()
+        };
+        let out = render(250, 20, &[first, r]);
+        let (new, table) = out.split_once("\x1b[H\x1b[2J").unwrap();
+        assert!(
+            new.starts_with("NEW drop first netns=hb iface=ul0 udp"),
+            "{new}"
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("NETNS  IFACE  PROTO"), "{table}");
+        assert!(
+            lines[2].contains("NETFILTER_DROP") && lines[2].contains("a netfilter"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("NO_SOCKET") && lines[3].contains("nothing listens"),
+            "{table}"
+        );
+        assert!(lines[4].starts_with("NETNS  IFACE  DIR"), "{table}");
     }
 }

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use super::{Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use tracer_ebpf::FlowId;
+
+use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use crate::reasons::hint;
 
 pub struct TextSink<W: Write> {
     out: W,
@@ -14,29 +17,33 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-pub fn flow_line(scope: Scope, row: &FlowRow) -> String {
-    let outer = Endpoints::of(&row.id.outer);
-    let mut line = format!(
-        "flow {} netns={} iface={} dir={} {} {} > {}",
-        scope.as_str(),
-        row.netns,
-        row.iface,
-        row.dir,
-        outer.proto,
-        outer.src_str(),
-        outer.dst_str()
-    );
-    if let Some(vni) = vni(&row.id) {
-        line.push_str(&format!(" vni={vni}"));
+/// `udp 10.0.0.1:5000 > 10.0.0.2:4789 vni=42 inner=[tcp 10.1.0.1:1 > 10.1.0.2:80]`
+pub fn packet(id: &FlowId) -> String {
+    let outer = Endpoints::of(&id.outer);
+    let mut s = format!("{} {} > {}", outer.proto, outer.src_str(), outer.dst_str());
+    if let Some(vni) = vni(id) {
+        s.push_str(&format!(" vni={vni}"));
     }
-    if let Some(i) = inner(&row.id) {
-        line.push_str(&format!(
+    if let Some(i) = inner(id) {
+        s.push_str(&format!(
             " inner=[{} {} > {}]",
             i.proto,
             i.src_str(),
             i.dst_str()
         ));
     }
+    s
+}
+
+pub fn flow_line(scope: Scope, row: &FlowRow) -> String {
+    let mut line = format!(
+        "flow {} netns={} iface={} dir={} {}",
+        scope.as_str(),
+        row.netns,
+        row.iface,
+        row.dir,
+        packet(&row.id)
+    );
     let c = &row.counts;
     line.push_str(&format!(
         " packets={} bytes={} frags_first={} frags_rest={} df={} max_len={}",
@@ -45,18 +52,42 @@ pub fn flow_line(scope: Scope, row: &FlowRow) -> String {
     line
 }
 
+pub fn drop_line(scope: Scope, row: &DropRow) -> String {
+    let mut line = format!(
+        "drop {} netns={} iface={} {} reason={} location={} count={} bytes={}",
+        scope.as_str(),
+        row.netns,
+        row.iface.as_deref().unwrap_or("-"),
+        packet(&row.id),
+        row.reason,
+        row.location,
+        row.counts.packets,
+        row.counts.bytes,
+    );
+    if let Some(h) = hint(&row.reason) {
+        line.push_str(&format!(" hint=\"{h}\""));
+    }
+    line
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
             writeln!(self.out, "{}", flow_line(r.scope, row))?;
         }
-        if r.scope == Scope::Total || r.health.flow_map_full > 0 {
+        for row in &r.drops {
+            writeln!(self.out, "{}", drop_line(r.scope, row))?;
+        }
+        if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
+            let h = &r.health;
             writeln!(
                 self.out,
-                "health {} seconds={:.3} flow_map_full={}",
+                "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
-                r.health.flow_map_full
+                h.flow_map_full,
+                h.drop_map_full,
+                h.drop_events_lost,
             )?;
         }
         self.out.flush()
@@ -70,7 +101,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
-    use crate::{flows::Counts, render::Health};
+    use crate::{drops::DropCounts, flows::Counts, render::Health};
 
     #[test]
     fn one_line_per_flow_then_health() {
@@ -114,6 +145,17 @@ mod tests {
                     ..Counts::default()
                 },
             }],
+            drops: vec![DropRow {
+                netns: "b".into(),
+                iface: None,
+                id: FlowId::default(),
+                reason: "NO_SOCKET".into(),
+                location: "udp_queue_rcv+0x1".into(),
+                counts: DropCounts {
+                    packets: 3,
+                    bytes: 90,
+                },
+            }],
             health: Health::default(),
         };
         let mut out = Vec::new();
@@ -123,7 +165,9 @@ mod tests {
             "flow total netns=a iface=eth0 dir=egress udp 192.168.0.1:5000 > 192.168.0.2:4789 \
              vni=7 inner=[tcp 10.0.0.1:1 > 10.0.0.2:80] packets=2 bytes=200 frags_first=0 \
              frags_rest=0 df=0 max_len=100\n\
-             health total seconds=1.500 flow_map_full=0\n"
+             drop total netns=b iface=- 0 - > - reason=NO_SOCKET location=udp_queue_rcv+0x1 \
+             count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
+             health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0\n"
         );
     }
 }

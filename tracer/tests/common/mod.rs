@@ -54,3 +54,23 @@ pub fn endpoints_are(
     };
     e["proto"] == proto && e["src"] == src && e["dst"] == dst && ports_ok
 }
+
+/// Total drop rows in `netns`.
+pub fn drops_in<'a>(f: &'a Finished, netns: &str) -> Vec<&'a Value> {
+    f.totals("drop")
+        .into_iter()
+        .filter(|r| r["netns"] == netns)
+        .collect()
+}
+
+/// Polls `cond` every 20 ms for up to 10 s.
+pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cond()
+}

@@ -1,0 +1,173 @@
+//! Drops: every skb the kernel frees with a drop reason, counted per
+//! (namespace, device, flow, reason, location).
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_buf,
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::BtfTracePointContext,
+};
+use tracer_ebpf::{
+    DropEvent, DropKey, DropStats, FlowId, counter,
+    parse::{ETH_P_IP, ETH_P_IPV6, Reader, parse_ethernet, parse_from_l3},
+};
+
+use crate::{
+    kernel::{self, read},
+    maps::{Upsert, config, count, upsert},
+};
+
+const DROP_MAP_ENTRIES: u32 = 16384;
+
+#[map]
+static DROPS_0: PerCpuHashMap<DropKey, DropStats> =
+    PerCpuHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
+#[map]
+static DROPS_1: PerCpuHashMap<DropKey, DropStats> =
+    PerCpuHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
+#[map]
+static DROP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static DROP_SCRATCH: PerCpuArray<DropKey> = PerCpuArray::with_max_entries(1, 0);
+/// Keys already announced on [`DROP_EVENTS`]; the drop maps are emptied every
+/// interval, so they cannot tell a new key from a returning one.
+#[map]
+static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
+/// The first drop of each new key, so that userspace can show it at once.
+#[map]
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Inodes of the traced namespaces: drops elsewhere are not counted.
+#[map]
+static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// `kfree_skb(skb, location, reason, rx_sk)`.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: *const u8 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    record(skb as u64, location as u64, reason);
+    0
+}
+
+#[inline(always)]
+fn record(skb: u64, location: u64, reason: u32) {
+    if reason == config!(reason_consumed) || reason == config!(reason_not_dropped) {
+        return;
+    }
+    let dev = kernel::skb_dev(skb);
+    let (netns_inode, ifindex) = if dev != 0 {
+        (
+            kernel::dev_netns_inode(dev),
+            read(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
+        )
+    } else {
+        (
+            kernel::sk_netns_inode(read(skb, config!(offsets.skb_sk)).unwrap_or(0)),
+            0,
+        )
+    };
+    if TRACED_NETNS.get_ptr(&netns_inode).is_none() {
+        return;
+    }
+    let Some(key) = DROP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let key = unsafe { &mut *key };
+    *key = DropKey {
+        location,
+        netns_inode,
+        ifindex,
+        reason,
+        ..DropKey::default()
+    };
+    parse_skb(skb, &mut key.id);
+    let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
+    let map = match DROP_GENERATION.get(0) {
+        Some(1) => &DROPS_1,
+        _ => &DROPS_0,
+    };
+    match upsert(map, &*key, |s: &mut DropStats| {
+        s.packets += 1;
+        s.bytes += len as u64;
+    }) {
+        Upsert::Inserted => {
+            if DROP_SEEN.get_ptr(&*key).is_none() {
+                let _ = DROP_SEEN.insert(&*key, &1, 0);
+                match DROP_EVENTS.reserve::<DropEvent>(0) {
+                    Some(mut e) => {
+                        e.write(DropEvent {
+                            key: *key,
+                            len,
+                            _pad: 0,
+                        });
+                        e.submit(0);
+                    }
+                    None => count(counter::DROP_EVENTS_LOST),
+                }
+            }
+        }
+        Upsert::Full => count(counter::DROP_MAP_FULL),
+        Upsert::Updated => {}
+    }
+}
+
+/// Bytes of an skb's linear data, from kernel memory.
+struct KernelPacket {
+    start: u64,
+    len: u64,
+}
+
+impl Reader for KernelPacket {
+    #[inline(always)]
+    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
+        if off as u64 + N as u64 > self.len {
+            return false;
+        }
+        unsafe { bpf_probe_read_kernel_buf((self.start + off as u64) as *const u8, dst).is_ok() }
+    }
+}
+
+/// Fills `id` from the headers of `skb`, from its network header if set,
+/// else from its MAC header; leaves it zeroed if neither is usable.
+#[inline(always)]
+fn parse_skb(skb: u64, id: &mut FlowId) {
+    let head: u64 = read(skb, config!(offsets.skb_head)).unwrap_or(0);
+    let data: u64 = read(skb, config!(offsets.skb_data)).unwrap_or(0);
+    let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
+    let data_len: u32 = read(skb, config!(offsets.skb_data_len)).unwrap_or(0);
+    if head == 0 || data < head || data_len > len {
+        return;
+    }
+    // The paged part is out of reach; headers live in the linear part.
+    let linear_end = data + (len - data_len) as u64;
+    let network: u16 = read(skb, config!(offsets.skb_network_header)).unwrap_or(0);
+    let mac: u16 = read(skb, config!(offsets.skb_mac_header)).unwrap_or(u16::MAX);
+    let ports = config!(vxlan_ports);
+    // Unset headers are ~0 (mac) or 0 (network: nothing starts at the very head).
+    if network != 0 && network != u16::MAX && head + (network as u64) < linear_end {
+        let start = head + network as u64;
+        let pkt = KernelPacket {
+            start,
+            len: linear_end - start,
+        };
+        let protocol: u16 = u16::from_be(read(skb, config!(offsets.skb_protocol)).unwrap_or(0));
+        let ethertype = match protocol {
+            ETH_P_IP | ETH_P_IPV6 => protocol,
+            // Not set yet on some paths: the version nibble says which.
+            _ => match pkt.read::<1>(0) {
+                Some([b]) if b >> 4 == 4 => ETH_P_IP,
+                Some([b]) if b >> 4 == 6 => ETH_P_IPV6,
+                _ => return,
+            },
+        };
+        parse_from_l3(&pkt, 0, ethertype, &ports, id);
+    } else if mac != u16::MAX && head + (mac as u64) < linear_end {
+        let start = head + mac as u64;
+        let pkt = KernelPacket {
+            start,
+            len: linear_end - start,
+        };
+        parse_ethernet(&pkt, &ports, id);
+    }
+}

@@ -1,0 +1,291 @@
+//! Names of drop reasons, from the running kernel's BTF (`enum
+//! skb_drop_reason` changes between kernels), with a plain-language hint for
+//! the common ones.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{Result, anyhow, bail};
+use btf_rs::Btf;
+
+use crate::btf::enum_values;
+
+pub struct Reasons {
+    /// Value -> name without the `SKB_DROP_REASON_` prefix.
+    names: BTreeMap<u32, String>,
+    /// `SKB_CONSUMED`: a free that is not a drop.
+    pub consumed: u32,
+    /// `SKB_NOT_DROPPED_YET`.
+    pub not_dropped: u32,
+}
+
+const PREFIX: &str = "SKB_DROP_REASON_";
+
+impl Reasons {
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
+        Self::from_values(enum_values(btf, "skb_drop_reason")?)
+    }
+
+    pub fn from_values(values: Vec<(String, u64)>) -> Result<Self> {
+        let mut names = BTreeMap::new();
+        let (mut consumed, mut not_dropped) = (None, None);
+        for (name, value) in values {
+            let value = value as u32;
+            match name.as_str() {
+                "SKB_CONSUMED" => consumed = Some(value),
+                "SKB_NOT_DROPPED_YET" => not_dropped = Some(value),
+                // Bounds and masks, not reasons.
+                "SKB_DROP_REASON_MAX" | "SKB_DROP_REASON_SUBSYS_MASK" => {}
+                _ => {
+                    let short = name.strip_prefix(PREFIX).unwrap_or(&name);
+                    names.insert(value, short.to_string());
+                }
+            }
+        }
+        Ok(Reasons {
+            names,
+            consumed: consumed
+                .ok_or_else(|| anyhow!("kernel BTF: enum skb_drop_reason has no SKB_CONSUMED"))?,
+            // Absent on some kernels: a value no drop carries.
+            not_dropped: not_dropped.unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The name of `value`, e.g. `NETFILTER_DROP`.
+    pub fn name(&self, value: u32) -> String {
+        match self.names.get(&value) {
+            Some(n) => n.clone(),
+            // Subsystems (mac80211, openvswitch...) put their own codes under the top 16 bits.
+            None if value >> 16 != 0 => format!("SUBSYS_{}:{}", value >> 16, value & 0xffff),
+            None => format!("UNKNOWN_{value}"),
+        }
+    }
+
+    /// The value of reason `name`, in any case, with or without the `SKB_DROP_REASON_` prefix.
+    pub fn value(&self, name: &str) -> Option<u32> {
+        let upper = name.to_ascii_uppercase();
+        let short = upper.strip_prefix(PREFIX).unwrap_or(&upper);
+        self.names
+            .iter()
+            .find(|(_, n)| *n == short)
+            .map(|(v, _)| *v)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.names.iter().map(|(v, n)| (*v, n.as_str()))
+    }
+}
+
+/// Which reasons to show: `--reason` (only these) and `--exclude-reason`.
+#[derive(Debug, Default)]
+pub struct ReasonFilter {
+    include: Option<HashSet<u32>>,
+    exclude: HashSet<u32>,
+}
+
+impl ReasonFilter {
+    pub fn new(reasons: &Reasons, include: &[String], exclude: &[String]) -> Result<Self> {
+        let resolve = |names: &[String]| -> Result<HashSet<u32>> {
+            names
+                .iter()
+                .map(|n| {
+                    reasons.value(n).ok_or_else(|| {
+                        anyhow!("unknown drop reason '{n}' on this kernel (see --list-reasons)")
+                    })
+                })
+                .collect()
+        };
+        let include = if include.is_empty() {
+            None
+        } else {
+            Some(resolve(include)?)
+        };
+        let exclude = resolve(exclude)?;
+        if let Some(i) = &include
+            && i.iter().all(|v| exclude.contains(v))
+        {
+            bail!("--reason and --exclude-reason leave no reason to show");
+        }
+        Ok(ReasonFilter { include, exclude })
+    }
+
+    pub fn allows(&self, reason: u32) -> bool {
+        self.include.as_ref().is_none_or(|i| i.contains(&reason)) && !self.exclude.contains(&reason)
+    }
+}
+
+/// What a drop reason usually means, for the common ones.
+pub fn hint(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "NOT_SPECIFIED" => "freed as a drop without a reason recorded (kfree_skb)",
+        "NO_SOCKET" => "nothing listens on the destination port",
+        "NETFILTER_DROP" => "a netfilter (iptables/nftables) rule dropped it",
+        "OTHERHOST" => "addressed to another host's MAC address",
+        "IP_RPFILTER" => {
+            "reverse-path filter: the source is not routed back through this interface"
+        }
+        "IP_NOROUTE" => "no route to the destination",
+        "IP_INHDR" | "IP_CSUM" => "bad IP header or checksum",
+        "UDP_CSUM" | "TCP_CSUM" => "bad L4 checksum",
+        "PKT_TOO_SMALL" => "shorter than its headers claim",
+        "PKT_TOO_BIG" => "larger than the MTU and could not be fragmented (DF set, or GSO)",
+        "FRAG_REASM_TIMEOUT" => "IP reassembly timed out: some fragments never arrived",
+        "FRAG_TOO_FAR" => "IP reassembly gave up: fragments too far apart (ipfrag_max_dist)",
+        "DUP_FRAG" => "duplicate IP fragment",
+        "NEIGH_FAILED" => "no ARP/ND answer for the next hop",
+        "NEIGH_QUEUEFULL" => "too many packets waiting for ARP/ND resolution",
+        "QDISC_DROP" => "the queueing discipline dropped it (queue full or policy)",
+        "TC_INGRESS" | "TC_EGRESS" | "TC_DROP" => "a tc filter or BPF program dropped it",
+        "SOCKET_RCVBUFF" => "the socket's receive buffer was full",
+        "SOCKET_FILTER" => "a socket filter (BPF) dropped it",
+        "PROTO_MEM" => "protocol memory limit reached",
+        "TCP_INVALID_SEQUENCE" | "TCP_OLD_DATA" | "TCP_OVERWINDOW" => {
+            "TCP segment outside the window"
+        }
+        "TCP_RESET" => "TCP connection reset",
+        "XFRM_POLICY" => "IPsec policy rejected it",
+        "IP_NOPROTO" => "no handler for this IP protocol",
+        "IPV6DISABLED" => "IPv6 is disabled on the device",
+        "DEV_READY" => "the device is down or not ready",
+        "FULL_RING" => "the device's queue was full",
+        "UNICAST_IN_L2_MULTICAST" => "IP unicast inside an L2 multicast/broadcast frame",
+        "BRIDGE_INGRESS_STP_STATE" => "the bridge port is not forwarding (STP state)",
+        "VXLAN_INVALID_HDR" => "malformed VXLAN header",
+        "VXLAN_VNI_NOT_FOUND" => "no VXLAN device for this VNI",
+        "VXLAN_NO_REMOTE" => "no VXLAN remote (FDB entry) for the destination",
+        "MAC_INVALID_SOURCE" => "invalid source MAC address",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob holding one enum, as the kernel would encode it.
+    fn btf_with_enum(name: &str, members: &[(&str, u32)]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut add = |s: &str| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            off
+        };
+        let mut types = Vec::new();
+        let name_off = add(name);
+        types.extend(name_off.to_le_bytes());
+        // info: kind 6 (BTF_KIND_ENUM) in bits 24-28, vlen in the low 16 bits.
+        types.extend(((6u32 << 24) | members.len() as u32).to_le_bytes());
+        types.extend(4u32.to_le_bytes());
+        for (n, v) in members {
+            types.extend(add(n).to_le_bytes());
+            types.extend(v.to_le_bytes());
+        }
+        let mut blob = Vec::new();
+        blob.extend(0xeb9fu16.to_le_bytes());
+        blob.push(1); // version
+        blob.push(0); // flags
+        blob.extend(24u32.to_le_bytes()); // header length
+        blob.extend(0u32.to_le_bytes()); // type offset
+        blob.extend((types.len() as u32).to_le_bytes());
+        blob.extend((types.len() as u32).to_le_bytes()); // string offset
+        blob.extend((strings.len() as u32).to_le_bytes());
+        blob.extend(types);
+        blob.extend(strings);
+        blob
+    }
+
+    fn sample() -> Reasons {
+        let blob = btf_with_enum(
+            "skb_drop_reason",
+            &[
+                ("SKB_NOT_DROPPED_YET", 0),
+                ("SKB_CONSUMED", 1),
+                ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+                ("SKB_DROP_REASON_NO_SOCKET", 3),
+                // Deliberately not the value of today's kernels.
+                ("SKB_DROP_REASON_NETFILTER_DROP", 77),
+                ("SKB_DROP_REASON_MAX", 78),
+                ("SKB_DROP_REASON_SUBSYS_MASK", 0xffff0000),
+            ],
+        );
+        Reasons::from_btf(&Btf::from_bytes(&blob).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn names_come_from_the_btf_given() {
+        let r = sample();
+        assert_eq!(r.consumed, 1);
+        assert_eq!(r.not_dropped, 0);
+        assert_eq!(r.name(77), "NETFILTER_DROP");
+        assert_eq!(r.name(3), "NO_SOCKET");
+        assert_eq!(r.name(12), "UNKNOWN_12");
+        assert_eq!(r.name(0x0003_0005), "SUBSYS_3:5");
+        assert_eq!(r.value("netfilter_drop"), Some(77));
+        assert_eq!(r.value("SKB_DROP_REASON_NO_SOCKET"), Some(3));
+        assert_eq!(r.value("MAX"), None);
+        let all: Vec<_> = r.all().collect();
+        assert_eq!(
+            all,
+            [
+                (2, "NOT_SPECIFIED"),
+                (3, "NO_SOCKET"),
+                (77, "NETFILTER_DROP")
+            ]
+        );
+    }
+
+    #[test]
+    fn filters() {
+        let r = sample();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let all = ReasonFilter::new(&r, &[], &[]).unwrap();
+        assert!(all.allows(2) && all.allows(77) && all.allows(12345));
+        let quiet = ReasonFilter::new(&r, &[], &s(&["not_specified"])).unwrap();
+        assert!(!quiet.allows(2) && quiet.allows(77));
+        let only = ReasonFilter::new(&r, &s(&["NETFILTER_DROP", "no_socket"]), &[]).unwrap();
+        assert!(only.allows(77) && only.allows(3) && !only.allows(2));
+        let e = ReasonFilter::new(&r, &s(&["NOPE"]), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "unknown drop reason 'NOPE' on this kernel (see --list-reasons)"
+        );
+        assert!(ReasonFilter::new(&r, &s(&["no_socket"]), &s(&["no_socket"])).is_err());
+    }
+
+    #[test]
+    fn missing_enum_is_an_error() {
+        let blob = btf_with_enum("some_other_enum", &[("A", 1)]);
+        assert!(Reasons::from_btf(&Btf::from_bytes(&blob).unwrap()).is_err());
+    }
+
+    /// The kernel's own table of reason names, in the kfree_skb tracepoint's format.
+    fn tracefs_reason_value(name: &str) -> u32 {
+        let fmt = std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
+            .expect("tracefs mounted (cargo xtask setup mounts it)");
+        let needle = format!("\"{name}\" }}");
+        let at = fmt.find(&needle).expect("reason in format");
+        let open = fmt[..at].rfind('{').unwrap();
+        fmt[open + 1..at]
+            .trim()
+            .trim_end_matches(',')
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn running_kernel_values_match_the_kernels_own_table() {
+        let btf = crate::btf::load(std::path::Path::new(crate::btf::VMLINUX)).unwrap();
+        let r = Reasons::from_btf(&btf).unwrap();
+        for name in [
+            "NETFILTER_DROP",
+            "NO_SOCKET",
+            "NOT_SPECIFIED",
+            "FRAG_REASM_TIMEOUT",
+        ] {
+            assert_eq!(r.value(name), Some(tracefs_reason_value(name)), "{name}");
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Counters of the current interval and of the whole run, by key.
+
+use std::{collections::HashMap, hash::Hash};
+
+/// A value that accumulates.
+pub trait Accumulate: Default + Copy {
+    fn add(&mut self, other: &Self);
+}
+
+pub struct Tally<K, V> {
+    interval: HashMap<K, V>,
+    total: HashMap<K, V>,
+}
+
+impl<K, V> Default for Tally<K, V> {
+    fn default() -> Self {
+        Self {
+            interval: HashMap::new(),
+            total: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
+    pub fn add(&mut self, key: K, v: V) {
+        self.interval.entry(key).or_default().add(&v);
+        self.total.entry(key).or_default().add(&v);
+    }
+
+    /// What was added since the last call, which starts a new interval.
+    pub fn take_interval(&mut self) -> HashMap<K, V> {
+        std::mem::take(&mut self.interval)
+    }
+
+    pub fn total(&self) -> &HashMap<K, V> {
+        &self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Clone, Copy, Debug, PartialEq)]
+    struct N(u64);
+    impl Accumulate for N {
+        fn add(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+    }
+
+    #[test]
+    fn intervals_restart_and_totals_accumulate() {
+        let mut t = Tally::default();
+        t.add('a', N(1));
+        t.add('a', N(2));
+        t.add('b', N(5));
+        let first = t.take_interval();
+        assert_eq!((first[&'a'], first[&'b']), (N(3), N(5)));
+        t.add('a', N(10));
+        let second = t.take_interval();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[&'a'], N(10));
+        assert_eq!((t.total()[&'a'], t.total()[&'b']), (N(13), N(5)));
+        assert!(t.take_interval().is_empty());
+    }
+}
