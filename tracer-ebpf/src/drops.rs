@@ -2,18 +2,14 @@
 //! (namespace, device, flow, reason, location).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf,
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
-use tracer_ebpf::{
-    DropEvent, DropKey, DropStats, FlowId, counter,
-    parse::{ETH_P_IP, ETH_P_IPV6, Reader, parse_ethernet, parse_from_l3},
-};
+use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
 
 use crate::{
-    kernel::{self, read},
+    kernel::{self, parse_skb, read},
     maps::{Upsert, config, count, upsert},
 };
 
@@ -109,65 +105,5 @@ fn record(skb: u64, location: u64, reason: u32) {
         }
         Upsert::Full => count(counter::DROP_MAP_FULL),
         Upsert::Updated => {}
-    }
-}
-
-/// Bytes of an skb's linear data, from kernel memory.
-struct KernelPacket {
-    start: u64,
-    len: u64,
-}
-
-impl Reader for KernelPacket {
-    #[inline(always)]
-    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
-        if off as u64 + N as u64 > self.len {
-            return false;
-        }
-        unsafe { bpf_probe_read_kernel_buf((self.start + off as u64) as *const u8, dst).is_ok() }
-    }
-}
-
-/// Fills `id` from the headers of `skb`, from its network header if set,
-/// else from its MAC header; leaves it zeroed if neither is usable.
-#[inline(always)]
-fn parse_skb(skb: u64, id: &mut FlowId) {
-    let head: u64 = read(skb, config!(offsets.skb_head)).unwrap_or(0);
-    let data: u64 = read(skb, config!(offsets.skb_data)).unwrap_or(0);
-    let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
-    let data_len: u32 = read(skb, config!(offsets.skb_data_len)).unwrap_or(0);
-    if head == 0 || data < head || data_len > len {
-        return;
-    }
-    // The paged part is out of reach; headers live in the linear part.
-    let linear_end = data + (len - data_len) as u64;
-    let network: u16 = read(skb, config!(offsets.skb_network_header)).unwrap_or(0);
-    let mac: u16 = read(skb, config!(offsets.skb_mac_header)).unwrap_or(u16::MAX);
-    let ports = config!(vxlan_ports);
-    // Unset headers are ~0 (mac) or 0 (network: nothing starts at the very head).
-    if network != 0 && network != u16::MAX && head + (network as u64) < linear_end {
-        let start = head + network as u64;
-        let pkt = KernelPacket {
-            start,
-            len: linear_end - start,
-        };
-        let protocol: u16 = u16::from_be(read(skb, config!(offsets.skb_protocol)).unwrap_or(0));
-        let ethertype = match protocol {
-            ETH_P_IP | ETH_P_IPV6 => protocol,
-            // Not set yet on some paths: the version nibble says which.
-            _ => match pkt.read::<1>(0) {
-                Some([b]) if b >> 4 == 4 => ETH_P_IP,
-                Some([b]) if b >> 4 == 6 => ETH_P_IPV6,
-                _ => return,
-            },
-        };
-        parse_from_l3(&pkt, 0, ethertype, &ports, id);
-    } else if mac != u16::MAX && head + (mac as u64) < linear_end {
-        let start = head + mac as u64;
-        let pkt = KernelPacket {
-            start,
-            len: linear_end - start,
-        };
-        parse_ethernet(&pkt, &ports, id);
     }
 }

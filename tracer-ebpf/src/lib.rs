@@ -115,6 +115,50 @@ pub struct DropStats {
     pub bytes: u64,
 }
 
+/// Netfilter hooks, as `enum nf_inet_hooks` numbers them.
+pub mod hook {
+    pub const PRE_ROUTING: u8 = 0;
+    pub const LOCAL_IN: u8 = 1;
+    pub const FORWARD: u8 = 2;
+    pub const LOCAL_OUT: u8 = 3;
+    pub const POST_ROUTING: u8 = 4;
+}
+
+/// Netfilter priority bands ("tables") the observers bracket.
+pub mod table {
+    pub const FILTER: u8 = 0;
+    pub const RAW: u8 = 1;
+    pub const MANGLE: u8 = 2;
+    pub const NAT: u8 = 3;
+    pub const SECURITY: u8 = 4;
+}
+
+/// Key of the verdict counters kept by the netfilter observer programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub netns_inode: u32,
+    /// Input device at prerouting/input/forward, output device at output/postrouting.
+    pub ifindex: u32,
+    /// `NFPROTO_IPV4` (2) or `NFPROTO_IPV6` (10).
+    pub family: u8,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// One of [`table`].
+    pub table: u8,
+    pub _pad: [u8; 5],
+    pub id: FlowId,
+}
+
+/// Packets that reached a table (`entered`) and that came out of it (`left`):
+/// the table accepted `left` and dropped (or stole) `entered - left`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictStats {
+    pub entered: u64,
+    pub left: u64,
+}
+
 /// The first drop of a [`DropKey`] not seen before, sent at once through a ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +177,8 @@ pub mod counter {
     pub const DROP_MAP_FULL: u32 = 1;
     /// The first drop of a new key could not be announced: the ring buffer was full.
     pub const DROP_EVENTS_LOST: u32 = 2;
+    /// A verdict could not be counted because the verdict map was full.
+    pub const VERDICT_MAP_FULL: u32 = 3;
     pub const COUNT: u32 = 8;
 }
 
@@ -158,6 +204,11 @@ pub struct Offsets {
     pub dev_nd_net: u32,
     pub net_inum: u32,
     pub sk_net: u32,
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub state_in: u32,
+    pub state_out: u32,
+    pub state_net: u32,
 }
 
 /// Load-time configuration of the programs, written into `.rodata` by userspace.
@@ -183,6 +234,8 @@ mod pod {
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStats {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::VerdictStats {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
 }
@@ -201,8 +254,10 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<DeviceInfo>(), 8);
-        assert_eq!(size_of::<Offsets>(), 14 * 4);
-        assert_eq!(size_of::<Config>(), 14 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
+        assert_eq!(size_of::<Offsets>(), 19 * 4);
+        assert_eq!(size_of::<Config>(), 19 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
+        assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
+        assert_eq!(size_of::<VerdictStats>(), 16);
         assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
         assert_eq!(size_of::<DropStats>(), 16);
         assert_eq!(size_of::<DropEvent>(), 112 + 4 + 4);

@@ -11,6 +11,8 @@ mod flows;
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod netfilter;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -62,6 +62,15 @@ pub struct Cli {
     #[arg(long)]
     pub no_drops: bool,
 
+    /// Netfilter tables whose verdicts are counted (repeatable): filter, raw, mangle, nat,
+    /// security, or all. Default: filter.
+    #[arg(long = "nf-table", value_name = "TABLE")]
+    pub nf_tables: Vec<String>,
+
+    /// Do not count netfilter verdicts.
+    #[arg(long)]
+    pub no_netfilter: bool,
+
     /// Kernel BTF to take struct offsets from, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (e.g. a file from BTFHub).
     #[arg(long, value_name = "PATH", default_value = crate::btf::VMLINUX)]

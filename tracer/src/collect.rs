@@ -8,7 +8,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use tracer_ebpf::{
-    DIR_INGRESS, DeviceInfo, DropEvent, DropKey, DropStats, FlowKey, FlowStats, counter,
+    DIR_INGRESS, DeviceInfo, DropEvent, DropKey, DropStats, FlowKey, FlowStats, VerdictKey,
+    VerdictStats, counter,
 };
 
 use crate::{
@@ -17,10 +18,12 @@ use crate::{
     drops::DropCounts,
     flows::Counts,
     kallsyms::Symbolizer,
+    netfilter::{family_name, hook_name, table_name},
     reasons::{ReasonFilter, Reasons},
-    render::{DropRow, FlowRow, Health, Report, Scope},
+    render::{DropRow, FlowRow, Health, Report, Scope, VerdictRow},
     tally::Tally,
     targets::Target,
+    verdicts::VerdictCounts,
 };
 
 /// Names what kernel keys point at: devices, namespaces, reasons, code.
@@ -122,14 +125,46 @@ impl Namer {
     }
 }
 
+impl Namer {
+    /// Named verdict rows, by namespace, hook, table, device, flow.
+    fn verdict_rows<'a>(
+        &mut self,
+        verdicts: impl Iterator<Item = (&'a VerdictKey, &'a VerdictCounts)>,
+    ) -> Vec<VerdictRow> {
+        let mut rows: Vec<(VerdictKey, VerdictRow)> = verdicts
+            .map(|(key, counts)| {
+                let (netns, iface) = self.in_netns(key.netns_inode as u64, key.ifindex);
+                let row = VerdictRow {
+                    netns,
+                    iface: (key.ifindex != 0).then_some(iface),
+                    family: family_name(key.family),
+                    hook: hook_name(key.hook),
+                    table: table_name(key.table),
+                    id: key.id,
+                    counts: *counts,
+                    rule: None,
+                };
+                (*key, row)
+            })
+            .collect();
+        rows.sort_by(|(ka, a), (kb, b)| {
+            (&a.netns, ka.hook, ka.table, &a.iface, &a.id)
+                .cmp(&(&b.netns, kb.hook, kb.table, &b.iface, &b.id))
+        });
+        rows.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
 /// Reads the kernel's counters and keeps interval and run totals.
 pub struct Collector {
     flow_maps: DoubleBuffer,
     drop_maps: DoubleBuffer,
+    verdict_maps: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     barrier: Barrier,
     flows: Tally<FlowKey, Counts>,
     drops: Tally<DropKey, DropCounts>,
+    verdicts: Tally<VerdictKey, VerdictCounts>,
     namer: Namer,
     filter: ReasonFilter,
     health_total: Health,
@@ -145,6 +180,8 @@ impl Collector {
     ) -> Result<Self> {
         let flow_maps = DoubleBuffer::take(ebpf, "FLOW_GENERATION", ["FLOWS_0", "FLOWS_1"])?;
         let drop_maps = DoubleBuffer::take(ebpf, "DROP_GENERATION", ["DROPS_0", "DROPS_1"])?;
+        let verdict_maps =
+            DoubleBuffer::take(ebpf, "VERDICT_GENERATION", ["VERDICTS_0", "VERDICTS_1"])?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
@@ -165,10 +202,12 @@ impl Collector {
         Ok(Self {
             flow_maps,
             drop_maps,
+            verdict_maps,
             counters,
             barrier: Barrier::new().context("create BPF barrier map")?,
             flows: Tally::default(),
             drops: Tally::default(),
+            verdicts: Tally::default(),
             namer: Namer {
                 devices,
                 names,
@@ -194,6 +233,11 @@ impl Collector {
             .drain::<DropKey, DropStats>(&self.barrier, |key, values| {
                 drops.add(key, DropCounts::from_percpu(values));
             })?;
+        let verdicts = &mut self.verdicts;
+        self.verdict_maps
+            .drain::<VerdictKey, VerdictStats>(&self.barrier, |key, values| {
+                verdicts.add(key, VerdictCounts::from_percpu(values));
+            })?;
         let read = |index: u32| -> Result<u64> {
             Ok(self
                 .counters
@@ -206,12 +250,14 @@ impl Collector {
             flow_map_full: read(counter::FLOW_MAP_FULL)?,
             drop_map_full: read(counter::DROP_MAP_FULL)?,
             drop_events_lost: read(counter::DROP_EVENTS_LOST)?,
+            verdict_map_full: read(counter::VERDICT_MAP_FULL)?,
         };
         let before = self.health_total;
         self.health_interval = Health {
             flow_map_full: now.flow_map_full - before.flow_map_full,
             drop_map_full: now.drop_map_full - before.drop_map_full,
             drop_events_lost: now.drop_events_lost - before.drop_events_lost,
+            verdict_map_full: now.verdict_map_full - before.verdict_map_full,
         };
         self.health_total = now;
         Ok(())
@@ -220,11 +266,13 @@ impl Collector {
     pub fn interval_report(&mut self, elapsed: Duration) -> Report {
         let flows = self.flows.take_interval();
         let drops = self.drops.take_interval();
+        let verdicts = self.verdicts.take_interval();
         Report {
             scope: Scope::Interval,
             elapsed,
             flows: self.namer.flow_rows(flows.iter()),
             drops: self.namer.drop_rows(&self.filter, drops.iter()),
+            verdicts: self.namer.verdict_rows(verdicts.iter()),
             health: self.health_interval,
         }
     }
@@ -237,6 +285,7 @@ impl Collector {
             drops: self
                 .namer
                 .drop_rows(&self.filter, self.drops.total().iter()),
+            verdicts: self.namer.verdict_rows(self.verdicts.total().iter()),
             health: self.health_total,
         }
     }

@@ -13,7 +13,7 @@ use tracer_ebpf::Config;
 use crate::targets::Target;
 
 /// The eBPF programs, compiled by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub fn load(config: &Config, flow_map_size: u32) -> Result<Ebpf> {
     EbpfLoader::new()

@@ -10,13 +10,16 @@ mod drops;
 mod flows;
 mod kallsyms;
 mod loader;
+mod netfilter;
 mod netns;
+mod nf_loader;
 mod reasons;
 mod render;
 mod run;
 mod tally;
 mod targets;
 mod tc;
+mod verdicts;
 
 use std::process::ExitCode;
 

@@ -18,7 +18,8 @@ use crate::{
     btf,
     cli::{Cli, Output},
     collect::Collector,
-    devices, loader, netns,
+    devices, loader, netfilter, netns,
+    nf_loader::NfPrograms,
     reasons::{ReasonFilter, Reasons, hint},
     render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
     targets::{self, Target},
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
         return list_reasons(&reasons);
     }
     let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
+    let bands = netfilter::bands(&cli.nf_tables)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -60,6 +62,21 @@ pub fn run(cli: Cli) -> Result<()> {
     let mut ebpf = loader::load(&config, cli.flow_map_size)?;
     loader::load_classifier(&mut ebpf, tc::INGRESS)?;
     loader::load_classifier(&mut ebpf, tc::EGRESS)?;
+    // Before anything takes maps out of `ebpf`: the netfilter programs use them.
+    let nf_programs = if cli.no_netfilter {
+        None
+    } else {
+        match NfPrograms::load(loader::OBJECT, &ebpf, &netfilter::program_names(&bands)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!(
+                    "tracer: netfilter verdicts unavailable ({e:#}); NETFILTER_DROP drops still \
+                     show what netfilter dropped"
+                );
+                None
+            }
+        }
+    };
     let mut links = tc::Links::default();
     let result = (|| {
         let drop_events = if cli.no_drops {
@@ -67,8 +84,18 @@ pub fn run(cli: Cli) -> Result<()> {
         } else {
             Some(loader::attach_drops(&mut ebpf, &cli.kernel_btf, &targets)?)
         };
+        let nf_links = match &nf_programs {
+            Some(p) => Some(netfilter::NfLinks::attach(p, &bands, &targets)?),
+            None => None,
+        };
         links.attach(&mut ebpf, &targets)?;
-        announce(&targets, &config, links.len(), drop_events.is_some());
+        announce(
+            &targets,
+            &config,
+            links.len(),
+            drop_events.is_some(),
+            nf_links.as_ref().map_or(0, |l| l.len()),
+        );
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
                 .with_context(|| format!("write ready file {}", path.display()))?;
@@ -110,7 +137,7 @@ fn list_reasons(reasons: &Reasons) -> Result<()> {
     Ok(())
 }
 
-fn announce(targets: &[Target], config: &Config, links: usize, drops: bool) {
+fn announce(targets: &[Target], config: &Config, links: usize, drops: bool, nf_links: usize) {
     let per_ns: Vec<String> = targets
         .iter()
         .filter(|t| !t.traced.is_empty())
@@ -126,7 +153,7 @@ fn announce(targets: &[Target], config: &Config, links: usize, drops: bool) {
         .map(|p| p.to_string())
         .collect();
     eprintln!(
-        "tracer: {links} TC hooks on {}; VXLAN ports {}; drops {}",
+        "tracer: {links} TC hooks on {}; VXLAN ports {}; drops {}; {nf_links} netfilter observers",
         per_ns.join(", "),
         ports.join(","),
         if drops {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use xtask::{
-    bpf::{bpftool_finds, tcx_attached},
+    bpf::{bpftool_finds, links_held_by, tcx_attached},
     lab::Lab,
 };
 
@@ -104,7 +104,7 @@ fn non_ethernet_device_is_refused() {
 }
 
 /// Runs tracer on the lab's veth pair, stops it with `signal`, and checks
-/// that its programs and links are gone from the kernel.
+/// that every program and link it had is gone from the kernel.
 fn leaves_nothing_behind(signal: i32) {
     let (lab, ns) = lab_with_veth();
     let run = start(std::slice::from_ref(&ns), &[]);
@@ -116,6 +116,19 @@ fn leaves_nothing_behind(signal: i32) {
         progs.extend(p);
         links.extend(l);
     }
+    // Everything else it attached: the drop tracepoint and the netfilter observers.
+    let held = links_held_by(run.pid()).unwrap();
+    let kinds = |t: &str| held.iter().filter(|l| l.link_type == t).count();
+    assert_eq!(kinds("tcx"), 4, "{held:#?}");
+    assert_eq!(kinds("raw_tracepoint"), 1, "{held:#?}");
+    // Around the filter table at 5 hooks, before and after, IPv4 and IPv6.
+    assert_eq!(kinds("netfilter"), 20, "{held:#?}");
+    links.extend(held.iter().map(|l| l.link_id));
+    progs.extend(held.iter().map(|l| l.prog_id));
+    links.sort();
+    links.dedup();
+    progs.sort();
+    progs.dedup();
     assert!(progs.iter().all(|&id| bpftool_finds("prog", id)));
     assert!(links.iter().all(|&id| bpftool_finds("link", id)));
     run.stop_with(signal).unwrap();

@@ -77,3 +77,36 @@ pub fn tcx_attached(ns: &str, dev: &str) -> Result<(Vec<u32>, Vec<u32>)> {
 pub fn bpftool_finds(object: &str, id: u32) -> bool {
     crate::cmd::run("bpftool", &[object, "show", "id", &id.to_string()]).is_ok()
 }
+
+/// A BPF link held open by a process, from its /proc fdinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLink {
+    pub link_type: String,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+/// Every BPF link process `pid` holds, with the program behind it.
+pub fn links_held_by(pid: u32) -> Result<Vec<HeldLink>> {
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(link_type), Some(link_id), Some(prog_id)) =
+            (field("link_type"), field("link_id"), field("prog_id"))
+        {
+            links.push(HeldLink {
+                link_type,
+                link_id: link_id.parse()?,
+                prog_id: prog_id.parse()?,
+            });
+        }
+    }
+    Ok(links)
+}

@@ -567,3 +567,94 @@ impl Pair {
         self.lab.namespaces()
     }
 }
+
+/// Two containers on one bridge in a namespace of its own, as Docker's
+/// default bridge network: container `eth0` <-> bridge port `p1`/`p2` on `br0`.
+pub struct Bridged {
+    pub bridge_ns: String,
+    pub bridge: String,
+    /// The containers, with `bridge_port` naming their port on `br0`.
+    pub c1: Container,
+    pub c2: Container,
+    pub lab: Lab,
+}
+
+impl Bridged {
+    pub fn new(mtu: u32) -> Result<Self> {
+        let mut lab = Lab::new()?;
+        let bridge_ns = lab.add_ns("br")?;
+        let mtu_s = mtu.to_string();
+        ip(&[
+            "-n",
+            &bridge_ns,
+            "link",
+            "add",
+            "br0",
+            "mtu",
+            &mtu_s,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        up(&bridge_ns, "br0")?;
+        let mut containers = Vec::new();
+        for n in 1..=2u8 {
+            let ns = lab.add_ns(&format!("c{n}"))?;
+            let c = Container {
+                ns,
+                dev: "eth0".into(),
+                ip: lab.addr(1, n),
+                mac: lab.mac(0x10, n),
+                bridge_port: format!("p{n}"),
+            };
+            lab.veth(
+                (&c.ns, &c.dev),
+                (&bridge_ns, &c.bridge_port),
+                mtu,
+                (&c.mac, &lab.mac(0x20, n)),
+            )?;
+            ip(&[
+                "-n",
+                &bridge_ns,
+                "link",
+                "set",
+                &c.bridge_port,
+                "master",
+                "br0",
+            ])?;
+            addr(&c.ns, &c.dev, c.ip, 24)?;
+            containers.push(c);
+        }
+        let (c1, c2) = (containers[0].clone(), containers[1].clone());
+        neigh(&c1.ns, &c1.dev, c2.ip, &c2.mac)?;
+        neigh(&c2.ns, &c2.dev, c1.ip, &c1.mac)?;
+        for c in [&c1, &c2] {
+            run(
+                "bridge",
+                &[
+                    "-n",
+                    &bridge_ns,
+                    "fdb",
+                    "add",
+                    &c.mac,
+                    "dev",
+                    &c.bridge_port,
+                    "master",
+                    "static",
+                ],
+            )?;
+        }
+        Ok(Bridged {
+            bridge_ns,
+            bridge: "br0".into(),
+            c1,
+            c2,
+            lab,
+        })
+    }
+
+    pub fn namespaces(&self) -> &[String] {
+        self.lab.namespaces()
+    }
+}

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Proto, Report, Scope, Sink, inner, vni};
+use super::{DropRow, Endpoints, FlowRow, Proto, Report, Scope, Sink, VerdictRow, inner, vni};
 use crate::reasons::hint;
 
 pub struct JsonSink<W: Write> {
@@ -106,6 +106,18 @@ struct JsonDrop<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonVerdict<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    hook: &'static str,
+    family: &'static str,
+    table: &'static str,
+    accepted: u64,
+    dropped: u64,
+    rule: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct JsonHealth {
     r#type: &'static str,
     scope: &'static str,
@@ -113,6 +125,7 @@ struct JsonHealth {
     flow_map_full: u64,
     drop_map_full: u64,
     drop_events_lost: u64,
+    verdict_map_full: u64,
 }
 
 fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
@@ -152,6 +165,25 @@ fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
     }
 }
 
+fn verdict(scope: Scope, row: &VerdictRow) -> JsonVerdict<'_> {
+    JsonVerdict {
+        flow: flow_fields(
+            "verdict",
+            scope,
+            &row.netns,
+            row.iface.as_deref(),
+            None,
+            &row.id,
+        ),
+        hook: row.hook,
+        family: row.family,
+        table: row.table,
+        accepted: row.counts.accepted(),
+        dropped: row.counts.dropped(),
+        rule: row.rule.as_deref(),
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -159,6 +191,9 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         for row in &r.drops {
             self.line(&drop_row(r.scope, row))?;
+        }
+        for row in &r.verdicts {
+            self.line(&verdict(r.scope, row))?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {
@@ -168,6 +203,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 flow_map_full: r.health.flow_map_full,
                 drop_map_full: r.health.drop_map_full,
                 drop_events_lost: r.health.drop_events_lost,
+                verdict_map_full: r.health.verdict_map_full,
             })?;
         }
         self.out.flush()
@@ -181,7 +217,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
-    use crate::{drops::DropCounts, flows::Counts, render::Health};
+    use crate::{drops::DropCounts, flows::Counts, render::Health, verdicts::VerdictCounts};
 
     fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
         let mut t = Tuple {
@@ -240,6 +276,7 @@ mod tests {
                 flow_map_full: 7,
                 drop_map_full: 1,
                 drop_events_lost: 2,
+                verdict_map_full: 3,
             },
             ..Report::default()
         };
@@ -259,7 +296,8 @@ mod tests {
         assert_eq!(
             lines[1],
             serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
-                               "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2})
+                               "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
+                               "verdict_map_full": 3})
         );
         assert_eq!(lines.len(), 2);
     }
@@ -297,6 +335,41 @@ mod tests {
             })
         );
         assert_eq!(lines[1]["type"], "health");
+    }
+
+    #[test]
+    fn verdict_row_matches_the_contract() {
+        let report = Report {
+            scope: Scope::Total,
+            verdicts: vec![VerdictRow {
+                netns: "hostB".into(),
+                iface: Some("ul0".into()),
+                family: "ipv4",
+                hook: "input",
+                table: "filter",
+                id: vxlan_id(),
+                counts: VerdictCounts {
+                    entered: 10,
+                    left: 4,
+                },
+                rule: Some("-A INPUT -p udp -m udp --dport 4789 -j DROP".into()),
+            }],
+            ..Report::default()
+        };
+        let lines = lines(&report);
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "type": "verdict", "scope": "total", "netns": "hostB", "iface": "ul0",
+                "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
+                "sport": 40000, "dport": 4789, "vni": 42,
+                "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                          "sport": null, "dport": null},
+                "hook": "input", "family": "ipv4", "table": "filter",
+                "accepted": 4, "dropped": 6,
+                "rule": "-A INPUT -p udp -m udp --dport 4789 -j DROP"
+            })
+        );
     }
 
     #[test]

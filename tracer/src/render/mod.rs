@@ -14,7 +14,7 @@ use std::{
 
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
-use crate::{drops::DropCounts, flows::Counts};
+use crate::{drops::DropCounts, flows::Counts, verdicts::VerdictCounts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
@@ -62,6 +62,24 @@ pub struct DropRow {
     pub counts: DropCounts,
 }
 
+/// What one netfilter table did with one flow at one hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictRow {
+    pub netns: String,
+    /// Input device (prerouting, input, forward) or output device (output, postrouting).
+    pub iface: Option<String>,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// `prerouting`, `input`, `forward`, `output` or `postrouting`.
+    pub hook: &'static str,
+    /// `filter`, `raw`, `mangle`, `nat` or `security`.
+    pub table: &'static str,
+    pub id: FlowId,
+    pub counts: VerdictCounts,
+    /// The rule that dropped it, as the user wrote it, when known.
+    pub rule: Option<String>,
+}
+
 /// Events the eBPF side could not record, and other signs that counts are incomplete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Health {
@@ -72,6 +90,8 @@ pub struct Health {
     /// First drops of new keys not announced at once (ring buffer full); they
     /// are still counted in the interval rows.
     pub drop_events_lost: u64,
+    /// Netfilter verdicts not counted because the verdict map was full.
+    pub verdict_map_full: u64,
 }
 
 impl Health {
@@ -88,6 +108,7 @@ pub struct Report {
     pub elapsed: Duration,
     pub flows: Vec<FlowRow>,
     pub drops: Vec<DropRow>,
+    pub verdicts: Vec<VerdictRow>,
     pub health: Health,
 }
 

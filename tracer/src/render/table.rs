@@ -8,7 +8,7 @@ use std::{
 
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, VerdictRow, inner, vni};
 use crate::{
     drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
     tally::Accumulate as _,
@@ -70,6 +70,12 @@ const DROP_HEADERS: [&str; 12] = [
     "WHERE", "MEANING",
 ];
 const DROP_SHRINKABLE: [usize; 5] = [11, 6, 10, 3, 4];
+#[rustfmt::skip]
+const VERDICT_HEADERS: [&str; 12] = [
+    "NETNS", "IFACE", "HOOK", "TABLE", "PROTO", "SOURCE", "DESTINATION", "VNI", "INNER", "ACCEPTED",
+    "DROPPED", "RULE",
+];
+const VERDICT_SHRINKABLE: [usize; 4] = [11, 8, 5, 6];
 
 fn human(n: f64) -> String {
     const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
@@ -226,6 +232,57 @@ impl<W: Write, S: Screen> TableSink<W, S> {
     }
 }
 
+/// One table of the screen: its header, rows (best first) and what to call
+/// the rows that did not fit.
+struct Section<'a> {
+    headers: &'a [&'a str],
+    shrinkable: &'a [usize],
+    rows: Vec<Vec<String>>,
+    what: &'a str,
+}
+
+impl Section<'_> {
+    /// Writes at most `room` lines; returns how many it wrote.
+    fn write(&self, out: &mut impl Write, width: usize, room: usize) -> io::Result<usize> {
+        let shown = self.rows.len().min(room.saturating_sub(2).max(1));
+        let mut rows = vec![
+            self.headers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        ];
+        rows.extend(self.rows[..shown].iter().cloned());
+        let mut written = 0;
+        for line in layout(&rows, width, self.shrinkable) {
+            writeln!(out, "{line}")?;
+            written += 1;
+        }
+        if shown < self.rows.len() {
+            writeln!(out, "... {} more {}", self.rows.len() - shown, self.what)?;
+            written += 1;
+        }
+        Ok(written)
+    }
+}
+
+fn verdict_cells(row: &VerdictRow) -> Vec<String> {
+    let outer = Endpoints::of(&row.id.outer);
+    vec![
+        row.netns.clone(),
+        row.iface.clone().unwrap_or_else(|| "-".into()),
+        row.hook.to_string(),
+        row.table.to_string(),
+        outer.proto.to_string(),
+        outer.src_str(),
+        outer.dst_str(),
+        vni(&row.id).map(|v| v.to_string()).unwrap_or_default(),
+        inner_cell(&row.id),
+        row.counts.accepted().to_string(),
+        row.counts.dropped().to_string(),
+        row.rule.clone().unwrap_or_default(),
+    ]
+}
+
 impl<W: Write, S: Screen> Sink for TableSink<W, S> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         let (width, height) = self.screen.size();
@@ -240,8 +297,10 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
         let secs = r.elapsed.as_secs_f64().max(1e-3);
         let flows = self.flow_entries(r);
         let drops = self.drop_entries(r);
+        let mut verdicts: Vec<&VerdictRow> = r.verdicts.iter().collect();
+        verdicts.sort_by_key(|v| std::cmp::Reverse((v.counts.dropped(), v.counts.accepted())));
         let mut title = format!(
-            "tracer  {} {:.1}s  {} flows  {} drop kinds",
+            "tracer  {} {:.1}s  {} flows  {} drop kinds  {} verdicts",
             if r.scope == Scope::Total {
                 "totals for"
             } else {
@@ -250,70 +309,74 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
             r.elapsed.as_secs_f64(),
             flows.len(),
             drops.len(),
+            verdicts.len(),
         );
         let h = &r.health;
-        if h.flow_map_full > 0 {
-            title.push_str(&format!(
-                "  FLOW MAP FULL: {} packets not counted (raise --flow-map-size)",
-                h.flow_map_full
-            ));
-        }
-        if h.drop_map_full > 0 {
-            title.push_str(&format!(
-                "  DROP MAP FULL: {} drops not counted",
-                h.drop_map_full
-            ));
-        }
-        if h.drop_events_lost > 0 {
-            title.push_str(&format!("  {} new-drop events lost", h.drop_events_lost));
+        for (n, label, what) in [
+            (
+                h.flow_map_full,
+                "FLOW MAP FULL",
+                "packets not counted (raise --flow-map-size)",
+            ),
+            (h.drop_map_full, "DROP MAP FULL", "drops not counted"),
+            (
+                h.verdict_map_full,
+                "VERDICT MAP FULL",
+                "verdicts not counted",
+            ),
+            (h.drop_events_lost, "EVENTS LOST", "new drops not announced"),
+        ] {
+            if n > 0 {
+                title.push_str(&format!("  {label}: {n} {what}"));
+            }
         }
         if r.scope == Scope::Interval {
             // Clear the screen and home the cursor for a redraw.
             write!(self.out, "\x1b[H\x1b[2J")?;
         }
         writeln!(self.out, "{}", fit(&title, width).trim_end())?;
-        // Lines left for the two tables: each needs a header and maybe a "more" line.
-        let mut room = height.saturating_sub(1);
-        if !drops.is_empty() {
-            let budget = if flows.is_empty() { room } else { room / 2 };
-            let shown = drops.len().min(budget.saturating_sub(2).max(1));
-            let mut rows = vec![
-                DROP_HEADERS
+        let sections = [
+            Section {
+                headers: &DROP_HEADERS,
+                shrinkable: &DROP_SHRINKABLE,
+                rows: drops
                     .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            ];
-            rows.extend(
-                drops[..shown]
+                    .map(|(row, t)| drop_cells(row, secs, t))
+                    .collect(),
+                what: "drop kinds",
+            },
+            Section {
+                headers: &VERDICT_HEADERS,
+                shrinkable: &VERDICT_SHRINKABLE,
+                rows: verdicts.iter().map(|v| verdict_cells(v)).collect(),
+                what: "verdicts",
+            },
+            Section {
+                headers: &FLOW_HEADERS,
+                shrinkable: &FLOW_SHRINKABLE,
+                rows: flows
                     .iter()
-                    .map(|(row, total)| drop_cells(row, secs, total)),
-            );
-            for line in layout(&rows, width, &DROP_SHRINKABLE) {
-                writeln!(self.out, "{line}")?;
-            }
-            room = room.saturating_sub(rows.len());
-            if shown < drops.len() {
-                writeln!(self.out, "... {} more drop kinds", drops.len() - shown)?;
-                room = room.saturating_sub(1);
-            }
-        }
-        let shown = flows.len().min(room.saturating_sub(2).max(1));
-        let mut rows = vec![
-            FLOW_HEADERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
+                    .map(|(row, t)| cells(row, &row.counts, secs, t))
+                    .collect(),
+                what: "flows",
+            },
         ];
-        rows.extend(
-            flows[..shown]
-                .iter()
-                .map(|(row, total)| cells(row, &row.counts, secs, total)),
-        );
-        for line in layout(&rows, width, &FLOW_SHRINKABLE) {
-            writeln!(self.out, "{line}")?;
-        }
-        if shown < flows.len() {
-            writeln!(self.out, "... {} more flows", flows.len() - shown)?;
+        // Each non-empty section gets an equal share of the screen; what one
+        // does not need goes to the next. Flows always show their header.
+        let mut room = height.saturating_sub(1);
+        let mut left = sections
+            .iter()
+            .filter(|s| !s.rows.is_empty())
+            .count()
+            .max(1);
+        for (i, section) in sections.iter().enumerate() {
+            let last = i == sections.len() - 1;
+            if section.rows.is_empty() && !last {
+                continue;
+            }
+            let share = if last { room } else { room / left };
+            room = room.saturating_sub(section.write(&mut self.out, width, share)?);
+            left = left.saturating_sub(1).max(1);
         }
         self.out.flush()
     }
@@ -392,7 +455,10 @@ mod tests {
         );
         let second = out.rsplit("\x1b[H\x1b[2J").next().unwrap();
         let lines: Vec<&str> = second.lines().collect();
-        assert_eq!(lines[0], "tracer  interval 2.0s  2 flows  0 drop kinds");
+        assert_eq!(
+            lines[0],
+            "tracer  interval 2.0s  2 flows  0 drop kinds  0 verdicts"
+        );
         assert!(lines[1].starts_with("NETNS  IFACE  DIR  PROTO  SOURCE"));
         // b moved more bytes this interval: first. a: 200 bytes over 2 s, 1200 in all.
         assert!(

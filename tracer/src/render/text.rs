@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, inner, vni};
+use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, VerdictRow, inner, vni};
 use crate::reasons::hint;
 
 pub struct TextSink<W: Write> {
@@ -70,6 +70,25 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> String {
     line
 }
 
+pub fn verdict_line(scope: Scope, row: &VerdictRow) -> String {
+    let mut line = format!(
+        "verdict {} netns={} iface={} hook={} family={} table={} {} accepted={} dropped={}",
+        scope.as_str(),
+        row.netns,
+        row.iface.as_deref().unwrap_or("-"),
+        row.hook,
+        row.family,
+        row.table,
+        packet(&row.id),
+        row.counts.accepted(),
+        row.counts.dropped(),
+    );
+    if let Some(rule) = &row.rule {
+        line.push_str(&format!(" rule=\"{rule}\""));
+    }
+    line
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -78,16 +97,21 @@ impl<W: Write> Sink for TextSink<W> {
         for row in &r.drops {
             writeln!(self.out, "{}", drop_line(r.scope, row))?;
         }
+        for row in &r.verdicts {
+            writeln!(self.out, "{}", verdict_line(r.scope, row))?;
+        }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;
             writeln!(
                 self.out,
-                "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={}",
+                "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
+                 verdict_map_full={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
                 h.drop_map_full,
                 h.drop_events_lost,
+                h.verdict_map_full,
             )?;
         }
         self.out.flush()
@@ -157,6 +181,7 @@ mod tests {
                 },
             }],
             health: Health::default(),
+            ..Report::default()
         };
         let mut out = Vec::new();
         TextSink::new(&mut out).report(&report).unwrap();
@@ -167,7 +192,8 @@ mod tests {
              frags_rest=0 df=0 max_len=100\n\
              drop total netns=b iface=- 0 - > - reason=NO_SOCKET location=udp_queue_rcv+0x1 \
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
-             health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0\n"
+             health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
+             verdict_map_full=0\n"
         );
     }
 }

@@ -74,3 +74,31 @@ pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Total verdict rows in `netns` at `hook`.
+pub fn verdicts_at<'a>(f: &'a Finished, netns: &str, hook: &str) -> Vec<&'a Value> {
+    f.totals("verdict")
+        .into_iter()
+        .filter(|r| r["netns"] == netns && r["hook"] == hook)
+        .collect()
+}
+
+/// The one row of `rows` whose endpoints match, or a panic listing them.
+pub fn only<'a>(
+    rows: &[&'a Value],
+    proto: &str,
+    src: &str,
+    dst: &str,
+    ports: Option<(u16, u16)>,
+) -> &'a Value {
+    let matching: Vec<&&Value> = rows
+        .iter()
+        .filter(|r| endpoints_are(r, proto, src, dst, ports))
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "{proto} {src} > {dst} {ports:?} in {rows:#?}"
+    );
+    matching[0]
+}
