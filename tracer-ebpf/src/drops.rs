@@ -3,14 +3,15 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
 
 use crate::{
+    frags,
     kernel::{self, parse_skb, read},
-    maps::{Upsert, config, count, upsert},
+    maps::{Upsert, config, count, traced, upsert},
 };
 
 const DROP_MAP_ENTRIES: u32 = 16384;
@@ -32,9 +33,6 @@ static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MA
 /// The first drop of each new key, so that userspace can show it at once.
 #[map]
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-/// Inodes of the traced namespaces: drops elsewhere are not counted.
-#[map]
-static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// `kfree_skb(skb, location, reason, rx_sk)`.
 #[btf_tracepoint(function = "kfree_skb")]
@@ -51,19 +49,8 @@ fn record(skb: u64, location: u64, reason: u32) {
     if reason == config!(reason_consumed) || reason == config!(reason_not_dropped) {
         return;
     }
-    let dev = kernel::skb_dev(skb);
-    let (netns_inode, ifindex) = if dev != 0 {
-        (
-            kernel::dev_netns_inode(dev),
-            read(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
-        )
-    } else {
-        (
-            kernel::sk_netns_inode(read(skb, config!(offsets.skb_sk)).unwrap_or(0)),
-            0,
-        )
-    };
-    if TRACED_NETNS.get_ptr(&netns_inode).is_none() {
+    let (netns_inode, ifindex) = kernel::skb_place(skb);
+    if !traced(netns_inode) {
         return;
     }
     let Some(key) = DROP_SCRATCH.get_ptr_mut(0) else {
@@ -77,7 +64,10 @@ fn record(skb: u64, location: u64, reason: u32) {
         reason,
         ..DropKey::default()
     };
-    parse_skb(skb, &mut key.id);
+    let parsed = parse_skb(skb, &mut key.id);
+    // Fragment flags stay in drop keys: whether the first or a later fragment
+    // of a datagram was dropped is part of what happened.
+    frags::attribute(&mut key.id, &parsed);
     let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
     let map = match DROP_GENERATION.get(0) {
         Some(1) => &DROPS_1,

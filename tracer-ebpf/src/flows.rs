@@ -10,11 +10,11 @@ use aya_ebpf::{
 use tracer_ebpf::{
     DIR_EGRESS, DIR_INGRESS, DeviceInfo, FlowKey, FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST,
     TUPLE_FRAG_REST, counter,
-    parse::{Reader, parse_ethernet},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Reader, parse_ethernet},
 };
 
 use crate::{
-    kernel,
+    frags, icmp, kernel,
     maps::{Upsert, config, count, upsert},
 };
 
@@ -102,17 +102,38 @@ fn record(ctx: &TcContext, dir: u8) {
     } else {
         (1, len, len)
     };
-    let flags = key.id.outer.flags;
+    // Counters are about this packet; the key is about its flow.
+    let outer = key.id.outer.flags;
+    let frag = if outer & (TUPLE_FRAG_FIRST | TUPLE_FRAG_REST) != 0 {
+        outer
+    } else {
+        key.id.inner.flags
+    };
+    let df = outer & TUPLE_DF != 0;
+    if key.id.outer.proto == IPPROTO_ICMP || key.id.outer.proto == IPPROTO_ICMPV6 {
+        icmp::seen(
+            &Skb(ctx),
+            &parsed,
+            key.id.outer.proto,
+            key.id.outer.family,
+            outer,
+            kernel::dev_netns_inode(dev),
+            ifindex,
+            dir,
+        );
+    }
+    frags::attribute(&mut key.id, &parsed);
+    frags::strip_packet_flags(&mut key.id);
     let apply = |s: &mut FlowStats| {
         s.packets += packets;
         s.bytes += bytes;
-        if flags & TUPLE_FRAG_FIRST != 0 {
+        if frag & TUPLE_FRAG_FIRST != 0 {
             s.frags_first += packets;
         }
-        if flags & TUPLE_FRAG_REST != 0 {
+        if frag & TUPLE_FRAG_REST != 0 {
             s.frags_rest += packets;
         }
-        if flags & TUPLE_DF != 0 {
+        if df {
             s.df += packets;
         }
         if seg_len as u32 > s.max_len {

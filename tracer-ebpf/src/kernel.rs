@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tracer_ebpf::{
     FlowId,
-    parse::{ETH_P_IP, ETH_P_IPV6, Reader, parse_ethernet, parse_from_l3},
+    parse::{ETH_P_IP, ETH_P_IPV6, Parsed, Reader, parse_ethernet, parse_from_l3},
 };
 
 use crate::maps::config;
@@ -28,6 +28,24 @@ pub fn skb_dev(skb: u64) -> u64 {
 pub fn dev_netns_inode(dev: u64) -> u32 {
     let net: u64 = read(dev, config!(offsets.dev_nd_net)).unwrap_or(0);
     read(net, config!(offsets.net_inum)).unwrap_or(0)
+}
+
+/// Namespace inode and ifindex of `skb`: its device's, or without a device
+/// its socket's namespace and ifindex 0.
+#[inline(always)]
+pub fn skb_place(skb: u64) -> (u32, u32) {
+    let dev = skb_dev(skb);
+    if dev != 0 {
+        (
+            dev_netns_inode(dev),
+            read(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
+        )
+    } else {
+        (
+            sk_netns_inode(read(skb, config!(offsets.skb_sk)).unwrap_or(0)),
+            0,
+        )
+    }
 }
 
 /// Inode of the network namespace of socket `sk` (`sk->__sk_common.skc_net.net->ns.inum`).
@@ -56,13 +74,13 @@ impl Reader for KernelPacket {
 /// Fills `id` from the headers of `skb`, from its network header if set,
 /// else from its MAC header; leaves it zeroed if neither is usable.
 #[inline(always)]
-pub fn parse_skb(skb: u64, id: &mut FlowId) {
+pub fn parse_skb(skb: u64, id: &mut FlowId) -> Parsed {
     let head: u64 = read(skb, config!(offsets.skb_head)).unwrap_or(0);
     let data: u64 = read(skb, config!(offsets.skb_data)).unwrap_or(0);
     let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
     let data_len: u32 = read(skb, config!(offsets.skb_data_len)).unwrap_or(0);
     if head == 0 || data < head || data_len > len {
-        return;
+        return Parsed::default();
     }
     // The paged part is out of reach; headers live in the linear part.
     let linear_end = data + (len - data_len) as u64;
@@ -83,16 +101,18 @@ pub fn parse_skb(skb: u64, id: &mut FlowId) {
             _ => match pkt.read::<1>(0) {
                 Some([b]) if b >> 4 == 4 => ETH_P_IP,
                 Some([b]) if b >> 4 == 6 => ETH_P_IPV6,
-                _ => return,
+                _ => return Parsed::default(),
             },
         };
-        parse_from_l3(&pkt, 0, ethertype, &ports, id);
+        parse_from_l3(&pkt, 0, ethertype, &ports, id)
     } else if mac != u16::MAX && head + (mac as u64) < linear_end {
         let start = head + mac as u64;
         let pkt = KernelPacket {
             start,
             len: linear_end - start,
         };
-        parse_ethernet(&pkt, &ports, id);
+        parse_ethernet(&pkt, &ports, id)
+    } else {
+        Parsed::default()
     }
 }

@@ -159,6 +159,28 @@ pub struct VerdictStats {
     pub left: u64,
 }
 
+/// [`IcmpKey::dir`]: the error was sent by this namespace's stack (icmp_send).
+pub const DIR_SENT: u8 = 2;
+
+/// Key of the ICMP error counters: what an ICMP error said and about which flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IcmpKey {
+    pub netns_inode: u32,
+    /// Device the error was seen on, or the offending packet's device when sent.
+    pub ifindex: u32,
+    /// [`DIR_INGRESS`], [`DIR_EGRESS`] (seen on a device) or [`DIR_SENT`].
+    pub dir: u8,
+    /// [`FAMILY_IPV4`] (ICMP) or [`FAMILY_IPV6`] (ICMPv6).
+    pub family: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// MTU announced by "fragmentation needed" / "packet too big"; 0 if none or unknown.
+    pub mtu: u32,
+    /// The offending packet, from the header the error quotes.
+    pub id: FlowId,
+}
+
 /// The first drop of a [`DropKey`] not seen before, sent at once through a ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,6 +201,10 @@ pub mod counter {
     pub const DROP_EVENTS_LOST: u32 = 2;
     /// A verdict could not be counted because the verdict map was full.
     pub const VERDICT_MAP_FULL: u32 = 3;
+    /// A non-first fragment whose first fragment was not seen: counted by addresses only.
+    pub const FRAG_UNMATCHED: u32 = 4;
+    /// An ICMP error could not be counted because the ICMP map was full.
+    pub const ICMP_MAP_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -235,6 +261,7 @@ mod pod {
     unsafe impl aya::Pod for super::DropStats {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::IcmpKey {}
     unsafe impl aya::Pod for super::VerdictStats {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
@@ -258,6 +285,7 @@ mod tests {
         assert_eq!(size_of::<Config>(), 19 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
         assert_eq!(size_of::<VerdictStats>(), 16);
+        assert_eq!(size_of::<IcmpKey>(), 4 + 4 + 1 + 1 + 1 + 1 + 4 + 88);
         assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
         assert_eq!(size_of::<DropStats>(), 16);
         assert_eq!(size_of::<DropEvent>(), 112 + 4 + 4);

@@ -3,13 +3,23 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_ebpf::{Config, Offsets, counter};
 
 /// Per-CPU counts of events the programs could not record (full maps, lost events).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Inodes of the traced namespaces: what the tracepoint programs, which see
+/// the whole host, count.
+#[map]
+pub static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn traced(netns_inode: u32) -> bool {
+    TRACED_NETNS.get_ptr(&netns_inode).is_some()
+}
 
 /// Set by userspace at load time. It lives in `.rodata`, which the verifier
 /// treats as constant, so branches on it cost nothing at run time.

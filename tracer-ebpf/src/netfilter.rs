@@ -14,6 +14,7 @@ use aya_ebpf::{
 use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
 
 use crate::{
+    frags,
     kernel::{parse_skb, read},
     maps::{Upsert, config, count, upsert},
 };
@@ -146,5 +147,7 @@ fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
         table,
         ..VerdictKey::default()
     };
-    parse_skb(skb, &mut key.id);
+    let parsed = parse_skb(skb, &mut key.id);
+    frags::attribute(&mut key.id, &parsed);
+    frags::strip_packet_flags(&mut key.id);
 }

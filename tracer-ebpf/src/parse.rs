@@ -51,6 +51,10 @@ pub trait Reader {
 pub struct Parsed {
     /// IPv4 identification (or IPv6 fragment id) of the outer header.
     pub outer_ip_id: u32,
+    /// The same for the inner header of a VXLAN packet.
+    pub inner_ip_id: u32,
+    /// Offset of the outer L4 header (0 if there is none).
+    pub outer_l4: u32,
     /// Offset just past the innermost header that was read: the per-segment
     /// header length of a GSO packet.
     pub hdr_end: u32,
@@ -80,13 +84,14 @@ pub fn parse_from_l3<R: Reader>(
     id: &mut FlowId,
 ) -> Parsed {
     let mut p = Parsed {
-        outer_ip_id: 0,
         hdr_end: l3,
+        ..Parsed::default()
     };
     let Some((l4, ip_id)) = network(r, l3, ethertype, &mut id.outer) else {
         return p;
     };
     p.outer_ip_id = ip_id;
+    p.outer_l4 = l4;
     p.hdr_end = transport(r, l4, &mut id.outer);
     if !is_vxlan(&id.outer, vxlan_ports) {
         return p;
@@ -100,7 +105,8 @@ pub fn parse_from_l3<R: Reader>(
         return p;
     };
     p.hdr_end = l3;
-    if let Some((l4, _)) = network(r, l3, ethertype, &mut id.inner) {
+    if let Some((l4, ip_id)) = network(r, l3, ethertype, &mut id.inner) {
+        p.inner_ip_id = ip_id;
         p.hdr_end = transport(r, l4, &mut id.inner);
     }
     p
@@ -507,11 +513,13 @@ mod tests {
         }
     }
 
-    fn parsed(outer_ip_id: u32, hdr_end: u32) -> Parsed {
-        Parsed {
-            outer_ip_id,
-            hdr_end,
-        }
+    /// The fields of [`Parsed`] every test checks: (outer_ip_id, hdr_end).
+    fn parsed(outer_ip_id: u32, hdr_end: u32) -> (u32, u32) {
+        (outer_ip_id, hdr_end)
+    }
+
+    fn ids(p: &Parsed) -> (u32, u32) {
+        (p.outer_ip_id, p.hdr_end)
     }
 
     // ---- IPv4 ---------------------------------------------------------------
@@ -521,7 +529,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip4(IPPROTO_UDP).bytes(), udp(40000, 53)].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 40000, 53)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + UDP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + UDP));
     }
 
     // hdr_end must cover the TCP options: it is the per-segment header length of GSO.
@@ -536,7 +544,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 443, 51000)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + 32));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + 32));
     }
 
     #[test]
@@ -544,7 +552,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip4(IPPROTO_ICMP).bytes(), icmp()].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(v4(A4, B4, IPPROTO_ICMP)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + 8));
     }
 
     // An unknown L4 protocol (GRE) has no ports and hdr_end stops at its start.
@@ -553,7 +561,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip4(47).bytes(), vec![0; 16]].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(v4(A4, B4, 47)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4));
     }
 
     // With IHL 7 the UDP header starts 8 bytes later; reading ports at
@@ -567,7 +575,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1111, 2222)].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 1111, 2222)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8 + UDP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + 8 + UDP));
     }
 
     #[test]
@@ -580,7 +588,7 @@ mod tests {
         let (id, p) = parse(&pkt);
         let t = flags(ports(v4(A4, B4, IPPROTO_TCP), 22, 60000), TUPLE_DF);
         assert_eq!(id, plain(t));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + TCP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + TCP));
     }
 
     // MF set at offset 0: the L4 header is there, so ports are read.
@@ -595,7 +603,7 @@ mod tests {
         let (id, p) = parse(&pkt);
         let t = flags(ports(v4(A4, B4, IPPROTO_UDP), 5000, 6000), TUPLE_FRAG_FIRST);
         assert_eq!(id, plain(t));
-        assert_eq!(p, parsed(0xbeef, ETH + IP4 + UDP));
+        assert_eq!(ids(&p), parsed(0xbeef, ETH + IP4 + UDP));
     }
 
     // A middle fragment (MF set, offset > 0) carries payload, not an L4
@@ -611,7 +619,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(5000, 6000), vec![0; 64]].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_UDP), TUPLE_FRAG_REST)));
-        assert_eq!(p, parsed(0xbeef, ETH + IP4));
+        assert_eq!(ids(&p), parsed(0xbeef, ETH + IP4));
     }
 
     // The last fragment has MF clear but a non-zero offset.
@@ -625,7 +633,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip.bytes(), tcp(80, 8080, 5)].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_TCP), TUPLE_FRAG_REST)));
-        assert_eq!(p, parsed(0xbeef, ETH + IP4));
+        assert_eq!(ids(&p), parsed(0xbeef, ETH + IP4));
     }
 
     #[test]
@@ -650,7 +658,7 @@ mod tests {
         let (id, p) = parse(&pkt);
         assert_eq!(id, FlowId::default());
         assert_eq!(id.outer.family, FAMILY_NONE);
-        assert_eq!(p, parsed(0, ETH));
+        assert_eq!(ids(&p), parsed(0, ETH));
     }
 
     #[test]
@@ -663,7 +671,7 @@ mod tests {
             let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
             let (id, p) = parse(&pkt);
             assert_eq!(id, FlowId::default(), "ihl {ihl}");
-            assert_eq!(p, parsed(0, ETH), "ihl {ihl}");
+            assert_eq!(ids(&p), parsed(0, ETH), "ihl {ihl}");
         }
     }
 
@@ -674,7 +682,7 @@ mod tests {
         let mut id = FlowId::default();
         let p = parse_from_l3(&Bytes(&pkt), 0, ETH_P_IP, &PORTS, &mut id);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 7, 9)));
-        assert_eq!(p, parsed(0x1234, IP4 + UDP));
+        assert_eq!(ids(&p), parsed(0x1234, IP4 + UDP));
     }
 
     // ---- IPv6 ---------------------------------------------------------------
@@ -684,7 +692,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IPV6), ip6(IPPROTO_UDP), udp(546, 547)].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 546, 547)));
-        assert_eq!(p, parsed(0, ETH + IP6 + UDP));
+        assert_eq!(ids(&p), parsed(0, ETH + IP6 + UDP));
     }
 
     #[test]
@@ -692,7 +700,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IPV6), ip6(IPPROTO_ICMPV6), icmp()].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(v6(A6, B6, IPPROTO_ICMPV6)));
-        assert_eq!(p, parsed(0, ETH + IP6 + 8));
+        assert_eq!(ids(&p), parsed(0, ETH + IP6 + 8));
     }
 
     // proto is the L4 protocol found after the extension headers, not the
@@ -709,7 +717,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_TCP), 443, 50000)));
-        assert_eq!(p, parsed(0, ETH + IP6 + 8 + 24 + TCP));
+        assert_eq!(ids(&p), parsed(0, ETH + IP6 + 8 + 24 + TCP));
     }
 
     // AH counts its length in 4-byte units minus two, unlike the others.
@@ -725,7 +733,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 500, 4500)));
-        assert_eq!(p, parsed(0, ETH + IP6 + 24 + 24 + UDP));
+        assert_eq!(ids(&p), parsed(0, ETH + IP6 + 24 + 24 + UDP));
     }
 
     #[test]
@@ -741,7 +749,7 @@ mod tests {
         let (id, p) = parse(&pkt);
         let t = flags(ports(v6(A6, B6, IPPROTO_UDP), 3000, 4000), TUPLE_FRAG_FIRST);
         assert_eq!(id, plain(t));
-        assert_eq!(p, parsed(0xdeadbeef, ETH + IP6 + 8 + UDP));
+        assert_eq!(ids(&p), parsed(0xdeadbeef, ETH + IP6 + 8 + UDP));
     }
 
     // As for IPv4: bytes after the fragment header are payload, not ports.
@@ -756,7 +764,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(flags(v6(A6, B6, IPPROTO_UDP), TUPLE_FRAG_REST)));
-        assert_eq!(p, parsed(0xdeadbeef, ETH + IP6 + 8));
+        assert_eq!(ids(&p), parsed(0xdeadbeef, ETH + IP6 + 8));
     }
 
     #[test]
@@ -770,7 +778,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(flags(v6(A6, B6, IPPROTO_TCP), TUPLE_FRAG_REST)));
-        assert_eq!(p, parsed(7, ETH + IP6 + 8));
+        assert_eq!(ids(&p), parsed(7, ETH + IP6 + 8));
     }
 
     // An "atomic" fragment (offset 0, M clear) is a whole packet: no fragment
@@ -786,7 +794,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_UDP), 10, 20)));
-        assert_eq!(p, parsed(0x01020304, ETH + IP6 + 8 + UDP));
+        assert_eq!(ids(&p), parsed(0x01020304, ETH + IP6 + 8 + UDP));
     }
 
     // The walk is bounded (verifier); past MAX_IPV6_EXT headers the
@@ -801,7 +809,7 @@ mod tests {
         pkt.extend(udp(1, 2));
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(v6(A6, B6, IPV6_DSTOPTS)));
-        assert_eq!(p, parsed(0, ETH + IP6 + MAX_IPV6_EXT as u32 * 8));
+        assert_eq!(ids(&p), parsed(0, ETH + IP6 + MAX_IPV6_EXT as u32 * 8));
     }
 
     #[test]
@@ -811,7 +819,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IPV6), ip, udp(1, 2)].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, FlowId::default());
-        assert_eq!(p, parsed(0, ETH));
+        assert_eq!(ids(&p), parsed(0, ETH));
     }
 
     // ---- Ethernet -------------------------------------------------------------
@@ -826,7 +834,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 1, 2)));
-        assert_eq!(p, parsed(0x1234, ETH + VLAN + IP4 + UDP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + VLAN + IP4 + UDP));
     }
 
     #[test]
@@ -839,7 +847,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v6(A6, B6, IPPROTO_TCP), 1, 2)));
-        assert_eq!(p, parsed(0, ETH + 2 * VLAN + IP6 + TCP));
+        assert_eq!(ids(&p), parsed(0, ETH + 2 * VLAN + IP6 + TCP));
     }
 
     // Older QinQ stacks use 0x8100 for both tags.
@@ -853,7 +861,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 1, 2)));
-        assert_eq!(p, parsed(0x1234, ETH + 2 * VLAN + IP4 + TCP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + 2 * VLAN + IP4 + TCP));
     }
 
     #[test]
@@ -867,7 +875,7 @@ mod tests {
         let (id, p) = parse(&pkt);
         assert_eq!(id, FlowId::default());
         assert_eq!(id.outer.family, FAMILY_NONE);
-        assert_eq!(p, parsed(0, ETH));
+        assert_eq!(ids(&p), parsed(0, ETH));
     }
 
     #[test]
@@ -875,7 +883,7 @@ mod tests {
         let pkt = [eth(&[0x8100], ETH_P_ARP), vec![0; 28]].concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, FlowId::default());
-        assert_eq!(p, parsed(0, ETH + VLAN));
+        assert_eq!(ids(&p), parsed(0, ETH + VLAN));
     }
 
     // ---- VXLAN ----------------------------------------------------------------
@@ -918,14 +926,16 @@ mod tests {
         let outer = ports(v4(A4, B4, IPPROTO_UDP), 54321, 4789);
         assert_eq!(id, vxlan_id(outer, 0x123456, vx_inner_tcp()));
         assert_eq!(id.vni, VNI_PRESENT | 0x123456);
-        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP4 + 32));
+        assert_eq!(ids(&p), parsed(0x1234, VX_INNER_L3 + IP4 + 32));
+        // The inner id, for matching inner fragments; the outer L4 offset, for ICMP.
+        assert_eq!((p.inner_ip_id, p.outer_l4), (0x5555, ETH + IP4));
     }
 
     #[test]
     fn vxlan_on_unconfigured_port_is_not_decoded() {
         let (id, p) = parse(&vxlan_ipv4_tcp(8472, 0x08));
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 8472)));
-        assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+        assert_eq!(ids(&p), parsed(0x1234, VX_OUTER_UDP_END));
     }
 
     #[test]
@@ -934,7 +944,7 @@ mod tests {
         let (id, p) = parse_ports(&vxlan_ipv4_tcp(8472, 0x08), &ports_cfg);
         let outer = ports(v4(A4, B4, IPPROTO_UDP), 54321, 8472);
         assert_eq!(id, vxlan_id(outer, 0x123456, vx_inner_tcp()));
-        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP4 + 32));
+        assert_eq!(ids(&p), parsed(0x1234, VX_INNER_L3 + IP4 + 32));
     }
 
     // The last slot of the list counts too.
@@ -952,7 +962,7 @@ mod tests {
     fn vxlan_unused_slots_do_not_match_port_0() {
         let (id, p) = parse_ports(&vxlan_ipv4_tcp(0, 0x08), &[0; MAX_VXLAN_PORTS]);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 0)));
-        assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+        assert_eq!(ids(&p), parsed(0x1234, VX_OUTER_UDP_END));
     }
 
     #[test]
@@ -961,7 +971,7 @@ mod tests {
         for f in [0x00, 0x04] {
             let (id, p) = parse(&vxlan_ipv4_tcp(4789, f));
             assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_UDP), 54321, 4789)));
-            assert_eq!(p, parsed(0x1234, VX_OUTER_UDP_END));
+            assert_eq!(ids(&p), parsed(0x1234, VX_OUTER_UDP_END));
         }
     }
 
@@ -994,7 +1004,7 @@ mod tests {
         let outer = ports(v4(A4, B4, IPPROTO_UDP), 1000, 4789);
         let inner = ports(v6(inner_a, inner_b, IPPROTO_UDP), 5353, 5353);
         assert_eq!(id, vxlan_id(outer, 42, inner));
-        assert_eq!(p, parsed(0x1234, VX_INNER_L3 + IP6 + UDP));
+        assert_eq!(ids(&p), parsed(0x1234, VX_INNER_L3 + IP6 + UDP));
     }
 
     #[test]
@@ -1018,7 +1028,10 @@ mod tests {
         let outer = ports(v6(A6, B6, IPPROTO_UDP), 1000, 4789);
         let inner = v4(A4_IN, B4_IN, IPPROTO_ICMP);
         assert_eq!(id, vxlan_id(outer, 0xffffff, inner));
-        assert_eq!(p, parsed(0, ETH + IP6 + UDP + VXLAN + ETH + VLAN + IP4 + 8));
+        assert_eq!(
+            ids(&p),
+            parsed(0, ETH + IP6 + UDP + VXLAN + ETH + VLAN + IP4 + 8)
+        );
     }
 
     // A non-first fragment to port 4789 has no ports, so it is not VXLAN.
@@ -1028,7 +1041,7 @@ mod tests {
         pkt[ETH as usize + 6..ETH as usize + 8].copy_from_slice(&100u16.to_be_bytes());
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(flags(v4(A4, B4, IPPROTO_UDP), TUPLE_FRAG_REST)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4));
     }
 
     // A TCP packet to port 4789 is not VXLAN.
@@ -1045,7 +1058,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt);
         assert_eq!(id, plain(ports(v4(A4, B4, IPPROTO_TCP), 1000, 4789)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + TCP));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + TCP));
     }
 
     // ---- Truncated packets ------------------------------------------------------
@@ -1075,7 +1088,7 @@ mod tests {
                 (ports(l3_tuple, 443, 50000), parsed(0x1234, l4 + 24))
             };
             assert_eq!(id, plain(outer), "len {len}");
-            assert_eq!(p, want, "len {len}");
+            assert_eq!(ids(&p), want, "len {len}");
         }
     }
 
@@ -1094,10 +1107,10 @@ mod tests {
             let t = v4(A4, B4, IPPROTO_UDP);
             if len < l4 + 4 {
                 assert_eq!(id, plain(t), "len {len}");
-                assert_eq!(p, parsed(0x1234, l4), "len {len}");
+                assert_eq!(ids(&p), parsed(0x1234, l4), "len {len}");
             } else {
                 assert_eq!(id, plain(ports(t, 1234, 5678)), "len {len}");
-                assert_eq!(p, parsed(0x1234, l4 + UDP), "len {len}");
+                assert_eq!(ids(&p), parsed(0x1234, l4 + UDP), "len {len}");
             }
         }
     }
@@ -1112,7 +1125,7 @@ mod tests {
         let pkt = [eth(&[], ETH_P_IP), ip.bytes(), udp(1, 2)].concat();
         let (id, p) = parse(&pkt[..(ETH + IP4 + 4) as usize]);
         assert_eq!(id, plain(v4(A4, B4, IPPROTO_UDP)));
-        assert_eq!(p, parsed(0x1234, ETH + IP4 + 8));
+        assert_eq!(ids(&p), parsed(0x1234, ETH + IP4 + 8));
     }
 
     #[test]
@@ -1127,7 +1140,7 @@ mod tests {
         // Both tags there, IP header cut.
         let (id, p) = parse(&pkt[..(ETH + 2 * VLAN + 10) as usize]);
         assert_eq!(id, FlowId::default());
-        assert_eq!(p, parsed(0, ETH + 2 * VLAN));
+        assert_eq!(ids(&p), parsed(0, ETH + 2 * VLAN));
     }
 
     // Every prefix of an IPv6 packet with extension headers.
@@ -1157,18 +1170,18 @@ mod tests {
                 assert_eq!(id.outer.family, FAMILY_NONE, "len {len}");
                 assert_eq!((id.inner, id.vni), (Tuple::default(), 0), "len {len}");
                 let want = if len < ETH { 0 } else { l3 };
-                assert_eq!(p, parsed(0, want), "len {len}");
+                assert_eq!(ids(&p), parsed(0, want), "len {len}");
             } else if len < l3 + IP6 + 2 {
                 // Addresses known; the protocol is behind the cut extension header.
                 assert_eq!(id, plain(v6(A6, B6, 0)), "len {len}");
-                assert_eq!(p, parsed(0, l3), "len {len}");
+                assert_eq!(ids(&p), parsed(0, l3), "len {len}");
             } else if len < l4 + 4 {
                 assert_eq!(id, plain(v6(A6, B6, IPPROTO_UDP)), "len {len}");
-                assert_eq!(p, parsed(0, l4), "len {len}");
+                assert_eq!(ids(&p), parsed(0, l4), "len {len}");
             } else {
                 let t = ports(v6(A6, B6, IPPROTO_UDP), 1234, 5678);
                 assert_eq!(id, plain(t), "len {len}");
-                assert_eq!(p, parsed(0, l4 + UDP), "len {len}");
+                assert_eq!(ids(&p), parsed(0, l4 + UDP), "len {len}");
             }
         }
     }
@@ -1185,7 +1198,7 @@ mod tests {
         .concat();
         let (id, p) = parse(&pkt[..(ETH + IP6 + 6) as usize]);
         assert_eq!(id, plain(v6(A6, B6, 0)));
-        assert_eq!(p, parsed(0, ETH));
+        assert_eq!(ids(&p), parsed(0, ETH));
     }
 
     // Every prefix of a VXLAN packet: the inner part appears layer by layer.
@@ -1211,7 +1224,7 @@ mod tests {
                 (vxlan_id(outer, 0x123456, vx_inner_tcp()), inner_l4 + 32)
             };
             assert_eq!(id, want_id, "len {len}");
-            assert_eq!(p, parsed(0x1234, want_end), "len {len}");
+            assert_eq!(ids(&p), parsed(0x1234, want_end), "len {len}");
         }
     }
 

@@ -8,8 +8,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use tracer_ebpf::{
-    DIR_INGRESS, DeviceInfo, DropEvent, DropKey, DropStats, FlowKey, FlowStats, VerdictKey,
-    VerdictStats, counter,
+    DIR_EGRESS, DIR_INGRESS, DeviceInfo, DropEvent, DropKey, DropStats, FlowId, FlowKey, FlowStats,
+    IcmpKey, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, TUPLE_PORTS, VerdictKey, VerdictStats, counter,
 };
 
 use crate::{
@@ -17,10 +17,12 @@ use crate::{
     double_buffer::DoubleBuffer,
     drops::DropCounts,
     flows::Counts,
+    fragments::frag_rows,
+    icmps::{IcmpCount, kind},
     kallsyms::Symbolizer,
     netfilter::{family_name, hook_name, table_name},
     reasons::{ReasonFilter, Reasons},
-    render::{DropRow, FlowRow, Health, Report, Scope, VerdictRow},
+    render::{DropRow, FlowRow, Health, IcmpRow, Report, Scope, VerdictRow},
     tally::Tally,
     targets::Target,
     verdicts::VerdictCounts,
@@ -102,12 +104,14 @@ impl Namer {
             .filter(|(key, _)| filter.allows(key.reason))
             .map(|(key, counts)| {
                 let (netns, iface) = self.in_netns(key.netns_inode as u64, key.ifindex);
+                let (id, fragment) = split_fragment(key.id);
                 DropRow {
                     netns,
                     iface: (key.ifindex != 0).then_some(iface),
-                    id: key.id,
+                    id,
                     reason: self.reasons.name(key.reason),
                     location: self.symbols.name(key.location),
+                    fragment,
                     counts: *counts,
                 }
             })
@@ -155,16 +159,73 @@ impl Namer {
     }
 }
 
+/// A drop's flow as flow rows key it (no per-packet flags), and whether the
+/// dropped packet was the first or a later fragment of its datagram.
+fn split_fragment(mut id: FlowId) -> (FlowId, Option<&'static str>) {
+    let flags = if id.outer.flags & (TUPLE_FRAG_FIRST | TUPLE_FRAG_REST) != 0 {
+        id.outer.flags
+    } else {
+        id.inner.flags
+    };
+    let fragment = if flags & TUPLE_FRAG_FIRST != 0 {
+        Some("first")
+    } else if flags & TUPLE_FRAG_REST != 0 {
+        Some("rest")
+    } else {
+        None
+    };
+    id.outer.flags &= TUPLE_PORTS;
+    id.inner.flags &= TUPLE_PORTS;
+    (id, fragment)
+}
+
+impl Namer {
+    /// Named ICMP error rows, by namespace, device, kind, flow.
+    fn icmp_rows<'a>(
+        &mut self,
+        icmps: impl Iterator<Item = (&'a IcmpKey, &'a IcmpCount)>,
+    ) -> Vec<IcmpRow> {
+        let mut rows: Vec<IcmpRow> = icmps
+            .map(|(key, count)| {
+                let (netns, iface) = self.in_netns(key.netns_inode as u64, key.ifindex);
+                let (id, _) = split_fragment(key.id);
+                IcmpRow {
+                    netns,
+                    iface: (key.ifindex != 0).then_some(iface),
+                    dir: match key.dir {
+                        DIR_INGRESS => "ingress",
+                        DIR_EGRESS => "egress",
+                        _ => "sent",
+                    },
+                    kind: kind(key.family, key.icmp_type, key.icmp_code),
+                    icmp_type: key.icmp_type,
+                    icmp_code: key.icmp_code,
+                    mtu: (key.mtu != 0).then_some(key.mtu),
+                    id,
+                    count: count.0,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (&a.netns, &a.iface, a.dir, a.kind, &a.id)
+                .cmp(&(&b.netns, &b.iface, b.dir, b.kind, &b.id))
+        });
+        rows
+    }
+}
+
 /// Reads the kernel's counters and keeps interval and run totals.
 pub struct Collector {
     flow_maps: DoubleBuffer,
     drop_maps: DoubleBuffer,
     verdict_maps: DoubleBuffer,
+    icmp_maps: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     barrier: Barrier,
     flows: Tally<FlowKey, Counts>,
     drops: Tally<DropKey, DropCounts>,
     verdicts: Tally<VerdictKey, VerdictCounts>,
+    icmps: Tally<IcmpKey, IcmpCount>,
     namer: Namer,
     filter: ReasonFilter,
     health_total: Health,
@@ -182,6 +243,7 @@ impl Collector {
         let drop_maps = DoubleBuffer::take(ebpf, "DROP_GENERATION", ["DROPS_0", "DROPS_1"])?;
         let verdict_maps =
             DoubleBuffer::take(ebpf, "VERDICT_GENERATION", ["VERDICTS_0", "VERDICTS_1"])?;
+        let icmp_maps = DoubleBuffer::take(ebpf, "ICMP_GENERATION", ["ICMPS_0", "ICMPS_1"])?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
@@ -203,11 +265,13 @@ impl Collector {
             flow_maps,
             drop_maps,
             verdict_maps,
+            icmp_maps,
             counters,
             barrier: Barrier::new().context("create BPF barrier map")?,
             flows: Tally::default(),
             drops: Tally::default(),
             verdicts: Tally::default(),
+            icmps: Tally::default(),
             namer: Namer {
                 devices,
                 names,
@@ -238,6 +302,11 @@ impl Collector {
             .drain::<VerdictKey, VerdictStats>(&self.barrier, |key, values| {
                 verdicts.add(key, VerdictCounts::from_percpu(values));
             })?;
+        let icmps = &mut self.icmps;
+        self.icmp_maps
+            .drain::<IcmpKey, u64>(&self.barrier, |key, values| {
+                icmps.add(key, IcmpCount(values.iter().sum()));
+            })?;
         let read = |index: u32| -> Result<u64> {
             Ok(self
                 .counters
@@ -251,6 +320,8 @@ impl Collector {
             drop_map_full: read(counter::DROP_MAP_FULL)?,
             drop_events_lost: read(counter::DROP_EVENTS_LOST)?,
             verdict_map_full: read(counter::VERDICT_MAP_FULL)?,
+            icmp_map_full: read(counter::ICMP_MAP_FULL)?,
+            frag_unmatched: read(counter::FRAG_UNMATCHED)?,
         };
         let before = self.health_total;
         self.health_interval = Health {
@@ -258,6 +329,8 @@ impl Collector {
             drop_map_full: now.drop_map_full - before.drop_map_full,
             drop_events_lost: now.drop_events_lost - before.drop_events_lost,
             verdict_map_full: now.verdict_map_full - before.verdict_map_full,
+            icmp_map_full: now.icmp_map_full - before.icmp_map_full,
+            frag_unmatched: now.frag_unmatched - before.frag_unmatched,
         };
         self.health_total = now;
         Ok(())
@@ -267,25 +340,34 @@ impl Collector {
         let flows = self.flows.take_interval();
         let drops = self.drops.take_interval();
         let verdicts = self.verdicts.take_interval();
+        let icmps = self.icmps.take_interval();
+        let flows = self.namer.flow_rows(flows.iter());
+        let drops = self.namer.drop_rows(&self.filter, drops.iter());
         Report {
             scope: Scope::Interval,
             elapsed,
-            flows: self.namer.flow_rows(flows.iter()),
-            drops: self.namer.drop_rows(&self.filter, drops.iter()),
+            frags: frag_rows(&flows, &drops),
+            flows,
+            drops,
             verdicts: self.namer.verdict_rows(verdicts.iter()),
+            icmps: self.namer.icmp_rows(icmps.iter()),
             health: self.health_interval,
         }
     }
 
     pub fn total_report(&mut self, elapsed: Duration) -> Report {
+        let flows = self.namer.flow_rows(self.flows.total().iter());
+        let drops = self
+            .namer
+            .drop_rows(&self.filter, self.drops.total().iter());
         Report {
             scope: Scope::Total,
             elapsed,
-            flows: self.namer.flow_rows(self.flows.total().iter()),
-            drops: self
-                .namer
-                .drop_rows(&self.filter, self.drops.total().iter()),
+            frags: frag_rows(&flows, &drops),
+            flows,
+            drops,
             verdicts: self.namer.verdict_rows(self.verdicts.total().iter()),
+            icmps: self.namer.icmp_rows(self.icmps.total().iter()),
             health: self.health_total,
         }
     }

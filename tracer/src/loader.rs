@@ -52,14 +52,8 @@ pub fn explain(name: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Loads and attaches the `kfree_skb` program, restricted to the traced
-/// namespaces; returns the ring buffer of first drops.
-pub fn attach_drops(
-    ebpf: &mut Ebpf,
-    btf_path: &Path,
-    targets: &[Target],
-) -> Result<RingBuf<MapData>> {
-    const NAME: &str = "kfree_skb";
+/// Tells the tracepoint programs, which see the whole host, which namespaces to count.
+pub fn set_traced_netns(ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
     let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
         ebpf.map_mut("TRACED_NETNS")
             .ok_or_else(|| anyhow!("eBPF object has no map TRACED_NETNS"))?,
@@ -67,19 +61,41 @@ pub fn attach_drops(
     for t in targets {
         traced.insert(t.netns.inode as u32, 1, 0)?;
     }
+    Ok(())
+}
+
+/// Loads and attaches BTF tracepoint program `name` on tracepoint `name`.
+fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+        .try_into()?;
+    prog.load(name, btf).map_err(|e| explain(name, e))?;
+    prog.attach()
+        .map_err(|e| anyhow!("attach to tracepoint {name}: {e}"))?;
+    Ok(())
+}
+
+/// Attaches the drop (`kfree_skb`) and ICMP error (`icmp_send`) programs;
+/// returns the ring buffer of first drops.
+pub fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    btf_path: &Path,
+    drops: bool,
+) -> Result<Option<RingBuf<MapData>>> {
     let btf = Btf::parse_file(btf_path, Endianness::default())
         .with_context(|| format!("parse {}", btf_path.display()))?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(NAME)
-        .ok_or_else(|| anyhow!("eBPF object has no program {NAME}"))?
-        .try_into()?;
-    prog.load("kfree_skb", &btf).map_err(|e| {
-        explain(NAME, e).context("drops cannot be traced here (--no-drops skips them)")
-    })?;
-    prog.attach()
-        .map_err(|e| anyhow!("attach to tracepoint skb:kfree_skb: {e} (--no-drops skips drops)"))?;
+    if let Err(e) = attach_tracepoint(ebpf, &btf, "icmp_send") {
+        // The errors are still counted where they cross a traced device.
+        eprintln!("tracer: ICMP errors sent by the stack are not counted: {e:#}");
+    }
+    if !drops {
+        return Ok(None);
+    }
+    attach_tracepoint(ebpf, &btf, "kfree_skb")
+        .map_err(|e| e.context("drops cannot be traced here (--no-drops skips them)"))?;
     let ring = ebpf
         .take_map("DROP_EVENTS")
         .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
-    Ok(RingBuf::try_from(ring)?)
+    Ok(Some(RingBuf::try_from(ring)?))
 }

@@ -8,6 +8,8 @@ mod devices;
 mod double_buffer;
 mod drops;
 mod flows;
+mod fragments;
+mod icmps;
 mod kallsyms;
 mod loader;
 mod netfilter;

@@ -79,11 +79,8 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let mut links = tc::Links::default();
     let result = (|| {
-        let drop_events = if cli.no_drops {
-            None
-        } else {
-            Some(loader::attach_drops(&mut ebpf, &cli.kernel_btf, &targets)?)
-        };
+        loader::set_traced_netns(&mut ebpf, &targets)?;
+        let drop_events = loader::attach_tracepoints(&mut ebpf, &cli.kernel_btf, !cli.no_drops)?;
         let nf_links = match &nf_programs {
             Some(p) => Some(netfilter::NfLinks::attach(p, &bands, &targets)?),
             None => None,

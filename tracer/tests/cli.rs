@@ -116,11 +116,12 @@ fn leaves_nothing_behind(signal: i32) {
         progs.extend(p);
         links.extend(l);
     }
-    // Everything else it attached: the drop tracepoint and the netfilter observers.
+    // Everything else it attached: the kfree_skb and icmp_send tracepoints and
+    // the netfilter observers.
     let held = links_held_by(run.pid()).unwrap();
     let kinds = |t: &str| held.iter().filter(|l| l.link_type == t).count();
     assert_eq!(kinds("tcx"), 4, "{held:#?}");
-    assert_eq!(kinds("raw_tracepoint"), 1, "{held:#?}");
+    assert_eq!(kinds("raw_tracepoint"), 2, "{held:#?}");
     // Around the filter table at 5 hooks, before and after, IPv4 and IPv6.
     assert_eq!(kinds("netfilter"), 20, "{held:#?}");
     links.extend(held.iter().map(|l| l.link_id));

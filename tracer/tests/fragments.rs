@@ -1,4 +1,5 @@
-//! IPv4 fragments across a link with a known MTU: exact first and non-first counts.
+//! IPv4 fragments across a link with a known MTU: exact first and non-first
+//! counts, every fragment counted against its flow (ports included), none lost.
 
 mod common;
 
@@ -32,25 +33,37 @@ fn fragments_of_known_datagrams_are_counted_exactly() {
     let (ip_a, ip_b) = (a.ip.to_string(), b.ip.to_string());
     for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
         let rows = flows_at(&f, ns, "v0", dir);
-        assert_eq!(rows.len(), 2, "{ns} {dir}: {rows:#?}");
-        let first = rows
-            .iter()
-            .find(|r| endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))))
-            .unwrap_or_else(|| panic!("no first-fragment row: {rows:#?}"));
-        assert_eq!(first["packets"], N);
-        assert_eq!(first["frags_first"], N);
-        assert_eq!(first["frags_rest"], 0);
-        assert_eq!(first["bytes"], N * full);
-        assert_eq!(first["max_len"], full);
-        // Non-first fragments have no UDP header: their row has no ports.
-        let rest = rows
-            .iter()
-            .find(|r| endpoints_are(r, "udp", &ip_a, &ip_b, None))
-            .unwrap_or_else(|| panic!("no non-first-fragment row: {rows:#?}"));
-        assert_eq!(rest["packets"], 2 * N);
-        assert_eq!(rest["frags_first"], 0);
-        assert_eq!(rest["frags_rest"], 2 * N);
-        assert_eq!(rest["bytes"], N * (full + last));
-        assert_eq!(rest["max_len"], full);
+        // Non-first fragments have no UDP header, yet they count against the
+        // flow with its ports, through their first fragment.
+        assert_eq!(rows.len(), 1, "{ns} {dir}: {rows:#?}");
+        let r = rows[0];
+        assert!(
+            endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))),
+            "{r}"
+        );
+        assert_eq!(r["packets"], 3 * N);
+        assert_eq!(r["frags_first"], N);
+        assert_eq!(r["frags_rest"], 2 * N);
+        assert_eq!(r["bytes"], N * (2 * full + last));
+        assert_eq!(r["max_len"], full);
     }
+    let frags = f.totals("frag");
+    assert_eq!(frags.len(), 1, "{frags:#?}");
+    let fr = frags[0];
+    assert!(
+        endpoints_are(fr, "udp", &ip_a, &ip_b, Some((6001, 6000))),
+        "{fr}"
+    );
+    for (k, v) in [
+        ("datagrams", N),
+        ("fragments", 3 * N),
+        ("fragments_lost", 0),
+        ("datagrams_lost", 0),
+        ("reassembled", N),
+        ("reassembly_failed", 0),
+    ] {
+        assert_eq!(fr[k], v, "{k}: {fr}");
+    }
+    assert!(f.totals("drop").is_empty(), "{:#?}", f.totals("drop"));
+    assert_eq!(f.totals("health")[0]["frag_unmatched"], 0);
 }

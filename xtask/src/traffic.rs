@@ -39,6 +39,17 @@ pub fn udp_socket(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
     in_netns(ns, || UdpSocket::bind(addr))?.with_context(|| format!("bind {addr} in {ns}"))
 }
 
+/// How a UDP socket sets IPv4 "don't fragment" (`IP_MTU_DISCOVER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Df {
+    /// Never set DF: datagrams larger than the MTU are fragmented.
+    Dont = 0,
+    /// Linux's default: DF set on datagrams that fit the path MTU.
+    Want = 1,
+    /// Always set DF and ignore the learnt path MTU, so every datagram is sent.
+    Probe = 3,
+}
+
 /// Sends `count` datagrams of `payload` bytes from `from` (in `ns`) to `to`.
 pub fn send_udp(
     ns: &str,
@@ -47,7 +58,33 @@ pub fn send_udp(
     count: u32,
     payload: usize,
 ) -> Result<()> {
+    send_udp_df(ns, from, to, count, payload, Df::Want)
+}
+
+/// [`send_udp`] with the DF behaviour chosen.
+pub fn send_udp_df(
+    ns: &str,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    count: u32,
+    payload: usize,
+    df: Df,
+) -> Result<()> {
     let sock = udp_socket(ns, from)?;
+    let value = df as libc::c_int;
+    // SAFETY: IP_MTU_DISCOVER takes an int.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!("IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
+    }
     let buf = vec![0x5a; payload];
     for _ in 0..count {
         let n = sock

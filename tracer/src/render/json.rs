@@ -6,7 +6,10 @@ use std::io::{self, Write};
 use serde::Serialize;
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Proto, Report, Scope, Sink, VerdictRow, inner, vni};
+use super::{
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Proto, Report, Scope, Sink, VerdictRow, inner,
+    vni,
+};
 use crate::reasons::hint;
 
 pub struct JsonSink<W: Write> {
@@ -100,9 +103,33 @@ struct JsonDrop<'a> {
     flow: JsonFlowFields<'a>,
     reason: &'a str,
     location: &'a str,
+    fragment: Option<&'static str>,
     count: u64,
     bytes: u64,
     hint: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct JsonIcmp<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    kind: &'static str,
+    icmp_type: u8,
+    icmp_code: u8,
+    mtu: Option<u32>,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct JsonFrag<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    datagrams: u64,
+    reassembled: u64,
+    datagrams_lost: u64,
+    fragments: u64,
+    fragments_lost: u64,
+    reassembly_failed: u64,
 }
 
 #[derive(Serialize)]
@@ -126,6 +153,8 @@ struct JsonHealth {
     drop_map_full: u64,
     drop_events_lost: u64,
     verdict_map_full: u64,
+    icmp_map_full: u64,
+    frag_unmatched: u64,
 }
 
 fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
@@ -159,6 +188,7 @@ fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
         ),
         reason: &row.reason,
         location: &row.location,
+        fragment: row.fragment,
         count: row.counts.packets,
         bytes: row.counts.bytes,
         hint: hint(&row.reason),
@@ -184,6 +214,43 @@ fn verdict(scope: Scope, row: &VerdictRow) -> JsonVerdict<'_> {
     }
 }
 
+fn icmp(scope: Scope, row: &IcmpRow) -> JsonIcmp<'_> {
+    JsonIcmp {
+        flow: flow_fields(
+            "icmp",
+            scope,
+            &row.netns,
+            row.iface.as_deref(),
+            Some(row.dir),
+            &row.id,
+        ),
+        kind: row.kind,
+        icmp_type: row.icmp_type,
+        icmp_code: row.icmp_code,
+        mtu: row.mtu,
+        count: row.count,
+    }
+}
+
+fn frag(scope: Scope, row: &FragRow) -> JsonFrag<'_> {
+    JsonFrag {
+        flow: flow_fields(
+            "frag",
+            scope,
+            &row.netns,
+            Some(&row.iface),
+            Some(row.dir),
+            &row.id,
+        ),
+        datagrams: row.datagrams,
+        reassembled: row.reassembled,
+        datagrams_lost: row.datagrams_lost,
+        fragments: row.fragments,
+        fragments_lost: row.fragments_lost,
+        reassembly_failed: row.reassembly_failed,
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -195,6 +262,12 @@ impl<W: Write> Sink for JsonSink<W> {
         for row in &r.verdicts {
             self.line(&verdict(r.scope, row))?;
         }
+        for row in &r.icmps {
+            self.line(&icmp(r.scope, row))?;
+        }
+        for row in &r.frags {
+            self.line(&frag(r.scope, row))?;
+        }
         if r.scope != Scope::First {
             self.line(&JsonHealth {
                 r#type: "health",
@@ -204,6 +277,8 @@ impl<W: Write> Sink for JsonSink<W> {
                 drop_map_full: r.health.drop_map_full,
                 drop_events_lost: r.health.drop_events_lost,
                 verdict_map_full: r.health.verdict_map_full,
+                icmp_map_full: r.health.icmp_map_full,
+                frag_unmatched: r.health.frag_unmatched,
             })?;
         }
         self.out.flush()
@@ -277,6 +352,8 @@ mod tests {
                 drop_map_full: 1,
                 drop_events_lost: 2,
                 verdict_map_full: 3,
+                icmp_map_full: 4,
+                frag_unmatched: 5,
             },
             ..Report::default()
         };
@@ -297,7 +374,7 @@ mod tests {
             lines[1],
             serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
                                "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
-                               "verdict_map_full": 3})
+                               "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5})
         );
         assert_eq!(lines.len(), 2);
     }
@@ -313,6 +390,7 @@ mod tests {
                 id: vxlan_id(),
                 reason: "NETFILTER_DROP".into(),
                 location: "nf_hook_slow+0x9a".into(),
+                fragment: Some("rest"),
                 counts: DropCounts {
                     packets: 5,
                     bytes: 740,
@@ -330,7 +408,7 @@ mod tests {
                 "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
                           "sport": null, "dport": null},
                 "reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x9a",
-                "count": 5, "bytes": 740,
+                "fragment": "rest", "count": 5, "bytes": 740,
                 "hint": "a netfilter (iptables/nftables) rule dropped it"
             })
         );
@@ -373,6 +451,63 @@ mod tests {
     }
 
     #[test]
+    fn icmp_and_frag_rows_match_the_contract() {
+        let report = Report {
+            scope: Scope::Total,
+            icmps: vec![IcmpRow {
+                netns: "hostA".into(),
+                iface: Some("vx0".into()),
+                dir: "ingress",
+                kind: "frag_needed",
+                icmp_type: 3,
+                icmp_code: 4,
+                mtu: Some(1450),
+                id: FlowId {
+                    outer: tuple(5, 6, 1, None),
+                    ..FlowId::default()
+                },
+                count: 2,
+            }],
+            frags: vec![FragRow {
+                netns: "hostA".into(),
+                iface: "ul0".into(),
+                dir: "egress",
+                id: vxlan_id(),
+                datagrams: 10,
+                reassembled: 0,
+                datagrams_lost: 10,
+                fragments: 20,
+                fragments_lost: 10,
+                reassembly_failed: 10,
+            }],
+            ..Report::default()
+        };
+        let lines = lines(&report);
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "type": "icmp", "scope": "total", "netns": "hostA", "iface": "vx0",
+                "dir": "ingress", "proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                "sport": null, "dport": null, "vni": null, "inner": null,
+                "kind": "frag_needed", "icmp_type": 3, "icmp_code": 4, "mtu": 1450, "count": 2
+            })
+        );
+        assert_eq!(lines[1]["type"], "frag");
+        assert_eq!(lines[1]["vni"], 42);
+        assert_eq!(lines[1]["inner"]["proto"], "icmp");
+        for (k, v) in [
+            ("datagrams", 10),
+            ("reassembled", 0),
+            ("datagrams_lost", 10),
+            ("fragments", 20),
+            ("fragments_lost", 10),
+            ("reassembly_failed", 10),
+        ] {
+            assert_eq!(lines[1][k], v, "{k}");
+        }
+    }
+
+    #[test]
     fn first_drops_have_no_health_row_and_a_device_may_be_missing() {
         let report = Report {
             scope: Scope::First,
@@ -382,6 +517,7 @@ mod tests {
                 id: FlowId::default(),
                 reason: "SUBSYS_3:1".into(),
                 location: "0x1234".into(),
+                fragment: None,
                 counts: DropCounts {
                     packets: 1,
                     bytes: 60,

@@ -14,6 +14,7 @@ use std::{
 
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
+pub use crate::fragments::FragRow;
 use crate::{drops::DropCounts, flows::Counts, verdicts::VerdictCounts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,7 +60,27 @@ pub struct DropRow {
     pub reason: String,
     /// Kernel function and offset that dropped it.
     pub location: String,
+    /// `first` or `rest` when the dropped packet was an IP fragment.
+    pub fragment: Option<&'static str>,
     pub counts: DropCounts,
+}
+
+/// ICMP errors of one kind about one flow, where they were seen or sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpRow {
+    pub netns: String,
+    pub iface: Option<String>,
+    /// `ingress`/`egress` (seen as a packet on `iface`) or `sent` (by this namespace's stack).
+    pub dir: &'static str,
+    /// `frag_needed`, `packet_too_big`, `port_unreachable`, `time_exceeded`, ...
+    pub kind: &'static str,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The MTU a "fragmentation needed" or "packet too big" announces.
+    pub mtu: Option<u32>,
+    /// The offending packet, from the header the error quotes.
+    pub id: FlowId,
+    pub count: u64,
 }
 
 /// What one netfilter table did with one flow at one hook.
@@ -92,6 +113,10 @@ pub struct Health {
     pub drop_events_lost: u64,
     /// Netfilter verdicts not counted because the verdict map was full.
     pub verdict_map_full: u64,
+    /// ICMP errors not counted because the ICMP map was full.
+    pub icmp_map_full: u64,
+    /// Non-first fragments whose first fragment was not seen: counted by addresses only.
+    pub frag_unmatched: u64,
 }
 
 impl Health {
@@ -109,6 +134,8 @@ pub struct Report {
     pub flows: Vec<FlowRow>,
     pub drops: Vec<DropRow>,
     pub verdicts: Vec<VerdictRow>,
+    pub icmps: Vec<IcmpRow>,
+    pub frags: Vec<FragRow>,
     pub health: Health,
 }
 

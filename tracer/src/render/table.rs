@@ -8,7 +8,9 @@ use std::{
 
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, VerdictRow, inner, vni};
+use super::{
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Report, Scope, Sink, VerdictRow, inner, vni,
+};
 use crate::{
     drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
     tally::Accumulate as _,
@@ -76,6 +78,17 @@ const VERDICT_HEADERS: [&str; 12] = [
     "DROPPED", "RULE",
 ];
 const VERDICT_SHRINKABLE: [usize; 4] = [11, 8, 5, 6];
+#[rustfmt::skip]
+const ICMP_HEADERS: [&str; 9] = [
+    "NETNS", "IFACE", "DIR", "KIND", "MTU", "ABOUT PROTO", "SOURCE", "DESTINATION", "COUNT",
+];
+const ICMP_SHRINKABLE: [usize; 2] = [6, 7];
+#[rustfmt::skip]
+const FRAG_HEADERS: [&str; 14] = [
+    "NETNS", "IFACE", "PROTO", "SOURCE", "DESTINATION", "VNI", "INNER", "DATAGRAMS", "REASSEMBLED",
+    "DGRAMS LOST", "FRAGMENTS", "FRAGS LOST", "REASM FAILED", "DIR",
+];
+const FRAG_SHRINKABLE: [usize; 3] = [6, 3, 4];
 
 fn human(n: f64) -> String {
     const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
@@ -283,6 +296,41 @@ fn verdict_cells(row: &VerdictRow) -> Vec<String> {
     ]
 }
 
+fn icmp_cells(row: &IcmpRow) -> Vec<String> {
+    let about = Endpoints::of(&row.id.outer);
+    vec![
+        row.netns.clone(),
+        row.iface.clone().unwrap_or_else(|| "-".into()),
+        row.dir.to_string(),
+        row.kind.to_string(),
+        row.mtu.map(|m| m.to_string()).unwrap_or_default(),
+        about.proto.to_string(),
+        about.src_str(),
+        about.dst_str(),
+        row.count.to_string(),
+    ]
+}
+
+fn frag_cells(row: &FragRow) -> Vec<String> {
+    let outer = Endpoints::of(&row.id.outer);
+    vec![
+        row.netns.clone(),
+        row.iface.clone(),
+        outer.proto.to_string(),
+        outer.src_str(),
+        outer.dst_str(),
+        vni(&row.id).map(|v| v.to_string()).unwrap_or_default(),
+        inner_cell(&row.id),
+        row.datagrams.to_string(),
+        row.reassembled.to_string(),
+        row.datagrams_lost.to_string(),
+        row.fragments.to_string(),
+        row.fragments_lost.to_string(),
+        row.reassembly_failed.to_string(),
+        row.dir.to_string(),
+    ]
+}
+
 impl<W: Write, S: Screen> Sink for TableSink<W, S> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         let (width, height) = self.screen.size();
@@ -325,6 +373,12 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
                 "verdicts not counted",
             ),
             (h.drop_events_lost, "EVENTS LOST", "new drops not announced"),
+            (h.icmp_map_full, "ICMP MAP FULL", "ICMP errors not counted"),
+            (
+                h.frag_unmatched,
+                "UNMATCHED FRAGMENTS",
+                "counted without ports",
+            ),
         ] {
             if n > 0 {
                 title.push_str(&format!("  {label}: {n} {what}"));
@@ -350,6 +404,18 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
                 shrinkable: &VERDICT_SHRINKABLE,
                 rows: verdicts.iter().map(|v| verdict_cells(v)).collect(),
                 what: "verdicts",
+            },
+            Section {
+                headers: &FRAG_HEADERS,
+                shrinkable: &FRAG_SHRINKABLE,
+                rows: r.frags.iter().map(frag_cells).collect(),
+                what: "fragmented flows",
+            },
+            Section {
+                headers: &ICMP_HEADERS,
+                shrinkable: &ICMP_SHRINKABLE,
+                rows: r.icmps.iter().map(icmp_cells).collect(),
+                what: "ICMP errors",
             },
             Section {
                 headers: &FLOW_HEADERS,
@@ -501,6 +567,7 @@ mod tests {
             id: row("x", 0).id,
             reason: reason.into(),
             location: "nf_hook_slow+0x9a".into(),
+            fragment: None,
             counts: DropCounts {
                 packets,
                 bytes: packets * 100,

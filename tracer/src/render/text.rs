@@ -4,7 +4,9 @@ use std::io::{self, Write};
 
 use tracer_ebpf::FlowId;
 
-use super::{DropRow, Endpoints, FlowRow, Report, Scope, Sink, VerdictRow, inner, vni};
+use super::{
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Report, Scope, Sink, VerdictRow, inner, vni,
+};
 use crate::reasons::hint;
 
 pub struct TextSink<W: Write> {
@@ -64,10 +66,47 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> String {
         row.counts.packets,
         row.counts.bytes,
     );
+    if let Some(f) = row.fragment {
+        line.push_str(&format!(" fragment={f}"));
+    }
     if let Some(h) = hint(&row.reason) {
         line.push_str(&format!(" hint=\"{h}\""));
     }
     line
+}
+
+pub fn icmp_line(scope: Scope, row: &IcmpRow) -> String {
+    let mut line = format!(
+        "icmp {} netns={} iface={} dir={} kind={}",
+        scope.as_str(),
+        row.netns,
+        row.iface.as_deref().unwrap_or("-"),
+        row.dir,
+        row.kind,
+    );
+    if let Some(mtu) = row.mtu {
+        line.push_str(&format!(" mtu={mtu}"));
+    }
+    line.push_str(&format!(" about=[{}] count={}", packet(&row.id), row.count));
+    line
+}
+
+pub fn frag_line(scope: Scope, row: &FragRow) -> String {
+    format!(
+        "frag {} netns={} iface={} dir={} {} datagrams={} reassembled={} datagrams_lost={} \
+         fragments={} fragments_lost={} reassembly_failed={}",
+        scope.as_str(),
+        row.netns,
+        row.iface,
+        row.dir,
+        packet(&row.id),
+        row.datagrams,
+        row.reassembled,
+        row.datagrams_lost,
+        row.fragments,
+        row.fragments_lost,
+        row.reassembly_failed,
+    )
 }
 
 pub fn verdict_line(scope: Scope, row: &VerdictRow) -> String {
@@ -100,18 +139,26 @@ impl<W: Write> Sink for TextSink<W> {
         for row in &r.verdicts {
             writeln!(self.out, "{}", verdict_line(r.scope, row))?;
         }
+        for row in &r.icmps {
+            writeln!(self.out, "{}", icmp_line(r.scope, row))?;
+        }
+        for row in &r.frags {
+            writeln!(self.out, "{}", frag_line(r.scope, row))?;
+        }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;
             writeln!(
                 self.out,
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
-                 verdict_map_full={}",
+                 verdict_map_full={} icmp_map_full={} frag_unmatched={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
                 h.drop_map_full,
                 h.drop_events_lost,
                 h.verdict_map_full,
+                h.icmp_map_full,
+                h.frag_unmatched,
             )?;
         }
         self.out.flush()
@@ -175,6 +222,7 @@ mod tests {
                 id: FlowId::default(),
                 reason: "NO_SOCKET".into(),
                 location: "udp_queue_rcv+0x1".into(),
+                fragment: None,
                 counts: DropCounts {
                     packets: 3,
                     bytes: 90,
@@ -193,7 +241,7 @@ mod tests {
              drop total netns=b iface=- 0 - > - reason=NO_SOCKET location=udp_queue_rcv+0x1 \
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
-             verdict_map_full=0\n"
+             verdict_map_full=0 icmp_map_full=0 frag_unmatched=0\n"
         );
     }
 }
