@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use xtask::{
-    lab::{Overlay, OverlayOpts},
-    traffic::{UdpSink, ping, send_udp},
+    lab::{Overlay, OverlayOpts, iptables},
+    traffic::{UdpSink, send_udp},
 };
 
 fn workspace() -> PathBuf {
@@ -44,10 +44,15 @@ pub fn demo() -> Result<()> {
     let tracer = build_tracer(false)?;
     let lab = Overlay::new(OverlayOpts::default())?;
     let (c1, c2) = (&lab.c1, &lab.c2);
+    // A firewall in container 2 that drops one port, as in the DNS write-ups.
+    iptables(
+        &c2.ns,
+        &["-A", "INPUT", "-p", "udp", "--dport", "5353", "-j", "DROP"],
+    )?;
     println!(
-        "lab: hosts {} ({}) and {} ({}) joined by veth ul0; VXLAN vx0 VNI {} port {} on bridge br0;\n\
-         containers {} ({}) and {} ({})\n\
-         traffic: 20 pings {} -> {}, 50 UDP datagrams {}:41000 -> {}:5001\n",
+        "lab: hosts {} ({}) and {} ({}) joined by veth ul0; on each, VXLAN vx0 (VNI {}, UDP {}) \
+         on bridge br0;\ncontainers {} ({}) and {} ({}); in {}, iptables drops UDP to port 5353.\n\
+         traffic: 50 UDP datagrams {}:41000 -> {}:5001, then 10 to port 5353.\n",
         lab.a.ns,
         lab.a.underlay_ip,
         lab.b.ns,
@@ -58,8 +63,7 @@ pub fn demo() -> Result<()> {
         c1.ip,
         c2.ns,
         c2.ip,
-        c1.ip,
-        c2.ip,
+        c2.ns,
         c1.ip,
         c2.ip,
     );
@@ -69,7 +73,7 @@ pub fn demo() -> Result<()> {
     for ns in lab.namespaces() {
         args.extend(["--netns".to_string(), ns.clone()]);
     }
-    args.extend(["--duration".into(), "5".into(), "--ready-file".into()]);
+    args.extend(["--duration".into(), "4".into(), "--ready-file".into()]);
     args.push(ready.display().to_string());
     let mut child = Command::new(&tracer)
         .args(&args)
@@ -89,17 +93,25 @@ pub fn demo() -> Result<()> {
     }
     let to = SocketAddrV4::new(c2.ip, 5001);
     let sink = UdpSink::start(&c2.ns, to)?;
-    let replies = ping(&c1.ns, c2.ip, 20, 56, false)?;
     send_udp(&c1.ns, SocketAddrV4::new(c1.ip, 41000), to, 50, 200)?;
+    send_udp(
+        &c1.ns,
+        SocketAddrV4::new(c1.ip, 41001),
+        SocketAddrV4::new(c2.ip, 5353),
+        10,
+        60,
+    )?;
     sink.wait_for(50, Duration::from_secs(5));
     let status = child.wait()?;
     let _ = std::fs::remove_file(&ready);
     println!(
-        "\nsent 20 pings ({replies} replies) and 50 datagrams ({} received); the totals above \
-         count each at every hop: container veth, bridge port, VXLAN device, and the underlay \
-         with VNI {} and the inner flow.",
+        "\n{} of 50 datagrams arrived; the totals above count them at every hop: container veth, \
+         bridge port, VXLAN device, and the underlay with VNI {} and the container flow inside.\n\
+         The 10 datagrams to port 5353 are NETFILTER_DROP drops in {} and 'dropped' verdicts \
+         at its input hook.",
         sink.received(),
-        lab.opts.vni
+        lab.opts.vni,
+        c2.ns
     );
     if !status.success() {
         bail!("tracer failed: {status}");
