@@ -16,7 +16,10 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::netns::{self, Netns};
+use crate::{
+    mtu::{NsDevices, Topology},
+    netns::{self, Netns},
+};
 
 /// What kind of device it is, as far as tracer cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +305,36 @@ pub fn resolve_nsid<'a>(from: &Netns, nsid: i32, traced: &'a [Netns]) -> Result<
         .iter()
         .find(|(id, _)| *id == nsid)
         .and_then(|(_, inode)| traced.iter().find(|t| t.inode == *inode)))
+}
+
+/// Reads what [`crate::mtu`] works on from every namespace of `traced`: its
+/// devices, addresses, and the nsids it gives the others.
+#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
+pub fn topology(traced: &[Netns]) -> Result<Topology> {
+    let mut namespaces = Vec::new();
+    for ns in traced {
+        let read = || -> Result<NsDevices> {
+            let devices = list()?;
+            let addresses = addresses()?;
+            let others: Vec<Netns> = traced
+                .iter()
+                .filter(|t| t.inode != ns.inode)
+                .cloned()
+                .collect();
+            Ok(NsDevices {
+                name: ns.name.clone(),
+                inode: ns.inode,
+                devices,
+                addresses,
+                nsids: nsids(&others)?,
+            })
+        };
+        namespaces.push(
+            netns::run_in(&ns.path, read)?
+                .with_context(|| format!("reading devices of {}", ns.name))?,
+        );
+    }
+    Ok(Topology { namespaces })
 }
 
 fn from_message(link: &LinkMessage) -> Device {

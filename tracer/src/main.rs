@@ -10,6 +10,7 @@ mod drops;
 mod flows;
 mod kallsyms;
 mod loader;
+mod mtu;
 mod netns;
 mod reasons;
 mod render;
