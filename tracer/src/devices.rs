@@ -300,7 +300,12 @@ pub fn nsids(traced: &[Netns]) -> Result<Vec<(i32, u64)>> {
 /// read in `from`); `None` if none of them.
 #[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
 pub fn resolve_nsid<'a>(from: &Netns, nsid: i32, traced: &'a [Netns]) -> Result<Option<&'a Netns>> {
-    let ids = netns::run_in(&from.path, || nsids(traced))??;
+    let others: Vec<Netns> = traced
+        .iter()
+        .filter(|t| t.inode != from.inode)
+        .cloned()
+        .collect();
+    let ids = netns::run_in(&from.path, || nsids(&others))??;
     Ok(ids
         .iter()
         .find(|(id, _)| *id == nsid)
