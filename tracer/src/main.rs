@@ -12,6 +12,7 @@ mod fragments;
 mod icmps;
 mod kallsyms;
 mod loader;
+mod mtu;
 mod netfilter;
 mod netns;
 mod nf_loader;

@@ -136,6 +136,7 @@ mod tests {
             mtu: 1500,
             ethernet: true,
             master: None,
+            ..Device::default()
         }
     }
 
@@ -155,6 +156,7 @@ mod tests {
                     vni: Some(42),
                     port: 8472,
                     link: None,
+                    ..Vxlan::default()
                 }),
             ),
         ]

@@ -1,0 +1,1158 @@
+//! The MTU arithmetic of an overlay: what fits through each VXLAN device and
+//! veth pair of the traced namespaces, and which observed flows do not.
+//!
+//! Pure: it works on a [`Topology`] read beforehand (`devices::topology`),
+//! so every case can be built by hand in tests.
+//!
+//! Sizes are IP packet lengths (what an MTU limits) unless said otherwise.
+//! VXLAN adds, to an inner IP packet: the inner Ethernet header (14), VXLAN
+//! (8), UDP (8) and the outer IP header (20 for IPv4, 40 for IPv6): 50 or 70.
+
+// Goes away when the MTU view is integrated into the CLI.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::devices::{Device, Kind, OuterDf, Vxlan};
+
+pub const ETH_HLEN: u32 = 14;
+pub const VXLAN_HLEN: u32 = 8;
+pub const UDP_HLEN: u32 = 8;
+pub const IPV4_HLEN: u32 = 20;
+pub const IPV6_HLEN: u32 = 40;
+
+/// What VXLAN adds to an inner IP packet: 50 over an IPv4 underlay, 70 over IPv6.
+pub fn vxlan_overhead(ipv6_underlay: bool) -> u32 {
+    let ip = if ipv6_underlay { IPV6_HLEN } else { IPV4_HLEN };
+    ETH_HLEN + VXLAN_HLEN + UDP_HLEN + ip
+}
+
+/// What was read from one traced namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NsDevices {
+    /// Display name (as in tracer's rows).
+    pub name: String,
+    /// nsfs inode.
+    pub inode: u64,
+    pub devices: Vec<Device>,
+    /// (ifindex, address, prefix length).
+    pub addresses: Vec<(u32, IpAddr, u8)>,
+    /// The nsid this namespace gives each other traced namespace: (nsid, inode).
+    /// `link_netnsid`s of this namespace's devices are resolved with it.
+    pub nsids: Vec<(i32, u64)>,
+}
+
+/// Every traced namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    pub namespaces: Vec<NsDevices>,
+}
+
+/// A device, named as tracer's rows name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dev {
+    pub netns: String,
+    pub name: String,
+    pub mtu: u32,
+}
+
+impl std::fmt::Display for Dev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.netns)
+    }
+}
+
+/// A port of the bridge a VXLAN device is enslaved to: what feeds the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Port {
+    pub port: Dev,
+    /// The other end of a veth port (the container's interface), if traced.
+    pub peer: Option<Dev>,
+    /// Largest packet that can come in through this port: the smaller of
+    /// its MTU and its peer's.
+    pub sends_up_to: u32,
+    /// Why the peer is missing, if it is a veth whose peer is not traced.
+    pub note: Option<String>,
+}
+
+/// The MTU path of one VXLAN device, problem or not (the MTU view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VxlanPath {
+    /// The VXLAN device; its MTU is the overlay MTU.
+    pub vxlan: Dev,
+    pub vni: Option<u32>,
+    pub port: u16,
+    /// The underlay is IPv6 (by the VXLAN `local`/`remote` address).
+    pub ipv6: bool,
+    /// 50 (IPv4 underlay) or 70 (IPv6).
+    pub overhead: u32,
+    /// The device the encapsulated packets leave by, if found.
+    pub underlay: Option<Dev>,
+    /// How the underlay was found, or why it was not.
+    pub underlay_how: String,
+    /// Largest inner IP packet that fits the underlay: underlay MTU - overhead.
+    pub limit: Option<u32>,
+    /// The bridge the VXLAN device is enslaved to.
+    pub bridge: Option<Dev>,
+    /// The bridge has an IP address: the host sends through it too.
+    pub bridge_has_address: bool,
+    /// The bridge's other ports.
+    pub ports: Vec<Port>,
+    /// Largest inner packet the bridge's ports (and the bridge itself, if it
+    /// has an address) can push through the VXLAN device; its MTU if no port.
+    pub inner_max: u32,
+}
+
+impl VxlanPath {
+    /// Overlay MTU + overhead fits the underlay MTU; `None` if the underlay is unknown.
+    pub fn fits(&self) -> Option<bool> {
+        self.limit.map(|l| self.vxlan.mtu <= l)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// VXLAN MTU + overhead exceeds the underlay MTU.
+    VxlanOverhead,
+    /// A port of the VXLAN device's bridge takes larger packets than the VXLAN device.
+    OverlayPortMtu,
+    /// The two ends of a veth pair have different MTUs.
+    VethMtuMismatch,
+    /// A veth's peer is in a namespace that is not traced: its MTU is unknown.
+    VethPeerUntraced,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::VxlanOverhead => "vxlan_overhead",
+            FindingKind::OverlayPortMtu => "overlay_port_mtu",
+            FindingKind::VethMtuMismatch => "veth_mtu_mismatch",
+            FindingKind::VethPeerUntraced => "veth_peer_untraced",
+        }
+    }
+}
+
+/// An MTU problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// The devices involved, the one packets are sent into first.
+    pub devices: Vec<Dev>,
+    /// The VXLAN overhead, for VXLAN findings.
+    pub overhead: Option<u32>,
+    /// Largest IP packet (inner packet for VXLAN) that gets through.
+    pub limit: u32,
+    /// The same in plain words.
+    pub finding: String,
+    /// Where flows that hit the problem show, and how to size them.
+    #[serde(skip)]
+    watch: Vec<Watch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dir {
+    Ingress,
+    Egress,
+}
+
+/// One observed flow row, as much of it as the MTU arithmetic needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowObs {
+    pub netns: String,
+    pub iface: String,
+    pub dir: Dir,
+    /// Largest packet, in bytes from the Ethernet header (IP length + 14).
+    pub max_len: u32,
+    /// The row's VNI if the packet is VXLAN (`max_len` is then the outer packet's).
+    pub vni: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Watch {
+    /// Any row at this device and direction, sized by its IP length.
+    Plain {
+        netns: String,
+        iface: String,
+        dir: Dir,
+    },
+    /// VXLAN rows (of `vni`, if known) at this device and direction, sized
+    /// by the IP length of the packet they carry.
+    Encapsulated {
+        netns: String,
+        iface: String,
+        dir: Dir,
+        vni: Option<u32>,
+        overhead: u32,
+    },
+}
+
+impl Finding {
+    /// The flow's largest packet exceeds the limit at a device of the finding,
+    /// where the problem bites (see [`affected`]).
+    pub fn hits(&self, flow: &FlowObs) -> bool {
+        let ip_len = flow.max_len.saturating_sub(ETH_HLEN);
+        self.watch.iter().any(|w| match w {
+            Watch::Plain { netns, iface, dir } => {
+                *netns == flow.netns
+                    && *iface == flow.iface
+                    && *dir == flow.dir
+                    && ip_len > self.limit
+            }
+            Watch::Encapsulated {
+                netns,
+                iface,
+                dir,
+                vni,
+                overhead,
+            } => {
+                *netns == flow.netns
+                    && *iface == flow.iface
+                    && *dir == flow.dir
+                    && flow.vni.is_some()
+                    && (vni.is_none() || *vni == flow.vni)
+                    && ip_len.saturating_sub(*overhead) > self.limit
+            }
+        })
+    }
+}
+
+/// The flows that hit `finding`: their largest packet exceeds its limit
+/// where the problem bites:
+///
+/// - `vxlan_overhead`: rows leaving by the VXLAN device (egress; inner
+///   packets), and VXLAN rows of its VNI leaving by the underlay, sized by the
+///   packet they carry. The underlay rarely shows one: the outer packet is
+///   fragmented before tracer sees it, so it shows as fragments.
+/// - `veth_mtu_mismatch`: rows leaving by the end with the larger MTU.
+/// - `overlay_port_mtu`: rows entering the bridge by the offending ports
+///   (flows between two containers of the same bridge show there too).
+/// - `veth_peer_untraced`: none.
+///
+/// The kernel lets 4 bytes more through a veth or bridge port than the MTU
+/// (room for a VLAN tag), so a flow up to 4 bytes over the limit may pass.
+pub fn affected<'a>(finding: &Finding, flows: &'a [FlowObs]) -> Vec<&'a FlowObs> {
+    flows.iter().filter(|f| finding.hits(f)).collect()
+}
+
+/// (namespace index, device index) in a [`Topology`].
+type At = (usize, usize);
+
+/// Where a veth's peer is.
+enum Peer {
+    Traced(At),
+    /// In a namespace that is not traced (`nsid` as the veth's namespace numbers it).
+    Untraced(Option<i32>),
+}
+
+impl Topology {
+    fn dev(&self, at: At) -> &Device {
+        &self.namespaces[at.0].devices[at.1]
+    }
+
+    fn devref(&self, at: At) -> Dev {
+        let d = self.dev(at);
+        Dev {
+            netns: self.namespaces[at.0].name.clone(),
+            name: d.name.clone(),
+            mtu: d.mtu,
+        }
+    }
+
+    fn by_ifindex(&self, ns: usize, ifindex: u32) -> Option<At> {
+        self.namespaces[ns]
+            .devices
+            .iter()
+            .position(|d| d.ifindex == ifindex)
+            .map(|i| (ns, i))
+    }
+
+    /// The namespace a `link_netnsid` read in namespace `from` refers to;
+    /// `Err(nsid)` if it is not traced.
+    fn ns_of(&self, from: usize, netnsid: Option<i32>) -> Result<usize, i32> {
+        let Some(id) = netnsid else {
+            return Ok(from);
+        };
+        self.namespaces[from]
+            .nsids
+            .iter()
+            .find(|(n, _)| *n == id)
+            .and_then(|(_, inode)| self.namespaces.iter().position(|n| n.inode == *inode))
+            .ok_or(id)
+    }
+
+    /// The other end of the veth at `at`; `None` if it is not a veth or its
+    /// peer is gone.
+    fn peer(&self, at: At) -> Option<Peer> {
+        let (ifindex, netnsid) = self.dev(at).veth_peer()?;
+        match self.ns_of(at.0, netnsid) {
+            Err(id) => Some(Peer::Untraced(Some(id))),
+            Ok(ns) => match self.by_ifindex(ns, ifindex) {
+                Some(p) if self.dev(p).kind == Kind::Veth => Some(Peer::Traced(p)),
+                Some(_) => None,
+                None if netnsid.is_none() => None,
+                None => Some(Peer::Untraced(netnsid)),
+            },
+        }
+    }
+
+    /// Every device, in order.
+    fn all(&self) -> impl Iterator<Item = At> + '_ {
+        self.namespaces
+            .iter()
+            .enumerate()
+            .flat_map(|(n, ns)| (0..ns.devices.len()).map(move |d| (n, d)))
+    }
+
+    fn has_address(&self, at: At) -> bool {
+        let ifindex = self.dev(at).ifindex;
+        self.namespaces[at.0]
+            .addresses
+            .iter()
+            .any(|(i, _, _)| *i == ifindex)
+    }
+
+    /// The underlay of the VXLAN device at `at`, or why it is unknown.
+    fn underlay(&self, at: At, v: &Vxlan) -> Result<(At, String), String> {
+        let dev = self.dev(at);
+        let sock_ns = self.ns_of(at.0, dev.link_netnsid).map_err(|id| {
+            format!(
+                "unknown: its UDP socket is in a namespace that is not traced (nsid {id} in {})",
+                self.namespaces[at.0].name
+            )
+        })?;
+        let sock_name = &self.namespaces[sock_ns].name;
+        if let Some(link) = v.link {
+            return self
+                .by_ifindex(sock_ns, link)
+                .map(|u| (u, "bound to it (dev)".to_string()))
+                .ok_or_else(|| {
+                    format!("unknown: bound to ifindex {link}, not found in {sock_name}")
+                });
+        }
+        let mut why = Vec::new();
+        if let Some(local) = v.local {
+            let holder = self.namespaces[sock_ns]
+                .addresses
+                .iter()
+                .find(|(_, a, _)| *a == local)
+                .and_then(|(i, _, _)| self.by_ifindex(sock_ns, *i));
+            if let Some(u) = holder {
+                return Ok((u, format!("holds the local address {local}")));
+            }
+            why.push(format!(
+                "no device in {sock_name} holds its local address {local}"
+            ));
+        }
+        if let Some(remote) = v.remote.filter(|r| !r.is_multicast()) {
+            let on_link = self.namespaces[sock_ns]
+                .addresses
+                .iter()
+                .filter(|(_, a, p)| same_subnet(*a, remote, *p))
+                .max_by_key(|(_, _, p)| *p)
+                .and_then(|(i, a, p)| Some((self.by_ifindex(sock_ns, *i)?, *a, *p)));
+            if let Some((u, a, p)) = on_link {
+                return Ok((u, format!("its subnet {a}/{p} holds the remote {remote}")));
+            }
+            why.push(format!(
+                "no device in {sock_name} is on the subnet of its remote {remote}"
+            ));
+        }
+        if why.is_empty() {
+            why.push("it is bound to no device and has no local or unicast remote address".into());
+        }
+        Err(format!("unknown: {}", why.join("; ")))
+    }
+
+    fn path(&self, at: At, v: &Vxlan) -> VxlanPath {
+        let dev = self.dev(at);
+        let ipv6 = v.ipv6();
+        let overhead = vxlan_overhead(ipv6);
+        let (underlay, underlay_how) = match self.underlay(at, v) {
+            Ok((u, how)) => (Some(self.devref(u)), how),
+            Err(why) => (None, why),
+        };
+        let limit = underlay.as_ref().map(|u| u.mtu.saturating_sub(overhead));
+        let bridge = dev.master.and_then(|m| self.by_ifindex(at.0, m));
+        let mut ports = Vec::new();
+        let mut senders = Vec::new();
+        let bridge_has_address = bridge.is_some_and(|b| self.has_address(b));
+        if let Some(b) = bridge {
+            let bifindex = self.dev(b).ifindex;
+            if bridge_has_address {
+                senders.push(self.dev(b).mtu);
+            }
+            for (i, p) in self.namespaces[at.0].devices.iter().enumerate() {
+                if p.master != Some(bifindex) || i == at.1 {
+                    continue;
+                }
+                let (peer, note) = match self.peer((at.0, i)) {
+                    Some(Peer::Traced(q)) => (Some(self.devref(q)), None),
+                    Some(Peer::Untraced(id)) => (
+                        None,
+                        Some(format!(
+                            "its peer is in a namespace that is not traced{}",
+                            id.map(|id| format!(" (nsid {id})")).unwrap_or_default()
+                        )),
+                    ),
+                    None => (None, None),
+                };
+                let sends_up_to = peer.as_ref().map_or(p.mtu, |q| q.mtu.min(p.mtu));
+                senders.push(sends_up_to);
+                ports.push(Port {
+                    port: self.devref((at.0, i)),
+                    peer,
+                    sends_up_to,
+                    note,
+                });
+            }
+        }
+        let inner_max = senders.iter().max().map_or(dev.mtu, |m| (*m).min(dev.mtu));
+        VxlanPath {
+            vxlan: self.devref(at),
+            vni: v.vni,
+            port: v.port,
+            ipv6,
+            overhead,
+            underlay,
+            underlay_how,
+            limit,
+            bridge: bridge.map(|b| self.devref(b)),
+            bridge_has_address,
+            ports,
+            inner_max,
+        }
+    }
+
+    fn vxlans(&self) -> impl Iterator<Item = (At, &Vxlan)> + '_ {
+        self.all().filter_map(|at| match &self.dev(at).kind {
+            Kind::Vxlan(v) => Some((at, v)),
+            _ => None,
+        })
+    }
+}
+
+fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Per VXLAN device of the traced namespaces: overlay MTU, overhead,
+/// underlay and its MTU, and what feeds it, even when nothing is wrong.
+pub fn path_mtu_summary(topo: &Topology) -> Vec<VxlanPath> {
+    topo.vxlans().map(|(at, v)| topo.path(at, v)).collect()
+}
+
+/// Every MTU problem of the traced namespaces.
+pub fn findings(topo: &Topology) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (at, v) in topo.vxlans() {
+        let path = topo.path(at, v);
+        out.extend(vxlan_overhead_finding(topo, at, v, &path));
+        out.extend(overlay_port_finding(&path));
+    }
+    out.extend(veth_findings(topo));
+    out
+}
+
+fn vxlan_overhead_finding(topo: &Topology, at: At, v: &Vxlan, path: &VxlanPath) -> Option<Finding> {
+    let (underlay, limit) = (path.underlay.as_ref()?, path.limit?);
+    let vx = &path.vxlan;
+    if vx.mtu <= limit {
+        return None;
+    }
+    let bridged = topo.dev(at).master.is_some();
+    let what = if path.ipv6 {
+        format!("are dropped on {underlay} (outer IPv6 packets are not fragmented)")
+    } else if v.df == OuterDf::Set {
+        format!("are dropped on {underlay} (the VXLAN device sets DF on the outer header)")
+    } else if v.df == OuterDf::Inherit && !bridged {
+        format!("fragment on {underlay} (are dropped there if they have DF set)")
+    } else {
+        format!("fragment on {underlay}")
+    };
+    let mut text = format!(
+        "overlay MTU {} + {} VXLAN > underlay MTU {}: packets over {limit} bytes on {vx} {what}",
+        vx.mtu, path.overhead, underlay.mtu
+    );
+    if bridged {
+        // skb_tunnel_check_pmtu(): a VXLAN device that is a bridge port
+        // answers a forwarded inner packet too big for the underlay, if it
+        // has DF set or is IPv6, with an ICMP "too big" itself.
+        text += &format!(
+            " (those with DF set, and IPv6 ones, are refused with ICMP \"too big\", MTU {limit})"
+        );
+    }
+    if let Some(bridge) = &path.bridge {
+        let mut over: Vec<String> = path
+            .ports
+            .iter()
+            .filter(|p| p.sends_up_to > limit)
+            .map(|p| {
+                let who = p.peer.as_ref().unwrap_or(&p.port);
+                format!("{who} up to {}", p.sends_up_to.min(vx.mtu))
+            })
+            .collect();
+        if path.bridge_has_address && bridge.mtu > limit {
+            over.push(format!("{bridge} itself up to {}", bridge.mtu.min(vx.mtu)));
+        }
+        if !over.is_empty() {
+            text += &format!("; sending that much through {bridge}: {}", over.join(", "));
+        } else if !path.ports.is_empty() {
+            text += &format!(
+                "; the ports of {bridge} send at most {}, so no container traffic is affected",
+                path.inner_max
+            );
+        }
+    }
+    Some(Finding {
+        kind: FindingKind::VxlanOverhead,
+        devices: vec![vx.clone(), underlay.clone()],
+        overhead: Some(path.overhead),
+        limit,
+        finding: text,
+        watch: vec![
+            Watch::Plain {
+                netns: vx.netns.clone(),
+                iface: vx.name.clone(),
+                dir: Dir::Egress,
+            },
+            Watch::Encapsulated {
+                netns: underlay.netns.clone(),
+                iface: underlay.name.clone(),
+                dir: Dir::Egress,
+                vni: v.vni,
+                overhead: path.overhead,
+            },
+        ],
+    })
+}
+
+fn overlay_port_finding(path: &VxlanPath) -> Option<Finding> {
+    let bridge = path.bridge.as_ref()?;
+    let vx = &path.vxlan;
+    let over: Vec<&Port> = path
+        .ports
+        .iter()
+        .filter(|p| p.sends_up_to > vx.mtu)
+        .collect();
+    if over.is_empty() {
+        return None;
+    }
+    let mut devices = vec![vx.clone()];
+    let mut names = Vec::new();
+    let mut watch = Vec::new();
+    for p in &over {
+        devices.push(p.port.clone());
+        let mut name = format!("{} mtu {}", p.port, p.port.mtu);
+        if let Some(q) = &p.peer {
+            devices.push(q.clone());
+            name += &format!(" (peer {q} mtu {})", q.mtu);
+        }
+        names.push(name);
+        watch.push(Watch::Plain {
+            netns: p.port.netns.clone(),
+            iface: p.port.name.clone(),
+            dir: Dir::Ingress,
+        });
+    }
+    Some(Finding {
+        kind: FindingKind::OverlayPortMtu,
+        devices,
+        overhead: None,
+        limit: vx.mtu,
+        finding: format!(
+            "{bridge} ports take larger packets than {vx} mtu {}: {}: packets over {} bytes from them to {} are dropped by the bridge (with bridge-nf-call-iptables on, those without DF are fragmented instead)",
+            vx.mtu,
+            names.join(", "),
+            vx.mtu,
+            vx.name
+        ),
+        watch,
+    })
+}
+
+fn veth_findings(topo: &Topology) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for at in topo.all() {
+        match topo.peer(at) {
+            Some(Peer::Traced(p)) if at < p => {
+                let (a, b) = (topo.devref(at), topo.devref(p));
+                if a.mtu == b.mtu {
+                    continue;
+                }
+                let (big, small) = if a.mtu > b.mtu { (a, b) } else { (b, a) };
+                out.push(Finding {
+                    kind: FindingKind::VethMtuMismatch,
+                    finding: format!(
+                        "veth ends differ: {big} mtu {}, {small} mtu {}: packets over {} bytes sent from {} are dropped by {}",
+                        big.mtu, small.mtu, small.mtu, big.name, small.name
+                    ),
+                    overhead: None,
+                    limit: small.mtu,
+                    watch: vec![Watch::Plain {
+                        netns: big.netns.clone(),
+                        iface: big.name.clone(),
+                        dir: Dir::Egress,
+                    }],
+                    devices: vec![big, small],
+                });
+            }
+            Some(Peer::Untraced(id)) => {
+                let d = topo.devref(at);
+                out.push(Finding {
+                    kind: FindingKind::VethPeerUntraced,
+                    finding: format!(
+                        "veth {d} mtu {}: its peer is in a namespace that is not traced{}, so the MTUs of its two ends cannot be compared",
+                        d.mtu,
+                        id.map(|id| format!(" (nsid {id})")).unwrap_or_default()
+                    ),
+                    overhead: None,
+                    limit: d.mtu,
+                    watch: Vec::new(),
+                    devices: vec![d],
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const HA: u64 = 101;
+    const HB: u64 = 102;
+    const OVA: u64 = 103;
+    const C1: u64 = 105;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn dev(ifindex: u32, name: &str, kind: Kind, mtu: u32) -> Device {
+        Device {
+            ifindex,
+            name: name.into(),
+            kind,
+            mtu,
+            ethernet: true,
+            ..Device::default()
+        }
+    }
+
+    fn lo() -> Device {
+        Device {
+            ethernet: false,
+            ..dev(1, "lo", Kind::Other(String::new()), 65536)
+        }
+    }
+
+    fn veth(ifindex: u32, name: &str, mtu: u32, peer: u32, netnsid: Option<i32>) -> Device {
+        Device {
+            link: Some(peer),
+            link_netnsid: netnsid,
+            ..dev(ifindex, name, Kind::Veth, mtu)
+        }
+    }
+
+    fn vxlan_kind(local: Option<IpAddr>) -> Kind {
+        Kind::Vxlan(Vxlan {
+            vni: Some(4242),
+            port: 4789,
+            local,
+            ..Vxlan::default()
+        })
+    }
+
+    fn ns(
+        name: &str,
+        inode: u64,
+        devices: Vec<Device>,
+        addresses: Vec<(u32, IpAddr, u8)>,
+        nsids: Vec<(i32, u64)>,
+    ) -> NsDevices {
+        NsDevices {
+            name: name.into(),
+            inode,
+            devices,
+            addresses,
+            nsids,
+        }
+    }
+
+    fn with_master(d: Device, master: u32) -> Device {
+        Device {
+            master: Some(master),
+            ..d
+        }
+    }
+
+    /// The lab's overlay as Docker builds it: the bridge, VXLAN device and
+    /// container ends of host A in a namespace of their own (tl1-ova), the
+    /// VXLAN socket and underlay in tl1-ha. Host B is the same. Every
+    /// namespace numbers the others differently, as the kernel does.
+    fn docker(overlay: u32, underlay: u32, container: u32) -> Topology {
+        let host = |name: &str, inode: u64, ip: IpAddr, peer_ns: (i32, u64), ov: (i32, u64)| {
+            ns(
+                name,
+                inode,
+                vec![lo(), veth(2, "ul0", underlay, 2, Some(peer_ns.0))],
+                vec![(1, v4(127, 0, 0, 1), 8), (2, ip, 24)],
+                vec![peer_ns, ov],
+            )
+        };
+        let overlay_ns =
+            |name: &str, inode: u64, ip: IpAddr, host: (i32, u64), c: (i32, u64), port: &str| {
+                ns(
+                    name,
+                    inode,
+                    vec![
+                        lo(),
+                        dev(2, "br0", Kind::Bridge, overlay),
+                        Device {
+                            link: Some(3),
+                            link_netnsid: Some(host.0),
+                            ..with_master(dev(3, "vx0", vxlan_kind(Some(ip)), overlay), 2)
+                        },
+                        with_master(veth(4, port, container, 2, Some(c.0)), 2),
+                    ],
+                    vec![(1, v4(127, 0, 0, 1), 8)],
+                    vec![host, c],
+                )
+            };
+        let container_ns = |name: &str, inode: u64, ip: IpAddr, ov: (i32, u64)| {
+            ns(
+                name,
+                inode,
+                vec![lo(), veth(2, "eth0", container, 4, Some(ov.0))],
+                vec![(1, v4(127, 0, 0, 1), 8), (2, ip, 24)],
+                vec![ov],
+            )
+        };
+        Topology {
+            namespaces: vec![
+                host("tl1-ha", HA, v4(10, 1, 1, 1), (5, HB), (9, OVA)),
+                host("tl1-hb", HB, v4(10, 1, 1, 2), (0, HA), (1, 104)),
+                overlay_ns("tl1-ova", OVA, v4(10, 1, 1, 1), (7, HA), (3, C1), "vc1"),
+                overlay_ns("tl1-ovb", 104, v4(10, 1, 1, 2), (0, HB), (1, 106), "vc2"),
+                container_ns("tl1-c1", C1, v4(10, 1, 100, 1), (2, OVA)),
+                container_ns("tl1-c2", 106, v4(10, 1, 100, 2), (0, 104)),
+            ],
+        }
+    }
+
+    /// Host A of the plain lab: everything in tl1-ha, container in tl1-c1.
+    fn plain(overlay: u32, underlay: u32, vx: Kind) -> Topology {
+        Topology {
+            namespaces: vec![
+                ns(
+                    "tl1-ha",
+                    HA,
+                    vec![
+                        lo(),
+                        dev(2, "ul0", Kind::Other(String::new()), underlay),
+                        dev(3, "br0", Kind::Bridge, overlay),
+                        with_master(dev(4, "vx0", vx, overlay), 3),
+                        with_master(veth(5, "vc1", overlay, 2, Some(4)), 3),
+                    ],
+                    vec![(2, v4(10, 1, 1, 1), 24)],
+                    vec![(4, C1)],
+                ),
+                ns(
+                    "tl1-c1",
+                    C1,
+                    vec![lo(), veth(2, "eth0", overlay, 5, Some(0))],
+                    vec![(2, v4(10, 1, 100, 1), 24)],
+                    vec![(0, HA)],
+                ),
+            ],
+        }
+    }
+
+    fn d(netns: &str, name: &str, mtu: u32) -> Dev {
+        Dev {
+            netns: netns.into(),
+            name: name.into(),
+            mtu,
+        }
+    }
+
+    fn row(netns: &str, iface: &str, dir: Dir, max_len: u32, vni: Option<u32>) -> FlowObs {
+        FlowObs {
+            netns: netns.into(),
+            iface: iface.into(),
+            dir,
+            max_len,
+            vni,
+        }
+    }
+
+    #[test]
+    fn overhead_is_50_over_ipv4_and_70_over_ipv6() {
+        assert_eq!(vxlan_overhead(false), 50);
+        assert_eq!(vxlan_overhead(true), 70);
+    }
+
+    #[test]
+    fn healthy_docker_overlay_has_no_finding_and_a_full_summary() {
+        let topo = docker(1450, 1500, 1450);
+        assert_eq!(findings(&topo), []);
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s.len(), 2);
+        let a = &s[0];
+        assert_eq!(a.vxlan, d("tl1-ova", "vx0", 1450));
+        assert_eq!(
+            (a.vni, a.port, a.ipv6, a.overhead),
+            (Some(4242), 4789, false, 50)
+        );
+        // The VXLAN device's link-netnsid (7, as tl1-ova numbers tl1-ha) says
+        // where its socket is; there the local address is on ul0.
+        assert_eq!(a.underlay, Some(d("tl1-ha", "ul0", 1500)));
+        assert_eq!(a.underlay_how, "holds the local address 10.1.1.1");
+        assert_eq!(a.limit, Some(1450));
+        assert_eq!(a.fits(), Some(true));
+        assert_eq!(a.bridge, Some(d("tl1-ova", "br0", 1450)));
+        assert_eq!(
+            a.ports,
+            [Port {
+                port: d("tl1-ova", "vc1", 1450),
+                peer: Some(d("tl1-c1", "eth0", 1450)),
+                sends_up_to: 1450,
+                note: None,
+            }]
+        );
+        assert_eq!(a.inner_max, 1450);
+        assert_eq!(s[1].vxlan, d("tl1-ovb", "vx0", 1450));
+        assert_eq!(s[1].underlay, Some(d("tl1-hb", "ul0", 1500)));
+    }
+
+    #[test]
+    fn overlay_1500_over_underlay_1500_is_scenario_3() {
+        let topo = docker(1500, 1500, 1500);
+        let f = findings(&topo);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert_eq!(f[0].kind, FindingKind::VxlanOverhead);
+        assert_eq!(
+            f[0].devices,
+            [d("tl1-ova", "vx0", 1500), d("tl1-ha", "ul0", 1500)]
+        );
+        assert_eq!((f[0].overhead, f[0].limit), (Some(50), 1450));
+        assert_eq!(
+            f[0].finding,
+            "overlay MTU 1500 + 50 VXLAN > underlay MTU 1500: packets over 1450 bytes on \
+             vx0 (tl1-ova) fragment on ul0 (tl1-ha) (those with DF set, and IPv6 ones, are \
+             refused with ICMP \"too big\", MTU 1450); sending that much through br0 \
+             (tl1-ova): eth0 (tl1-c1) up to 1500"
+        );
+        assert_eq!(
+            f[1].devices,
+            [d("tl1-ovb", "vx0", 1500), d("tl1-hb", "ul0", 1500)]
+        );
+        let s = path_mtu_summary(&topo);
+        assert_eq!((s[0].fits(), s[0].inner_max), (Some(false), 1500));
+    }
+
+    #[test]
+    fn plain_lab_finding_reads_as_the_issue_says() {
+        let topo = plain(1500, 1500, vxlan_kind(Some(v4(10, 1, 1, 1))));
+        let f = findings(&topo);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].finding.starts_with(
+                "overlay MTU 1500 + 50 VXLAN > underlay MTU 1500: packets over 1450 bytes on \
+                 vx0 (tl1-ha) fragment on ul0 (tl1-ha) ("
+            ),
+            "{}",
+            f[0].finding
+        );
+        assert_eq!(
+            f[0].devices,
+            [d("tl1-ha", "vx0", 1500), d("tl1-ha", "ul0", 1500)]
+        );
+    }
+
+    #[test]
+    fn containers_below_the_limit_are_not_affected() {
+        let topo = docker(1500, 1500, 1400);
+        let f: Vec<Finding> = findings(&topo)
+            .into_iter()
+            .filter(|f| f.devices[0].netns == "tl1-ova")
+            .collect();
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].finding.ends_with(
+                "; the ports of br0 (tl1-ova) send at most 1400, so no container traffic is affected"
+            ),
+            "{}",
+            f[0].finding
+        );
+    }
+
+    #[test]
+    fn ipv6_underlay_costs_70_and_does_not_fragment() {
+        let local = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+        let mut topo = plain(1450, 1500, vxlan_kind(Some(local)));
+        topo.namespaces[0].addresses.push((2, local, 64));
+        let s = path_mtu_summary(&topo);
+        assert_eq!(
+            (s[0].ipv6, s[0].overhead, s[0].limit),
+            (true, 70, Some(1430))
+        );
+        assert_eq!(s[0].underlay_how, "holds the local address fd00::1");
+        let f = findings(&topo);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].overhead, f[0].limit), (Some(70), 1430));
+        assert!(
+            f[0].finding.starts_with(
+                "overlay MTU 1450 + 70 VXLAN > underlay MTU 1500: packets over 1430 bytes on \
+                 vx0 (tl1-ha) are dropped on ul0 (tl1-ha) (outer IPv6 packets are not fragmented)"
+            ),
+            "{}",
+            f[0].finding
+        );
+        // A remote alone decides the family too.
+        let v = Vxlan {
+            remote: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ..Vxlan::default()
+        };
+        assert!(v.ipv6());
+    }
+
+    #[test]
+    fn bound_link_wins_over_the_local_address() {
+        let mut topo = plain(
+            1500,
+            1500,
+            Kind::Vxlan(Vxlan {
+                vni: Some(7),
+                port: 4789,
+                link: Some(6),
+                local: Some(v4(10, 1, 1, 1)),
+                ..Vxlan::default()
+            }),
+        );
+        topo.namespaces[0]
+            .devices
+            .push(dev(6, "jumbo0", Kind::Other(String::new()), 9000));
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s[0].underlay, Some(d("tl1-ha", "jumbo0", 9000)));
+        assert_eq!(s[0].underlay_how, "bound to it (dev)");
+        assert_eq!(s[0].limit, Some(8950));
+        assert_eq!(findings(&topo), []);
+
+        // Bound to a device that is not there: unknown, not the local address's.
+        topo.namespaces[0].devices.pop();
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s[0].underlay, None);
+        assert_eq!(
+            s[0].underlay_how,
+            "unknown: bound to ifindex 6, not found in tl1-ha"
+        );
+        assert_eq!(findings(&topo), []);
+    }
+
+    #[test]
+    fn remote_on_a_connected_subnet_finds_the_underlay() {
+        let topo = plain(
+            1500,
+            1500,
+            Kind::Vxlan(Vxlan {
+                remote: Some(v4(10, 1, 1, 2)),
+                port: 4789,
+                ..Vxlan::default()
+            }),
+        );
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s[0].underlay, Some(d("tl1-ha", "ul0", 1500)));
+        assert_eq!(
+            s[0].underlay_how,
+            "its subnet 10.1.1.1/24 holds the remote 10.1.1.2"
+        );
+        assert_eq!(findings(&topo).len(), 1);
+    }
+
+    #[test]
+    fn underlay_unknown_says_why() {
+        // Nothing to go by.
+        let topo = plain(1500, 1500, vxlan_kind(None));
+        let s = path_mtu_summary(&topo);
+        assert_eq!((s[0].underlay.as_ref(), s[0].limit), (None, None));
+        assert_eq!(
+            s[0].underlay_how,
+            "unknown: it is bound to no device and has no local or unicast remote address"
+        );
+        assert_eq!(s[0].fits(), None);
+        assert_eq!(findings(&topo), []);
+
+        // A local address nobody holds.
+        let topo = plain(1500, 1500, vxlan_kind(Some(v4(192, 0, 2, 1))));
+        assert_eq!(
+            path_mtu_summary(&topo)[0].underlay_how,
+            "unknown: no device in tl1-ha holds its local address 192.0.2.1"
+        );
+
+        // Docker style, the host namespace (socket and underlay) not traced.
+        let mut topo = docker(1500, 1500, 1500);
+        topo.namespaces.retain(|n| n.inode != HA);
+        let s = path_mtu_summary(&topo);
+        let a = s.iter().find(|p| p.vxlan.netns == "tl1-ova").unwrap();
+        assert_eq!(a.underlay, None);
+        assert_eq!(
+            a.underlay_how,
+            "unknown: its UDP socket is in a namespace that is not traced (nsid 7 in tl1-ova)"
+        );
+        let f = findings(&topo);
+        assert!(!f.iter().any(|f| f.devices[0].netns == "tl1-ova"), "{f:#?}");
+    }
+
+    #[test]
+    fn veth_mismatch_is_reported_once_per_pair() {
+        let mut topo = docker(1450, 1500, 1450);
+        // tl1-c1's eth0 at 1400, its peer vc1 at 1450.
+        topo.namespaces[4].devices[1].mtu = 1400;
+        let f = findings(&topo);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].kind, FindingKind::VethMtuMismatch);
+        assert_eq!(
+            f[0].devices,
+            [d("tl1-ova", "vc1", 1450), d("tl1-c1", "eth0", 1400)]
+        );
+        assert_eq!((f[0].overhead, f[0].limit), (None, 1400));
+        assert_eq!(
+            f[0].finding,
+            "veth ends differ: vc1 (tl1-ova) mtu 1450, eth0 (tl1-c1) mtu 1400: packets over \
+             1400 bytes sent from vc1 are dropped by eth0"
+        );
+        // The container sends at most 1400 into the overlay.
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s[0].ports[0].sends_up_to, 1400);
+        assert_eq!(s[0].inner_max, 1400);
+    }
+
+    #[test]
+    fn veth_whose_peer_is_not_traced_says_so() {
+        let mut topo = docker(1450, 1500, 1450);
+        topo.namespaces.retain(|n| n.inode != C1);
+        let f = findings(&topo);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].kind, FindingKind::VethPeerUntraced);
+        assert_eq!(f[0].devices, [d("tl1-ova", "vc1", 1450)]);
+        assert_eq!(
+            f[0].finding,
+            "veth vc1 (tl1-ova) mtu 1450: its peer is in a namespace that is not traced \
+             (nsid 3), so the MTUs of its two ends cannot be compared"
+        );
+        assert!(affected(&f[0], &[row("tl1-ova", "vc1", Dir::Egress, 9000, None)]).is_empty());
+        let s = path_mtu_summary(&topo);
+        assert_eq!(s[0].ports[0].peer, None);
+        assert_eq!(
+            s[0].ports[0].note.as_deref(),
+            Some("its peer is in a namespace that is not traced (nsid 3)")
+        );
+    }
+
+    #[test]
+    fn bridge_port_larger_than_the_vxlan_device() {
+        let mut topo = docker(1450, 1500, 1500);
+        // Only host A's side.
+        topo.namespaces
+            .retain(|n| [HA, HB, OVA, C1].contains(&n.inode));
+        let f = findings(&topo);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].kind, FindingKind::OverlayPortMtu);
+        assert_eq!(
+            f[0].devices,
+            [
+                d("tl1-ova", "vx0", 1450),
+                d("tl1-ova", "vc1", 1500),
+                d("tl1-c1", "eth0", 1500)
+            ]
+        );
+        assert_eq!(f[0].limit, 1450);
+        assert_eq!(
+            f[0].finding,
+            "br0 (tl1-ova) ports take larger packets than vx0 (tl1-ova) mtu 1450: vc1 (tl1-ova) \
+             mtu 1500 (peer eth0 (tl1-c1) mtu 1500): packets over 1450 bytes from them to vx0 are \
+             dropped by the bridge (with bridge-nf-call-iptables on, those without DF are \
+             fragmented instead)"
+        );
+        let rows = [
+            row("tl1-ova", "vc1", Dir::Ingress, 1514, None),
+            row("tl1-ova", "vc1", Dir::Ingress, 1464, None),
+            row("tl1-ova", "vc1", Dir::Egress, 1514, None),
+        ];
+        assert_eq!(affected(&f[0], &rows), [&rows[0]]);
+    }
+
+    #[test]
+    fn affected_flows_exceed_the_limit_where_it_bites() {
+        let topo = docker(1500, 1500, 1500);
+        let f = &findings(&topo)[0];
+        let rows = [
+            // Inner packets into host A's VXLAN device.
+            row("tl1-ova", "vx0", Dir::Egress, 1514, None),
+            row("tl1-ova", "vx0", Dir::Egress, 1464, None),
+            row("tl1-ova", "vx0", Dir::Egress, 1465, None),
+            row("tl1-ova", "vx0", Dir::Ingress, 1514, None),
+            // Outer packets on the underlay: 1514 carries 1450 (or is a first fragment).
+            row("tl1-ha", "ul0", Dir::Egress, 1514, Some(4242)),
+            row("tl1-ha", "ul0", Dir::Egress, 1564, Some(4242)),
+            row("tl1-ha", "ul0", Dir::Egress, 1564, Some(99)),
+            row("tl1-ha", "ul0", Dir::Egress, 1514, None),
+            // Host B is another finding.
+            row("tl1-ovb", "vx0", Dir::Egress, 1514, None),
+            // Where the container sends: not a device of the finding.
+            row("tl1-c1", "eth0", Dir::Egress, 1514, None),
+        ];
+        let hit: Vec<usize> = affected(f, &rows)
+            .iter()
+            .map(|r| rows.iter().position(|x| std::ptr::eq(x, *r)).unwrap())
+            .collect();
+        assert_eq!(hit, [0, 2, 5]);
+
+        let mut topo = docker(1450, 1500, 1450);
+        topo.namespaces[4].devices[1].mtu = 1400;
+        let f = &findings(&topo)[0];
+        let rows = [
+            row("tl1-ova", "vc1", Dir::Egress, 1414, None),
+            row("tl1-ova", "vc1", Dir::Egress, 1415, None),
+            row("tl1-c1", "eth0", Dir::Egress, 1514, None),
+            row("tl1-ova", "vc1", Dir::Ingress, 1464, None),
+        ];
+        assert_eq!(affected(f, &rows), [&rows[1]]);
+    }
+
+    #[test]
+    fn findings_serialize_without_their_watch_list() {
+        let f = &findings(&docker(1500, 1500, 1500))[0];
+        let j = serde_json::to_value(f).unwrap();
+        assert_eq!(j["kind"], "vxlan_overhead");
+        assert_eq!(j["devices"][1]["name"], "ul0");
+        assert_eq!(j["overhead"], 50);
+        assert_eq!(j["limit"], 1450);
+        assert!(j.get("watch").is_none());
+        assert_eq!(FindingKind::VethPeerUntraced.as_str(), "veth_peer_untraced");
+    }
+}
