@@ -20,9 +20,10 @@ use crate::{
     fragments::frag_rows,
     icmps::{IcmpCount, kind},
     kallsyms::Symbolizer,
+    mtu::{Dir, Finding, FlowObs},
     netfilter::{family_name, hook_name, table_name},
     reasons::{ReasonFilter, Reasons},
-    render::{DropRow, FlowRow, Health, IcmpRow, Report, Scope, VerdictRow},
+    render::{DropRow, FlowRow, Health, IcmpRow, MtuRow, Report, Scope, VerdictRow},
     tally::Tally,
     targets::Target,
     verdicts::VerdictCounts,
@@ -214,6 +215,40 @@ impl Namer {
     }
 }
 
+/// The MTU findings with the flows of `flows` they hit; those no flow hits
+/// only if `all` (the run's totals list every finding).
+fn mtu_rows(findings: &[Finding], flows: &[FlowRow], all: bool) -> Vec<MtuRow> {
+    let observed: Vec<FlowObs> = flows
+        .iter()
+        .map(|f| FlowObs {
+            netns: f.netns.clone(),
+            iface: f.iface.clone(),
+            dir: if f.dir == "ingress" {
+                Dir::Ingress
+            } else {
+                Dir::Egress
+            },
+            max_len: f.counts.max_len,
+            vni: crate::render::vni(&f.id),
+        })
+        .collect();
+    findings
+        .iter()
+        .filter_map(|finding| {
+            let hit: Vec<FlowRow> = flows
+                .iter()
+                .zip(&observed)
+                .filter(|(_, o)| finding.hits(o))
+                .map(|(f, _)| f.clone())
+                .collect();
+            (all || !hit.is_empty()).then(|| MtuRow {
+                finding: finding.clone(),
+                flows: hit,
+            })
+        })
+        .collect()
+}
+
 /// Reads the kernel's counters and keeps interval and run totals.
 pub struct Collector {
     flow_maps: DoubleBuffer,
@@ -228,6 +263,7 @@ pub struct Collector {
     icmps: Tally<IcmpKey, IcmpCount>,
     namer: Namer,
     filter: ReasonFilter,
+    findings: Vec<Finding>,
     health_total: Health,
     health_interval: Health,
 }
@@ -238,6 +274,7 @@ impl Collector {
         targets: &[Target],
         reasons: Reasons,
         filter: ReasonFilter,
+        findings: Vec<Finding>,
     ) -> Result<Self> {
         let flow_maps = DoubleBuffer::take(ebpf, "FLOW_GENERATION", ["FLOWS_0", "FLOWS_1"])?;
         let drop_maps = DoubleBuffer::take(ebpf, "DROP_GENERATION", ["DROPS_0", "DROPS_1"])?;
@@ -280,6 +317,7 @@ impl Collector {
                 symbols: Symbolizer::default(),
             },
             filter,
+            findings,
             health_total: Health::default(),
             health_interval: Health::default(),
         })
@@ -347,6 +385,7 @@ impl Collector {
             scope: Scope::Interval,
             elapsed,
             frags: frag_rows(&flows, &drops),
+            mtu: mtu_rows(&self.findings, &flows, false),
             flows,
             drops,
             verdicts: self.namer.verdict_rows(verdicts.iter()),
@@ -364,6 +403,7 @@ impl Collector {
             scope: Scope::Total,
             elapsed,
             frags: frag_rows(&flows, &drops),
+            mtu: mtu_rows(&self.findings, &flows, true),
             flows,
             drops,
             verdicts: self.namer.verdict_rows(self.verdicts.total().iter()),

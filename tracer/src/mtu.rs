@@ -8,9 +8,6 @@
 //! VXLAN adds, to an inner IP packet: the inner Ethernet header (14), VXLAN
 //! (8), UDP (8) and the outer IP header (20 for IPv4, 40 for IPv6): 50 or 70.
 
-// Goes away when the MTU view is integrated into the CLI.
-#![allow(dead_code)]
-
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -109,6 +106,27 @@ impl VxlanPath {
     /// Overlay MTU + overhead fits the underlay MTU; `None` if the underlay is unknown.
     pub fn fits(&self) -> Option<bool> {
         self.limit.map(|l| self.vxlan.mtu <= l)
+    }
+
+    /// One line for the start-up summary.
+    pub fn summary(&self) -> String {
+        let overlay = format!(
+            "VXLAN {} MTU {} + {} overhead",
+            self.vxlan, self.vxlan.mtu, self.overhead
+        );
+        match (&self.underlay, self.fits()) {
+            (Some(u), Some(true)) => format!(
+                "{overlay} = {} fits underlay {u} MTU {}",
+                self.vxlan.mtu + self.overhead,
+                u.mtu
+            ),
+            (Some(u), _) => format!(
+                "{overlay} = {} does NOT fit underlay {u} MTU {}",
+                self.vxlan.mtu + self.overhead,
+                u.mtu
+            ),
+            (None, _) => format!("{overlay}; underlay unknown: {}", self.underlay_how),
+        }
     }
 }
 
@@ -235,6 +253,7 @@ impl Finding {
 ///
 /// The kernel lets 4 bytes more through a veth or bridge port than the MTU
 /// (room for a VLAN tag), so a flow up to 4 bytes over the limit may pass.
+#[cfg(test)]
 pub fn affected<'a>(finding: &Finding, flows: &'a [FlowObs]) -> Vec<&'a FlowObs> {
     flows.iter().filter(|f| finding.hits(f)).collect()
 }
@@ -602,7 +621,7 @@ fn veth_findings(topo: &Topology) -> Vec<Finding> {
                 out.push(Finding {
                     kind: FindingKind::VethMtuMismatch,
                     finding: format!(
-                        "veth ends differ: {big} mtu {}, {small} mtu {}: packets over {} bytes sent from {} are dropped by {}",
+                        "veth ends differ: {big} mtu {}, {small} mtu {}: packets over {} bytes sent from {} are dropped on the way to {} (drop reason NOT_SPECIFIED at __dev_forward_skb)",
                         big.mtu, small.mtu, small.mtu, big.name, small.name
                     ),
                     overhead: None,
@@ -1043,7 +1062,8 @@ mod tests {
         assert_eq!(
             f[0].finding,
             "veth ends differ: vc1 (tl1-ova) mtu 1450, eth0 (tl1-c1) mtu 1400: packets over \
-             1400 bytes sent from vc1 are dropped by eth0"
+             1400 bytes sent from vc1 are dropped on the way to eth0 (drop reason NOT_SPECIFIED \
+             at __dev_forward_skb)"
         );
         // The container sends at most 1400 into the overlay.
         let s = path_mtu_summary(&topo);

@@ -113,8 +113,20 @@ impl ReasonFilter {
     }
 }
 
+/// What a drop usually means, for the common reasons; `location` refines
+/// the vague ones.
+pub fn hint(name: &str, location: &str) -> Option<&'static str> {
+    if name == "NOT_SPECIFIED" && location.starts_with("__dev_forward_skb") {
+        return Some(
+            "a veth (or other forwarding device) refused it: larger than the receiving end's \
+             MTU, or that end is down",
+        );
+    }
+    reason_hint(name)
+}
+
 /// What a drop reason usually means, for the common ones.
-pub fn hint(name: &str) -> Option<&'static str> {
+pub fn reason_hint(name: &str) -> Option<&'static str> {
     Some(match name {
         "NOT_SPECIFIED" => "freed as a drop without a reason recorded (kfree_skb)",
         "NO_SOCKET" => "nothing listens on the destination port",

@@ -18,9 +18,11 @@ use crate::{
     btf,
     cli::{Cli, Output},
     collect::Collector,
-    devices, loader, netfilter, netns,
+    devices, loader,
+    mtu::{self, Topology},
+    netfilter, netns,
     nf_loader::NfPrograms,
-    reasons::{ReasonFilter, Reasons, hint},
+    reasons::{ReasonFilter, Reasons, reason_hint},
     render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
     targets::{self, Target},
     tc,
@@ -50,7 +52,8 @@ pub fn run(cli: Cli) -> Result<()> {
             term: signal(SignalKind::terminate())?,
         }
     };
-    let targets = plan(&cli)?;
+    let (targets, topology) = plan(&cli)?;
+    let findings = mtu::findings(&topology);
     let config = Config {
         offsets: btf::offsets(&kernel_btf)?,
         vxlan_ports: targets::vxlan_ports(&cli.vxlan_ports, &targets)?,
@@ -106,27 +109,35 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Output::Auto => Box::new(TextSink::new(io::stdout().lock())),
         };
-        let mut collector = Collector::new(&mut ebpf, &targets, reasons, filter)?;
+        for path in mtu::path_mtu_summary(&topology) {
+            eprintln!("tracer: {}", path.summary());
+        }
+        for f in &findings {
+            eprintln!("tracer: MTU problem: {}", f.finding);
+        }
+        let mut collector = Collector::new(&mut ebpf, &targets, reasons, filter, findings)?;
         stream(&cli, &rt, signals, drop_events, &mut collector, sink)
     })();
     links.detach(&mut ebpf);
     result
 }
 
-/// The namespaces and the devices to trace in them.
-fn plan(cli: &Cli) -> Result<Vec<Target>> {
-    let mut found = Vec::new();
-    for ns in netns::resolve(&cli.netns)? {
-        let devs = netns::run_in(&ns.path, devices::list)?
-            .with_context(|| format!("list devices in {}", ns.name))?;
-        found.push((ns, devs));
-    }
-    targets::select(found, &cli.ifaces)
+/// The namespaces and the devices to trace in them, and their topology
+/// (for the MTU arithmetic).
+fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
+    let namespaces = netns::resolve(&cli.netns)?;
+    let topology = devices::topology(&namespaces)?;
+    let found = namespaces
+        .into_iter()
+        .zip(&topology.namespaces)
+        .map(|(ns, t)| (ns, t.devices.clone()))
+        .collect();
+    Ok((targets::select(found, &cli.ifaces)?, topology))
 }
 
 fn list_reasons(reasons: &Reasons) -> Result<()> {
     for (value, name) in reasons.all() {
-        match hint(name) {
+        match reason_hint(name) {
             Some(h) => println!("{value:>4} {name:<32} {h}"),
             None => println!("{value:>4} {name}"),
         }

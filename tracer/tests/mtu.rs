@@ -8,7 +8,7 @@ use std::net::SocketAddrV4;
 
 use common::*;
 use xtask::{
-    lab::{Lab, Overlay, OverlayOpts, addr, iptables, neigh, sysctl},
+    lab::{Lab, Overlay, OverlayOpts, Pair, addr, iptables, neigh, sysctl},
     peers::{iptables_packets, nstat},
     traffic::{Df, UdpSink, send_udp_df},
 };
@@ -293,4 +293,81 @@ fn router_sends_frag_needed_for_a_smaller_next_hop() {
         (&"PKT_TOO_BIG".into(), &N.into(), &"ra".into())
     );
     assert!(about_flow(drops[0]));
+}
+
+/// The two ends of a veth pair with different MTUs: the finding, and the
+/// drops of what does not fit, with their reason.
+#[test]
+fn veth_ends_with_different_mtus() {
+    let p = Pair::new(1500).unwrap();
+    let (a, b) = (&p.a, &p.b);
+    xtask::cmd::ip(&["-n", &b.ns, "link", "set", &b.dev, "mtu", "1000"]).unwrap();
+    let run = start(p.namespaces(), &[]);
+    let before = nstat(&b.ns, "IpInReceives").unwrap();
+    send_udp_df(
+        &a.ns,
+        SocketAddrV4::new(a.ip, 41006),
+        SocketAddrV4::new(b.ip, 5006),
+        N as u32,
+        1200,
+        Df::Want,
+    )
+    .unwrap();
+    // What fits still arrives; the big ones vanish.
+    send_udp_df(
+        &a.ns,
+        SocketAddrV4::new(a.ip, 41007),
+        SocketAddrV4::new(b.ip, 5007),
+        1,
+        100,
+        Df::Want,
+    )
+    .unwrap();
+    assert!(wait_until(|| nstat(&b.ns, "IpInReceives").unwrap() > before));
+    let f = stop(run);
+
+    let (sa, sb) = (a.ip.to_string(), b.ip.to_string());
+    let big = |r: &serde_json::Value| endpoints_are(r, "udp", &sa, &sb, Some((41006, 5006)));
+    let mtu = f.totals("mtu");
+    assert_eq!(mtu.len(), 1, "{mtu:#?}");
+    let m = mtu[0];
+    assert_eq!(
+        (&m["kind"], &m["limit"]),
+        (&"veth_mtu_mismatch".into(), &1000.into()),
+        "{m}"
+    );
+    assert!(
+        m["finding"]
+            .as_str()
+            .unwrap()
+            .starts_with("veth ends differ: v0 ("),
+        "{m}"
+    );
+    let hit = m["flows"].as_array().unwrap();
+    assert_eq!(hit.len(), 1, "only the big flow: {m}");
+    assert!(big(&hit[0]) && hit[0]["max_len"] == 14 + 28 + 1200, "{m}");
+    // The kernel drops them when the veth hands them to its peer.
+    let drops: Vec<_> = f.totals("drop").into_iter().filter(|d| big(d)).collect();
+    assert_eq!(drops.len(), 1, "{drops:#?}");
+    let d = drops[0];
+    assert_eq!(
+        (&d["netns"], &d["iface"], &d["count"]),
+        (&a.ns.as_str().into(), &"v0".into(), &N.into()),
+        "{d}"
+    );
+    assert_eq!(d["reason"], "NOT_SPECIFIED");
+    assert!(
+        d["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("__dev_forward_skb"),
+        "{d}"
+    );
+    assert!(d["hint"].as_str().unwrap().contains("MTU"), "{d}");
+    // None reached the other end.
+    assert!(
+        flows_at(&f, &b.ns, &b.dev, "ingress")
+            .iter()
+            .all(|r| !big(r))
+    );
 }

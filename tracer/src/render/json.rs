@@ -7,9 +7,10 @@ use serde::Serialize;
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Proto, Report, Scope, Sink, VerdictRow, inner,
-    vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, Scope, Sink, VerdictRow,
+    inner, vni,
 };
+use crate::mtu::Dev;
 use crate::reasons::hint;
 
 pub struct JsonSink<W: Write> {
@@ -145,6 +146,26 @@ struct JsonVerdict<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonMtuFlow<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    max_len: u32,
+    packets: u64,
+}
+
+#[derive(Serialize)]
+struct JsonMtu<'a> {
+    r#type: &'static str,
+    scope: &'static str,
+    kind: &'static str,
+    devices: &'a [Dev],
+    overhead: Option<u32>,
+    limit: u32,
+    finding: &'a str,
+    flows: Vec<JsonMtuFlow<'a>>,
+}
+
+#[derive(Serialize)]
 struct JsonHealth {
     r#type: &'static str,
     scope: &'static str,
@@ -191,7 +212,7 @@ fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
         fragment: row.fragment,
         count: row.counts.packets,
         bytes: row.counts.bytes,
-        hint: hint(&row.reason),
+        hint: hint(&row.reason, &row.location),
     }
 }
 
@@ -251,6 +272,35 @@ fn frag(scope: Scope, row: &FragRow) -> JsonFrag<'_> {
     }
 }
 
+fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
+    let f = &row.finding;
+    JsonMtu {
+        r#type: "mtu",
+        scope: scope.as_str(),
+        kind: f.kind.as_str(),
+        devices: &f.devices,
+        overhead: f.overhead,
+        limit: f.limit,
+        finding: &f.finding,
+        flows: row
+            .flows
+            .iter()
+            .map(|fl| JsonMtuFlow {
+                flow: flow_fields(
+                    "flow",
+                    scope,
+                    &fl.netns,
+                    Some(&fl.iface),
+                    Some(fl.dir),
+                    &fl.id,
+                ),
+                max_len: fl.counts.max_len,
+                packets: fl.counts.packets,
+            })
+            .collect(),
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -267,6 +317,9 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         for row in &r.frags {
             self.line(&frag(r.scope, row))?;
+        }
+        for row in &r.mtu {
+            self.line(&mtu(r.scope, row))?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {

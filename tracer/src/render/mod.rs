@@ -101,6 +101,13 @@ pub struct VerdictRow {
     pub rule: Option<String>,
 }
 
+/// An MTU problem of the traced topology and the flows of the report it hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtuRow {
+    pub finding: crate::mtu::Finding,
+    pub flows: Vec<FlowRow>,
+}
+
 /// Events the eBPF side could not record, and other signs that counts are incomplete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Health {
@@ -136,6 +143,7 @@ pub struct Report {
     pub verdicts: Vec<VerdictRow>,
     pub icmps: Vec<IcmpRow>,
     pub frags: Vec<FragRow>,
+    pub mtu: Vec<MtuRow>,
     pub health: Health,
 }
 

@@ -9,7 +9,8 @@ use std::{
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Report, Scope, Sink, VerdictRow, inner, vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, Scope, Sink, VerdictRow, inner,
+    vni,
 };
 use crate::{
     drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
@@ -89,6 +90,8 @@ const FRAG_HEADERS: [&str; 14] = [
     "DGRAMS LOST", "FRAGMENTS", "FRAGS LOST", "REASM FAILED", "DIR",
 ];
 const FRAG_SHRINKABLE: [usize; 3] = [6, 3, 4];
+const MTU_HEADERS: [&str; 4] = ["MTU PROBLEM", "LIMIT", "FLOWS HIT", "WHAT"];
+const MTU_SHRINKABLE: [usize; 1] = [3];
 
 fn human(n: f64) -> String {
     const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
@@ -125,7 +128,7 @@ fn drop_cells(row: &DropRow, secs: f64, total: &DropCounts) -> Vec<String> {
         human(row.counts.packets as f64 / secs),
         total.packets.to_string(),
         row.location.clone(),
-        hint(&row.reason).unwrap_or("").to_string(),
+        hint(&row.reason, &row.location).unwrap_or("").to_string(),
     ]
 }
 
@@ -331,6 +334,15 @@ fn frag_cells(row: &FragRow) -> Vec<String> {
     ]
 }
 
+fn mtu_cells(row: &MtuRow) -> Vec<String> {
+    vec![
+        row.finding.kind.as_str().to_string(),
+        row.finding.limit.to_string(),
+        row.flows.len().to_string(),
+        row.finding.finding.clone(),
+    ]
+}
+
 impl<W: Write, S: Screen> Sink for TableSink<W, S> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         let (width, height) = self.screen.size();
@@ -390,6 +402,12 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
         }
         writeln!(self.out, "{}", fit(&title, width).trim_end())?;
         let sections = [
+            Section {
+                headers: &MTU_HEADERS,
+                shrinkable: &MTU_SHRINKABLE,
+                rows: r.mtu.iter().map(mtu_cells).collect(),
+                what: "MTU problems",
+            },
             Section {
                 headers: &DROP_HEADERS,
                 shrinkable: &DROP_SHRINKABLE,

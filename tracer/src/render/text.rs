@@ -5,7 +5,8 @@ use std::io::{self, Write};
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, Report, Scope, Sink, VerdictRow, inner, vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, Scope, Sink, VerdictRow, inner,
+    vni,
 };
 use crate::reasons::hint;
 
@@ -69,7 +70,7 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> String {
     if let Some(f) = row.fragment {
         line.push_str(&format!(" fragment={f}"));
     }
-    if let Some(h) = hint(&row.reason) {
+    if let Some(h) = hint(&row.reason, &row.location) {
         line.push_str(&format!(" hint=\"{h}\""));
     }
     line
@@ -128,6 +129,40 @@ pub fn verdict_line(scope: Scope, row: &VerdictRow) -> String {
     line
 }
 
+pub fn mtu_line(scope: Scope, row: &MtuRow) -> String {
+    let f = &row.finding;
+    let devices: Vec<String> = f
+        .devices
+        .iter()
+        .map(|d| format!("{}/{}:{}", d.netns, d.name, d.mtu))
+        .collect();
+    let mut line = format!(
+        "mtu {} kind={} limit={} devices={}",
+        scope.as_str(),
+        f.kind.as_str(),
+        f.limit,
+        devices.join(",")
+    );
+    if let Some(o) = f.overhead {
+        line.push_str(&format!(" overhead={o}"));
+    }
+    line.push_str(&format!(
+        " finding=\"{}\" flows={}",
+        f.finding,
+        row.flows.len()
+    ));
+    for fl in &row.flows {
+        line.push_str(&format!(
+            " [{} {} {} max_len={}]",
+            fl.netns,
+            fl.iface,
+            packet(&fl.id),
+            fl.counts.max_len
+        ));
+    }
+    line
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -144,6 +179,9 @@ impl<W: Write> Sink for TextSink<W> {
         }
         for row in &r.frags {
             writeln!(self.out, "{}", frag_line(r.scope, row))?;
+        }
+        for row in &r.mtu {
+            writeln!(self.out, "{}", mtu_line(r.scope, row))?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;
