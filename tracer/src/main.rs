@@ -11,6 +11,7 @@ mod flows;
 mod kallsyms;
 mod loader;
 mod netns;
+mod nft;
 mod reasons;
 mod render;
 mod run;
