@@ -20,7 +20,7 @@ use std::{
     sync::OnceLock,
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, bail};
 
 /// The netfilter family of a table, as nftables names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,79 +191,80 @@ pub fn snapshot() -> Result<Vec<Rule>> {
 
 /// [`snapshot`], also saying which tools were unavailable.
 pub fn snapshot_report() -> Result<Snapshot> {
-    let mut rules = Vec::new();
+    collect(&mut run_tool, iptables_save_is_legacy())
+}
+
+/// [`snapshot_report`] with the tools run by `run`; `legacy_primary`: the
+/// machine's `iptables-save` is the legacy backend.
+fn collect(run: &mut dyn FnMut(&str, &[&str]) -> Tool, legacy_primary: bool) -> Result<Snapshot> {
     let mut unavailable = Vec::new();
+    let mut failures = Vec::new();
     let mut read_any = false;
-    let mut first_error = None;
-    let mut note = |tool: &'static str, reason: String, missing: bool, first: &mut Option<_>| {
-        if !missing && first.is_none() {
-            *first = Some(anyhow!("{tool}: {reason}"));
+    let mut missing = |tool: &'static str, result: Tool| -> Option<(String, String)> {
+        match result {
+            Tool::Ran { stdout, stderr } => {
+                read_any = true;
+                return Some((stdout, stderr));
+            }
+            Tool::Missing => unavailable.push(Unavailable {
+                tool,
+                reason: "not installed".into(),
+            }),
+            Tool::Failed(reason) => {
+                failures.push(format!("{tool}: {reason}"));
+                unavailable.push(Unavailable { tool, reason });
+            }
         }
-        unavailable.push(Unavailable { tool, reason });
+        None
     };
 
-    let legacy_primary = iptables_save_is_legacy();
     let mut ipt: Vec<Rule> = Vec::new();
-    for (family, primary, other) in [
+    for (family, primary, nft_backend, legacy_backend) in [
         (
             Family::Ipv4,
             "iptables-save",
-            if legacy_primary {
-                "iptables-nft-save"
-            } else {
-                "iptables-legacy-save"
-            },
+            "iptables-nft-save",
+            "iptables-legacy-save",
         ),
         (
             Family::Ipv6,
             "ip6tables-save",
-            if legacy_primary {
-                "ip6tables-nft-save"
-            } else {
-                "ip6tables-legacy-save"
-            },
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
         ),
     ] {
-        match run_tool(primary, &["-c"]) {
-            Tool::Ran { stdout, stderr } => {
-                read_any = true;
-                let warned = stderr.contains("legacy tables present");
-                ipt.extend(parse_iptables_save(&stdout, family));
-                // Read the other backend when the first says it holds tables,
-                // or when the first is legacy (iptables-legacy-save does not warn).
-                if warned || legacy_primary {
-                    match run_tool(other, &["-c"]) {
-                        Tool::Ran { stdout, .. } => {
-                            ipt.extend(parse_iptables_save(&stdout, family))
-                        }
-                        Tool::Missing if !warned => {}
-                        Tool::Missing => {
-                            note(other, "not installed".into(), true, &mut first_error)
-                        }
-                        Tool::Failed(e) => note(other, e, false, &mut first_error),
-                    }
-                }
+        let Some((stdout, stderr)) = missing(primary, run(primary, &["-c"])) else {
+            continue;
+        };
+        ipt.extend(parse_iptables_save(&stdout, family));
+        // The nft backend says when the legacy one holds tables too; the
+        // legacy backend never says, so with it the nft one is always read
+        // (when installed: a missing one just holds nothing).
+        let other = if legacy_primary {
+            match run(nft_backend, &["-c"]) {
+                Tool::Missing => None,
+                result => missing(nft_backend, result),
             }
-            Tool::Missing => note(primary, "not installed".into(), true, &mut first_error),
-            Tool::Failed(e) => note(primary, e, false, &mut first_error),
+        } else if stderr.contains("legacy tables present") {
+            missing(legacy_backend, run(legacy_backend, &["-c"]))
+        } else {
+            None
+        };
+        if let Some((stdout, _)) = other {
+            ipt.extend(parse_iptables_save(&stdout, family));
         }
     }
 
-    let mut nft_rules = NftRules::default();
-    match run_tool("nft", &["-a", "list", "ruleset"]) {
-        Tool::Ran { stdout, stderr } => {
-            read_any = true;
-            nft_rules = parse_nft_ruleset(&stdout, &stderr);
-        }
-        Tool::Missing => note("nft", "not installed".into(), true, &mut first_error),
-        Tool::Failed(e) => note("nft", e, false, &mut first_error),
+    let nft = missing("nft", run("nft", &["-a", "list", "ruleset"]))
+        .map(|(stdout, stderr)| parse_nft_ruleset(&stdout, &stderr))
+        .unwrap_or_default();
+    if !read_any && let Some(first) = failures.into_iter().next() {
+        bail!("cannot read any firewall rules: {first}");
     }
-    rules.extend(merge(ipt, nft_rules));
-
-    if !read_any && let Some(e) = first_error {
-        return Err(e);
-    }
-    Ok(Snapshot { rules, unavailable })
+    Ok(Snapshot {
+        rules: merge(ipt, nft),
+        unavailable,
+    })
 }
 
 /// Finds the rule a trace event names: nft rules and iptables-nft rules by
@@ -931,6 +932,129 @@ mod tests {
         ipt.extend(parse_iptables_save(IPTABLES_LEGACY_SAVE, Family::Ipv4));
         ipt.extend(parse_iptables_save(IP6TABLES_SAVE, Family::Ipv6));
         merge(ipt, parse_nft_ruleset(NFT_RULESET, NFT_RULESET_STDERR))
+    }
+
+    /// A fake tool runner: the fixtures for the tools in `have`, "not
+    /// installed" for the others; records what was run.
+    fn fake(have: &[&str], calls: &mut Vec<String>) -> impl FnMut(&str, &[&str]) -> Tool {
+        let have: Vec<String> = have.iter().map(|s| s.to_string()).collect();
+        move |program: &str, args: &[&str]| {
+            calls.push(format!("{program} {}", args.join(" ")));
+            if !have.iter().any(|h| h == program) {
+                return Tool::Missing;
+            }
+            let (out, err) = match program {
+                "iptables-save" | "iptables-nft-save" => (IPTABLES_SAVE, IPTABLES_SAVE_STDERR),
+                "iptables-legacy-save" => (IPTABLES_LEGACY_SAVE, ""),
+                "ip6tables-save" => (IP6TABLES_SAVE, ""),
+                "nft" => (NFT_RULESET, NFT_RULESET_STDERR),
+                _ => ("", ""),
+            };
+            Tool::Ran {
+                stdout: out.into(),
+                stderr: err.into(),
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_reads_the_legacy_backend_when_told_to() {
+        let mut calls = Vec::new();
+        let all_tools = [
+            "iptables-save",
+            "iptables-legacy-save",
+            "ip6tables-save",
+            "nft",
+        ];
+        let snap = collect(&mut fake(&all_tools, &mut calls), false).unwrap();
+        assert_eq!(
+            calls,
+            [
+                "iptables-save -c",
+                "iptables-legacy-save -c",
+                "ip6tables-save -c",
+                "nft -a list ruleset"
+            ]
+        );
+        assert_eq!(snap.rules, all());
+        assert!(snap.unavailable.is_empty());
+    }
+
+    #[test]
+    fn snapshot_reads_the_nft_backend_when_iptables_save_is_legacy() {
+        let mut calls = Vec::new();
+        let tools = [
+            "iptables-save",
+            "iptables-nft-save",
+            "ip6tables-save",
+            "nft",
+        ];
+        let snap = collect(&mut fake(&tools, &mut calls), true).unwrap();
+        assert_eq!(
+            calls,
+            [
+                "iptables-save -c",
+                "iptables-nft-save -c",
+                "ip6tables-save -c",
+                "ip6tables-nft-save -c",
+                "nft -a list ruleset"
+            ]
+        );
+        // ip6tables-nft-save is not installed: no rules there, and nothing to tell.
+        assert!(snap.unavailable.is_empty());
+    }
+
+    #[test]
+    fn snapshot_without_some_tools() {
+        let mut calls = Vec::new();
+        let snap = collect(
+            &mut fake(&["iptables-save", "iptables-legacy-save"], &mut calls),
+            false,
+        )
+        .unwrap();
+        // iptables rules only, without handles (they come from nft's listing).
+        assert_eq!(snap.rules.len(), 10);
+        assert!(
+            snap.rules
+                .iter()
+                .all(|r| r.source != Source::Nft && r.handle.is_none())
+        );
+        let missing: Vec<(&str, &str)> = snap
+            .unavailable
+            .iter()
+            .map(|u| (u.tool, u.reason.as_str()))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                ("ip6tables-save", "not installed"),
+                ("nft", "not installed")
+            ]
+        );
+
+        let mut calls = Vec::new();
+        let snap = collect(&mut fake(&["nft"], &mut calls), false).unwrap();
+        // nft alone: the iptables-nft tables are still recognised by nft's warnings.
+        assert_eq!(snap.rules.len(), 15);
+        assert_eq!(snap.unavailable.len(), 2);
+
+        let mut calls = Vec::new();
+        let snap = collect(&mut fake(&[], &mut calls), false).unwrap();
+        assert!(snap.rules.is_empty());
+        assert_eq!(snap.unavailable.len(), 3);
+    }
+
+    #[test]
+    fn snapshot_fails_when_no_tool_could_be_read() {
+        let mut denied = |program: &str, _: &[&str]| match program {
+            "nft" => Tool::Missing,
+            _ => Tool::Failed("exit status: 4: Permission denied (you must be root)".into()),
+        };
+        let e = collect(&mut denied, false).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cannot read any firewall rules: iptables-save: exit status: 4: Permission denied (you must be root)"
+        );
     }
 
     #[test]
