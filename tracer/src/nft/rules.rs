@@ -632,7 +632,7 @@ fn parse_nft_ruleset(stdout: &str, stderr: &str) -> NftRules {
                 else {
                     continue;
                 };
-                if tname.starts_with("tracer_") {
+                if tname.starts_with(super::trace::TABLE_PREFIX) {
                     continue;
                 }
                 let words = nft_words(code);
