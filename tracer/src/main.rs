@@ -16,6 +16,7 @@ mod mtu;
 mod netfilter;
 mod netns;
 mod nf_loader;
+mod nft;
 mod reasons;
 mod render;
 mod run;
