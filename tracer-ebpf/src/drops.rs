@@ -49,7 +49,9 @@ fn record(skb: u64, location: u64, reason: u32) {
     if reason == config!(reason_consumed) || reason == config!(reason_not_dropped) {
         return;
     }
-    let (netns_inode, ifindex) = kernel::skb_place(skb);
+    let Some((netns_inode, ifindex)) = kernel::skb_place(skb) else {
+        return;
+    };
     if !traced(netns_inode) {
         return;
     }

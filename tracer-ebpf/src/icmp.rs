@@ -110,7 +110,9 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let icmp_type: i32 = ctx.arg(1);
     let code: i32 = ctx.arg(2);
     let skb = skb as u64;
-    let (netns_inode, ifindex) = kernel::skb_place(skb);
+    let Some((netns_inode, ifindex)) = kernel::skb_place(skb) else {
+        return 0;
+    };
     if !traced(netns_inode) {
         return 0;
     }

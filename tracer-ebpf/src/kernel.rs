@@ -31,21 +31,24 @@ pub fn dev_netns_inode(dev: u64) -> u32 {
 }
 
 /// Namespace inode and ifindex of `skb`: its device's, or without a device
-/// its socket's namespace and ifindex 0.
+/// its socket's namespace and ifindex 0. `None` for an skb that is not a
+/// network packet: no device and a socket that is not IPv4/IPv6 (netlink
+/// and unix messages, whose queues are purged when their socket closes).
 #[inline(always)]
-pub fn skb_place(skb: u64) -> (u32, u32) {
+pub fn skb_place(skb: u64) -> Option<(u32, u32)> {
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
     let dev = skb_dev(skb);
     if dev != 0 {
-        (
-            dev_netns_inode(dev),
-            read(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
-        )
-    } else {
-        (
-            sk_netns_inode(read(skb, config!(offsets.skb_sk)).unwrap_or(0)),
-            0,
-        )
+        let ifindex = read(dev, config!(offsets.dev_ifindex)).unwrap_or(0);
+        return Some((dev_netns_inode(dev), ifindex));
     }
+    let sk: u64 = read(skb, config!(offsets.skb_sk)).unwrap_or(0);
+    let family: u16 = read(sk, config!(offsets.sk_family)).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    Some((sk_netns_inode(sk), 0))
 }
 
 /// Inode of the network namespace of socket `sk` (`sk->__sk_common.skc_net.net->ns.inum`).

@@ -230,6 +230,7 @@ pub struct Offsets {
     pub dev_nd_net: u32,
     pub net_inum: u32,
     pub sk_net: u32,
+    pub sk_family: u32,
     pub state_hook: u32,
     pub state_pf: u32,
     pub state_in: u32,
@@ -281,8 +282,8 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<DeviceInfo>(), 8);
-        assert_eq!(size_of::<Offsets>(), 19 * 4);
-        assert_eq!(size_of::<Config>(), 19 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
+        assert_eq!(size_of::<Offsets>(), 20 * 4);
+        assert_eq!(size_of::<Config>(), 20 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
         assert_eq!(size_of::<VerdictStats>(), 16);
         assert_eq!(size_of::<IcmpKey>(), 4 + 4 + 1 + 1 + 1 + 1 + 4 + 88);

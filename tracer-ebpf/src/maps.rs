@@ -40,6 +40,7 @@ pub static CONFIG: Config = Config {
         dev_nd_net: 0,
         net_inum: 0,
         sk_net: 0,
+        sk_family: 0,
         state_hook: 0,
         state_pf: 0,
         state_in: 0,

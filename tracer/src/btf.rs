@@ -41,6 +41,7 @@ pub fn offsets(btf: &Btf) -> Result<Offsets> {
         dev_nd_net: f("net_device", "nd_net.net")?,
         net_inum: f("net", "ns.inum")?,
         sk_net: f("sock", "__sk_common.skc_net.net")?,
+        sk_family: f("sock", "__sk_common.skc_family")?,
         state_hook: f("nf_hook_state", "hook")?,
         state_pf: f("nf_hook_state", "pf")?,
         state_in: f("nf_hook_state", "in")?,

@@ -67,6 +67,12 @@ pub struct Cli {
     #[arg(long = "nf-table", value_name = "TABLE")]
     pub nf_tables: Vec<String>,
 
+    /// Say exactly which rule decided each packet matching this nft expression
+    /// (e.g. "udp dport 53"), from nftables tracing in a table of tracer's own
+    /// (removed on exit). Costs a netlink message per traced packet and rule.
+    #[arg(long, value_name = "NFT-EXPRESSION")]
+    pub explain: Option<String>,
+
     /// Do not count netfilter verdicts.
     #[arg(long)]
     pub no_netfilter: bool,

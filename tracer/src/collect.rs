@@ -13,9 +13,11 @@ use tracer_ebpf::{
 };
 
 use crate::{
+    attribution::Attributor,
     bpf_sys::Barrier,
     double_buffer::DoubleBuffer,
     drops::DropCounts,
+    explain::Explain,
     flows::Counts,
     fragments::frag_rows,
     icmps::{IcmpCount, kind},
@@ -264,6 +266,10 @@ pub struct Collector {
     namer: Namer,
     filter: ReasonFilter,
     findings: Vec<Finding>,
+    /// Rule text for dropped verdicts, from rule counters.
+    attributor: Option<Attributor>,
+    /// Exact rule verdicts from nftables tracing (`--explain`).
+    explain: Option<Explain>,
     health_total: Health,
     health_interval: Health,
 }
@@ -318,9 +324,47 @@ impl Collector {
             },
             filter,
             findings,
+            attributor: None,
+            explain: None,
             health_total: Health::default(),
             health_interval: Health::default(),
         })
+    }
+
+    /// Where rule text for dropped verdicts comes from.
+    pub fn with_rules(&mut self, attributor: Option<Attributor>, explain: Option<Explain>) {
+        self.attributor = attributor;
+        self.explain = explain;
+    }
+
+    /// Trace events of namespace `ns` (in the order of [`Explain::start`]).
+    pub fn explain_events(&mut self, ns: usize, events: &[crate::nft::trace::TraceEvent]) {
+        if let Some(e) = &mut self.explain {
+            e.add(ns, events);
+        }
+    }
+
+    /// Verdict rows with the rules that dropped them, where known.
+    fn verdict_rows<'a>(
+        &mut self,
+        verdicts: impl Iterator<Item = (&'a VerdictKey, &'a VerdictCounts)>,
+        total: bool,
+    ) -> (Vec<VerdictRow>, Vec<crate::render::RuleRow>) {
+        let mut rows = self.namer.verdict_rows(verdicts);
+        if let Some(a) = &mut self.attributor {
+            if total {
+                a.totals(&mut rows);
+            } else {
+                a.interval(&mut rows);
+            }
+        }
+        let traced = match &mut self.explain {
+            Some(e) if total => e.total(),
+            Some(e) => e.interval(),
+            None => Vec::new(),
+        };
+        Explain::tie(&mut rows, &traced);
+        (rows, traced)
     }
 
     /// Moves everything the kernel counted since the last call into the tallies.
@@ -381,6 +425,7 @@ impl Collector {
         let icmps = self.icmps.take_interval();
         let flows = self.namer.flow_rows(flows.iter());
         let drops = self.namer.drop_rows(&self.filter, drops.iter());
+        let (verdicts, rules) = self.verdict_rows(verdicts.iter(), false);
         Report {
             scope: Scope::Interval,
             elapsed,
@@ -388,7 +433,8 @@ impl Collector {
             mtu: mtu_rows(&self.findings, &flows, false),
             flows,
             drops,
-            verdicts: self.namer.verdict_rows(verdicts.iter()),
+            verdicts,
+            rules,
             icmps: self.namer.icmp_rows(icmps.iter()),
             health: self.health_interval,
         }
@@ -399,6 +445,13 @@ impl Collector {
         let drops = self
             .namer
             .drop_rows(&self.filter, self.drops.total().iter());
+        let totals: Vec<(VerdictKey, VerdictCounts)> = self
+            .verdicts
+            .total()
+            .iter()
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        let (verdicts, rules) = self.verdict_rows(totals.iter().map(|(k, c)| (k, c)), true);
         Report {
             scope: Scope::Total,
             elapsed,
@@ -406,7 +459,8 @@ impl Collector {
             mtu: mtu_rows(&self.findings, &flows, true),
             flows,
             drops,
-            verdicts: self.namer.verdict_rows(self.verdicts.total().iter()),
+            verdicts,
+            rules,
             icmps: self.namer.icmp_rows(self.icmps.total().iter()),
             health: self.health_total,
         }

@@ -1,5 +1,6 @@
 //! tracer: per-flow datapath counters for container overlay networks.
 
+mod attribution;
 mod bpf_sys;
 mod btf;
 mod cli;
@@ -7,6 +8,7 @@ mod collect;
 mod devices;
 mod double_buffer;
 mod drops;
+mod explain;
 mod flows;
 mod fragments;
 mod icmps;

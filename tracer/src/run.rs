@@ -15,13 +15,18 @@ use tokio::{
 use tracer_ebpf::{Config, DropEvent};
 
 use crate::{
+    attribution::Attributor,
     btf,
     cli::{Cli, Output},
     collect::Collector,
-    devices, loader,
+    devices,
+    explain::{self, Explain},
+    loader,
     mtu::{self, Topology},
-    netfilter, netns,
+    netfilter,
+    netns::{self, Netns},
     nf_loader::NfPrograms,
+    nft::trace::TraceReader,
     reasons::{ReasonFilter, Reasons, reason_hint},
     render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
     targets::{self, Target},
@@ -88,6 +93,16 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(p) => Some(netfilter::NfLinks::attach(p, &bands, &targets)?),
             None => None,
         };
+        let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
+        explain::remove_stale(&namespaces);
+        let (explain, trace_readers) = match &cli.explain {
+            Some(filter) => {
+                let (e, readers) = Explain::start(&namespaces, filter, config.vxlan_ports)?;
+                (Some(e), readers)
+            }
+            None => (None, Vec::new()),
+        };
+        let attributor = nf_links.is_some().then(|| Attributor::new(&namespaces));
         links.attach(&mut ebpf, &targets)?;
         announce(
             &targets,
@@ -116,7 +131,13 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("tracer: MTU problem: {}", f.finding);
         }
         let mut collector = Collector::new(&mut ebpf, &targets, reasons, filter, findings)?;
-        stream(&cli, &rt, signals, drop_events, &mut collector, sink)
+        collector.with_rules(attributor, explain);
+        let inputs = Inputs {
+            signals,
+            drop_events,
+            trace_readers,
+        };
+        stream(&cli, &rt, inputs, &mut collector, sink)
     })();
     links.detach(&mut ebpf);
     result
@@ -177,6 +198,15 @@ struct Signals {
     term: Signal,
 }
 
+/// What the main loop waits on besides its timers.
+struct Inputs {
+    signals: Signals,
+    /// First drops of new keys, from the kfree_skb program.
+    drop_events: Option<RingBuf<MapData>>,
+    /// nftables trace events (`--explain`), one reader per namespace.
+    trace_readers: Vec<TraceReader>,
+}
+
 /// Reads every pending event of the ring buffer.
 fn read_events(ring: &mut RingBuf<MapData>) -> Vec<DropEvent> {
     let mut events = Vec::new();
@@ -192,12 +222,33 @@ fn read_events(ring: &mut RingBuf<MapData>) -> Vec<DropEvent> {
 fn stream(
     cli: &Cli,
     rt: &Runtime,
-    mut signals: Signals,
-    drop_events: Option<RingBuf<MapData>>,
+    inputs: Inputs,
     collector: &mut Collector,
     mut sink: Box<dyn Sink>,
 ) -> Result<()> {
+    let Inputs {
+        mut signals,
+        drop_events,
+        trace_readers,
+    } = inputs;
     rt.block_on(async {
+        // Each trace reader forwards what it reads, tagged with its namespace.
+        let (traces_tx, mut traces) = tokio::sync::mpsc::unbounded_channel();
+        for (ns, reader) in trace_readers.into_iter().enumerate() {
+            // SAFETY: the reader owns its socket and lives as long as the registration.
+            let mut fd = unsafe { AsyncFd::register(reader) }
+                .map_err(|e| anyhow!("poll trace reader: {e}"))?;
+            let tx = traces_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    let events = guard.get_inner_mut().read();
+                    guard.clear_ready();
+                    if tx.send((ns, events)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let mut events = match drop_events {
             // SAFETY: the ring buffer owns its fd and outlives the registration.
             Some(ring) => Some(
@@ -243,10 +294,18 @@ fn stream(
                         return Ok(());
                     }
                 }
+                Some((ns, events)) = traces.recv() => {
+                    collector.explain_events(ns, &events?);
+                }
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
                 _ = &mut until_stop => break,
             }
+        }
+        // Trace events already read but not yet handed over.
+        tokio::task::yield_now().await;
+        while let Ok((ns, events)) = traces.try_recv() {
+            collector.explain_events(ns, &events?);
         }
         collector.collect()?;
         let now = Instant::now();

@@ -202,3 +202,27 @@ fn duration_stops_by_itself_with_totals() {
             .all(|h| h["scope"] == "interval")
     );
 }
+
+#[test]
+fn malformed_filters_and_names() {
+    let (_lab, ns) = lab_with_veth();
+    let out = tracer(&["--netns", &ns, "--explain", "udp dportt 53"]);
+    assert_one_line_error(&out, 1, "bad --explain filter 'udp dportt 53'");
+    let out = tracer(&["--netns", &ns, "--nf-table", "filtre"]);
+    assert_one_line_error(&out, 1, "unknown --nf-table 'filtre'");
+    let out = tracer(&["--netns", &ns, "--reason", "NETFILTER_DORP"]);
+    assert_one_line_error(&out, 1, "unknown drop reason 'NETFILTER_DORP'");
+}
+
+#[test]
+fn list_reasons_names_the_kernels_reasons() {
+    let out = tracer(&["--list-reasons"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("NETFILTER_DROP") && l.contains("netfilter")),
+        "{text}"
+    );
+    assert!(text.lines().count() > 50, "{text}");
+}

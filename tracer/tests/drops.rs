@@ -17,9 +17,8 @@ use xtask::{
 
 const N: u64 = 12;
 
-/// Waits until namespace `ns` has received `n` more IP packets than `before`.
-/// Reading /proc (nstat) has no side effects; `iptables -L` talks netlink, and
-/// the socket it closes has its queue purged, a drop of its own.
+/// Waits until namespace `ns` has received `n` more IP packets than `before`
+/// (read from /proc, which touches nothing tracer counts).
 fn wait_received(ns: &str, before: u64, n: u64) {
     assert!(
         wait_until(|| nstat(ns, "IpInReceives").unwrap() - before >= n),

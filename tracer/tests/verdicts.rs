@@ -310,3 +310,143 @@ fn reject_counts_as_dropped_and_its_answer_shows() {
         .sum();
     assert_eq!(rst, M, "{sent:#?}");
 }
+
+/// Two DROP rules for two ports; sends `a` datagrams to port 7200 and `b` to 7201.
+fn two_rules(extra: &[&str], a: u64, b: u64) -> (Pair, xtask::tracer::Finished) {
+    let p = Pair::new(1500).unwrap();
+    let (client, server) = (&p.a, &p.b);
+    for port in ["7200", "7201"] {
+        iptables(
+            &server.ns,
+            &["-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP"],
+        )
+        .unwrap();
+    }
+    let run = start(p.namespaces(), extra);
+    let before = nstat(&server.ns, "IpInReceives").unwrap();
+    let from = SocketAddrV4::new(client.ip, 40720);
+    send_udp(
+        &client.ns,
+        from,
+        SocketAddrV4::new(server.ip, 7200),
+        a as u32,
+        20,
+    )
+    .unwrap();
+    send_udp(
+        &client.ns,
+        from,
+        SocketAddrV4::new(server.ip, 7201),
+        b as u32,
+        20,
+    )
+    .unwrap();
+    wait_received(&server.ns, before, a + b);
+    let f = stop(run);
+    (p, f)
+}
+
+fn rule_text(port: u16) -> String {
+    format!("-A INPUT -p udp -m udp --dport {port} -j DROP")
+}
+
+/// Passive: the rules' counters moved by N and 2N, the flows lost N and 2N.
+#[test]
+fn each_flow_is_tied_to_its_own_rule_from_counters() {
+    let (p, f) = two_rules(&[], N, 2 * N);
+    let (cip, sip) = (p.a.ip.to_string(), p.b.ip.to_string());
+    let input = verdicts_at(&f, &p.b.ns, "input");
+    for (port, n) in [(7200, N), (7201, 2 * N)] {
+        let v = only(&input, "udp", &cip, &sip, Some((40720, port)));
+        assert_eq!(v["dropped"], n, "{v}");
+        assert_eq!(v["rule"], rule_text(port).as_str(), "{v}");
+    }
+}
+
+/// Exact: with equal counts the counters cannot tell; nftables tracing can.
+#[test]
+fn explain_names_the_rule_that_dropped_each_flow() {
+    let (p, f) = two_rules(&["--explain", "udp dport { 7200, 7201 }"], N, N);
+    let (cip, sip) = (p.a.ip.to_string(), p.b.ip.to_string());
+    let traced = f.totals("rule");
+    let input = verdicts_at(&f, &p.b.ns, "input");
+    for port in [7200, 7201] {
+        let r = only(
+            &traced
+                .iter()
+                .copied()
+                .filter(|r| r["netns"] == p.b.ns.as_str())
+                .collect::<Vec<_>>(),
+            "udp",
+            &cip,
+            &sip,
+            Some((40720, port)),
+        );
+        assert_eq!(
+            (&r["table"], &r["chain"], &r["verdict"]),
+            (&"filter".into(), &"INPUT".into(), &"drop".into()),
+            "{r}"
+        );
+        assert_eq!(
+            (&r["family"], &r["count"], &r["hook"]),
+            (&"ip".into(), &N.into(), &"input".into()),
+            "{r}"
+        );
+        assert_eq!(r["rule"], rule_text(port).as_str(), "{r}");
+        assert!(r["handle"].as_u64().is_some(), "{r}");
+        let v = only(&input, "udp", &cip, &sip, Some((40720, port)));
+        assert_eq!(
+            (&v["dropped"], &v["rule"]),
+            (&N.into(), &rule_text(port).as_str().into()),
+            "{v}"
+        );
+    }
+    // The sender's side was traced too: its output chain accepted them.
+    let out: Vec<_> = traced
+        .iter()
+        .filter(|r| r["netns"] == p.a.ns.as_str())
+        .collect();
+    assert!(out.iter().all(|r| r["verdict"] == "accept"), "{out:#?}");
+}
+
+fn tracer_tables(ns: &str) -> Vec<String> {
+    let out = xtask::cmd::in_ns(ns, "nft", &["list", "tables"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("tracer_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// tracer's own table goes with it; one left by a killed run goes at the next start.
+#[test]
+fn explain_table_removed_on_exit_and_after_a_kill() {
+    let p = Pair::new(1500).unwrap();
+    let ns = [p.a.ns.clone()];
+    let run = start(&ns, &["--explain", "udp dport 9"]);
+    assert_eq!(
+        tracer_tables(&p.a.ns),
+        [format!("table inet tracer_{}", run.pid())]
+    );
+    run.stop().unwrap();
+    assert!(tracer_tables(&p.a.ns).is_empty());
+
+    let killed = start(&ns, &["--explain", "udp dport 9"]);
+    let pid = killed.pid();
+    killed.stop_with(libc::SIGKILL).unwrap();
+    assert_eq!(
+        tracer_tables(&p.a.ns),
+        [format!("table inet tracer_{pid}")],
+        "a SIGKILL cannot clean up"
+    );
+    // Any later run removes it; it makes none of its own without --explain.
+    let next = start(&ns, &[]);
+    assert!(tracer_tables(&p.a.ns).is_empty());
+    let f = next.stop().unwrap();
+    assert!(
+        f.stderr
+            .contains(&format!("removed table inet tracer_{pid}")),
+        "{}",
+        f.stderr
+    );
+}

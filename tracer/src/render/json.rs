@@ -7,8 +7,8 @@ use serde::Serialize;
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, Scope, Sink, VerdictRow,
-    inner, vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, RuleRow, Scope, Sink,
+    VerdictRow, inner, vni,
 };
 use crate::mtu::Dev;
 use crate::reasons::hint;
@@ -166,6 +166,20 @@ struct JsonMtu<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonRule<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    family: &'static str,
+    table: &'a str,
+    chain: &'a str,
+    hook: Option<&'static str>,
+    handle: Option<u64>,
+    rule: Option<&'a str>,
+    verdict: &'static str,
+    count: u64,
+}
+
+#[derive(Serialize)]
 struct JsonHealth {
     r#type: &'static str,
     scope: &'static str,
@@ -301,6 +315,20 @@ fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
     }
 }
 
+fn rule(scope: Scope, row: &RuleRow) -> JsonRule<'_> {
+    JsonRule {
+        flow: flow_fields("rule", scope, &row.netns, None, None, &row.id),
+        family: row.family,
+        table: &row.table,
+        chain: &row.chain,
+        hook: row.hook,
+        handle: row.handle,
+        rule: row.rule.as_deref(),
+        verdict: row.verdict,
+        count: row.count,
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -320,6 +348,9 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         for row in &r.mtu {
             self.line(&mtu(r.scope, row))?;
+        }
+        for row in &r.rules {
+            self.line(&rule(r.scope, row))?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {

@@ -101,6 +101,27 @@ pub struct VerdictRow {
     pub rule: Option<String>,
 }
 
+/// Packets of one flow decided by one rule (or chain policy), from
+/// nftables tracing (`--explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRow {
+    pub netns: String,
+    pub id: FlowId,
+    /// nftables family of the table: `ip`, `ip6`, `inet`...
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    /// The hook of the rule's chain, when it is a base chain.
+    pub hook: Option<&'static str>,
+    /// nftables rule handle; `None` when the chain's policy decided.
+    pub handle: Option<u64>,
+    /// The rule as the user wrote it (iptables or nft syntax), when known.
+    pub rule: Option<String>,
+    /// `drop`, `accept`, `queue`, ... (a REJECT is a drop).
+    pub verdict: &'static str,
+    pub count: u64,
+}
+
 /// An MTU problem of the traced topology and the flows of the report it hits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtuRow {
@@ -144,6 +165,7 @@ pub struct Report {
     pub icmps: Vec<IcmpRow>,
     pub frags: Vec<FragRow>,
     pub mtu: Vec<MtuRow>,
+    pub rules: Vec<RuleRow>,
     pub health: Health,
 }
 

@@ -9,8 +9,8 @@ use std::{
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, Scope, Sink, VerdictRow, inner,
-    vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, RuleRow, Scope, Sink,
+    VerdictRow, inner, vni,
 };
 use crate::{
     drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
@@ -92,6 +92,11 @@ const FRAG_HEADERS: [&str; 14] = [
 const FRAG_SHRINKABLE: [usize; 3] = [6, 3, 4];
 const MTU_HEADERS: [&str; 4] = ["MTU PROBLEM", "LIMIT", "FLOWS HIT", "WHAT"];
 const MTU_SHRINKABLE: [usize; 1] = [3];
+#[rustfmt::skip]
+const RULE_HEADERS: [&str; 9] = [
+    "NETNS", "TABLE", "CHAIN", "PROTO", "SOURCE", "DESTINATION", "VERDICT", "PACKETS", "RULE",
+];
+const RULE_SHRINKABLE: [usize; 1] = [8];
 
 fn human(n: f64) -> String {
     const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
@@ -334,6 +339,24 @@ fn frag_cells(row: &FragRow) -> Vec<String> {
     ]
 }
 
+fn rule_cells(row: &RuleRow) -> Vec<String> {
+    let outer = Endpoints::of(&row.id.outer);
+    vec![
+        row.netns.clone(),
+        format!("{} {}", row.family, row.table),
+        row.chain.clone(),
+        outer.proto.to_string(),
+        outer.src_str(),
+        outer.dst_str(),
+        row.verdict.to_string(),
+        row.count.to_string(),
+        row.rule.clone().unwrap_or_else(|| match row.handle {
+            Some(h) => format!("handle {h}"),
+            None => "(policy)".into(),
+        }),
+    ]
+}
+
 fn mtu_cells(row: &MtuRow) -> Vec<String> {
     vec![
         row.finding.kind.as_str().to_string(),
@@ -407,6 +430,12 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
                 shrinkable: &MTU_SHRINKABLE,
                 rows: r.mtu.iter().map(mtu_cells).collect(),
                 what: "MTU problems",
+            },
+            Section {
+                headers: &RULE_HEADERS,
+                shrinkable: &RULE_SHRINKABLE,
+                rows: r.rules.iter().map(rule_cells).collect(),
+                what: "traced rule verdicts",
             },
             Section {
                 headers: &DROP_HEADERS,

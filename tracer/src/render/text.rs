@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, Scope, Sink, VerdictRow, inner,
-    vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, RuleRow, Scope, Sink,
+    VerdictRow, inner, vni,
 };
 use crate::reasons::hint;
 
@@ -163,6 +163,26 @@ pub fn mtu_line(scope: Scope, row: &MtuRow) -> String {
     line
 }
 
+pub fn rule_line(scope: Scope, row: &RuleRow) -> String {
+    let mut line = format!(
+        "rule {} netns={} table={} {} chain={} {} verdict={} count={}",
+        scope.as_str(),
+        row.netns,
+        row.family,
+        row.table,
+        row.chain,
+        packet(&row.id),
+        row.verdict,
+        row.count
+    );
+    match (&row.rule, row.handle) {
+        (Some(rule), _) => line.push_str(&format!(" rule=\"{rule}\"")),
+        (None, Some(h)) => line.push_str(&format!(" handle={h}")),
+        (None, None) => line.push_str(" rule=policy"),
+    }
+    line
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -182,6 +202,9 @@ impl<W: Write> Sink for TextSink<W> {
         }
         for row in &r.mtu {
             writeln!(self.out, "{}", mtu_line(r.scope, row))?;
+        }
+        for row in &r.rules {
+            writeln!(self.out, "{}", rule_line(r.scope, row))?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;
