@@ -4,7 +4,7 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -13,6 +13,7 @@ use netlink_packet_route::{
         InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, VxlanDf,
     },
     nsid::{NsidAttribute, NsidMessage},
+    tc::{TcAttribute, TcHandle, TcMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -56,7 +57,6 @@ pub struct Vxlan {
 impl Vxlan {
     /// The underlay's address family is IPv6: by `local`, else `remote`
     /// (the kernel opens an IPv4 socket when neither is IPv6).
-    #[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
     pub fn ipv6(&self) -> bool {
         self.local.or(self.remote).is_some_and(|a| a.is_ipv6())
     }
@@ -92,7 +92,7 @@ pub struct Device {
     /// `IFLA_LINK_NETNSID`: where the other side of the device is when that is
     /// not this namespace (a veth's peer; a VXLAN device's UDP socket and
     /// underlay), as the nsid *the namespace the dump was made in* gives it.
-    /// Resolve it with [`resolve_nsid`] or [`nsids`].
+    /// Resolve it with [`nsids`].
     pub link_netnsid: Option<i32>,
 }
 
@@ -114,7 +114,6 @@ impl Device {
 
     /// For a veth: its peer's ifindex and, when the peer is in another
     /// namespace, that namespace's nsid (as the dumping namespace numbers it).
-    #[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
     pub fn veth_peer(&self) -> Option<(u32, Option<i32>)> {
         match (&self.kind, self.link) {
             (Kind::Veth, Some(peer)) if peer != 0 => Some((peer, self.link_netnsid)),
@@ -162,8 +161,13 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Sends a request that has no answer but an acknowledgement.
+    fn ack(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<()> {
+        self.send(msg, NLM_F_REQUEST | NLM_F_ACK)?;
+        self.recv(what, |_| false)
+    }
+
     /// Sends a request and returns its one answer.
-    #[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
     fn request(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<RouteNetlinkMessage> {
         self.send(msg, NLM_F_REQUEST)?;
         let mut out = None;
@@ -198,6 +202,8 @@ impl Netlink {
                         NetlinkPayload::Error(e) if e.code.is_some() => {
                             bail!("netlink {what}: {}", e.to_io())
                         }
+                        // An acknowledgement: the request is done.
+                        NetlinkPayload::Error(_) => true,
                         NetlinkPayload::InnerMessage(m) => each(m),
                         _ => false,
                     };
@@ -211,6 +217,23 @@ impl Netlink {
             }
         }
     }
+}
+
+/// Deletes the clsact qdisc of device `ifindex` in the calling thread's
+/// namespace (`tc qdisc del dev X clsact`), with every filter on it.
+pub fn delete_clsact(ifindex: u32) -> Result<()> {
+    let mut msg = TcMessage::default();
+    msg.header.index = ifindex as i32;
+    msg.header.parent = TcHandle::CLSACT;
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    Netlink::open()?.ack(
+        RouteNetlinkMessage::DelQueueDiscipline(msg),
+        "delete clsact",
+    )
 }
 
 /// Lists the devices of the calling thread's network namespace.
@@ -230,7 +253,6 @@ pub fn list() -> Result<Vec<Device>> {
 }
 
 /// The IP addresses of the calling thread's namespace: (ifindex, address, prefix length).
-#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
 pub fn addresses() -> Result<Vec<(u32, IpAddr, u8)>> {
     let mut nl = Netlink::open()?;
     let msgs = nl.dump(
@@ -262,7 +284,6 @@ pub fn addresses() -> Result<Vec<(u32, IpAddr, u8)>> {
 
 /// The nsid the calling thread's namespace gives the namespace open as
 /// `target` (`RTM_GETNSID` with its fd); `None` if it has given it none.
-#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
 pub fn nsid_of(target: &File) -> Result<Option<i32>> {
     let mut nl = Netlink::open()?;
     let mut msg = NsidMessage::default();
@@ -284,7 +305,6 @@ pub fn nsid_of(target: &File) -> Result<Option<i32>> {
 /// A namespace only numbers the namespaces it has been made to refer to; a
 /// link dump that reports a device's `link_netnsid` assigns the id, so call
 /// this after [`list`] to resolve what it reported.
-#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
 pub fn nsids(traced: &[Netns]) -> Result<Vec<(i32, u64)>> {
     let mut out = Vec::new();
     for ns in traced {
@@ -298,7 +318,7 @@ pub fn nsids(traced: &[Netns]) -> Result<Vec<(i32, u64)>> {
 
 /// Which of `traced` the namespace `from` calls `nsid` (a `link_netnsid`
 /// read in `from`); `None` if none of them.
-#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
+#[cfg(test)]
 pub fn resolve_nsid<'a>(from: &Netns, nsid: i32, traced: &'a [Netns]) -> Result<Option<&'a Netns>> {
     let others: Vec<Netns> = traced
         .iter()
@@ -314,7 +334,6 @@ pub fn resolve_nsid<'a>(from: &Netns, nsid: i32, traced: &'a [Netns]) -> Result<
 
 /// Reads what [`crate::mtu`] works on from every namespace of `traced`: its
 /// devices, addresses, and the nsids it gives the others.
-#[allow(dead_code)] // Used by the MTU view (mtu.rs); goes away on integration.
 pub fn topology(traced: &[Netns]) -> Result<Topology> {
     let mut namespaces = Vec::new();
     for ns in traced {

@@ -103,7 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
             None => (None, Vec::new()),
         };
         let attributor = nf_links.is_some().then(|| Attributor::new(&namespaces));
-        links.attach(&mut ebpf, &targets)?;
+        links.attach(&mut ebpf, &targets, cli.tc_attach)?;
         announce(
             &targets,
             &config,

@@ -1,29 +1,69 @@
 //! Attaching the TC programs to devices inside their namespaces.
 //!
-//! On kernels >= 6.6 aya attaches with tcx links, which belong to tracer's file
-//! descriptors and go away with the process even on SIGKILL. Older kernels get
-//! a clsact filter over netlink; those are detached in their namespace on exit.
+//! On kernels >= 6.6 they are attached with tcx links, which belong to
+//! tracer's file descriptors and go away with the process even on SIGKILL.
+//! Older kernels get a filter on a clsact qdisc over netlink: tracer detaches
+//! its filters (in their namespace: netlink finds devices by ifindex) and
+//! deletes the qdiscs it created on every exit it controls; filters left by
+//! a killed run are removed by the next one.
+
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType,
+        tc::{
+            NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
+            qdisc_detach_program,
+        },
+    },
+    util::KernelVersion,
 };
+use clap::ValueEnum;
 
-use crate::{netns, targets::Target};
+use crate::{devices, netns, targets::Target};
 
 pub const INGRESS: &str = "tc_ingress";
 pub const EGRESS: &str = "tc_egress";
 
+/// How the TC programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachMode {
+    /// tcx where the kernel has it (>= 6.6), netlink otherwise.
+    Auto,
+    Tcx,
+    /// A filter on a clsact qdisc, as kernels before 6.6 need.
+    Netlink,
+}
+
+impl AttachMode {
+    fn netlink(self) -> bool {
+        match self {
+            AttachMode::Auto => KernelVersion::current()
+                .map(|v| v < KernelVersion::new(6, 6, 0))
+                .unwrap_or(false),
+            AttachMode::Tcx => false,
+            AttachMode::Netlink => true,
+        }
+    }
+}
+
 struct Link {
-    ns: std::path::PathBuf,
+    ns: PathBuf,
     program: &'static str,
     id: SchedClassifierLinkId,
 }
 
-/// The attached links; detached by [`Links::detach`] or when the `Ebpf` is dropped.
+/// What tracer attached; undone by [`Links::detach`] (tcx links also when
+/// the `Ebpf` is dropped or the process dies).
 #[derive(Default)]
-pub struct Links(Vec<Link>);
+pub struct Links {
+    links: Vec<Link>,
+    /// clsact qdiscs tracer created, (namespace, ifindex): deleted on detach.
+    qdiscs: Vec<(PathBuf, u32)>,
+}
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     Ok(ebpf
@@ -35,19 +75,39 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 impl Links {
     /// Attaches both directions to every traced device. On error, what was
     /// attached so far stays in `self` for the caller to detach.
-    pub fn attach(&mut self, ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
+    pub fn attach(&mut self, ebpf: &mut Ebpf, targets: &[Target], mode: AttachMode) -> Result<()> {
+        let netlink = mode.netlink();
         for (program, kind) in [
             (INGRESS, TcAttachType::Ingress),
             (EGRESS, TcAttachType::Egress),
         ] {
             let prog = classifier(ebpf, program)?;
             for t in targets.iter().filter(|t| !t.traced.is_empty()) {
-                let links = &mut self.0;
+                let (links, qdiscs) = (&mut self.links, &mut self.qdiscs);
                 netns::run_in(&t.netns.path, || -> Result<()> {
                     for dev in &t.traced {
-                        let id = prog.attach(&dev.name, kind).with_context(|| {
-                            format!("attach {program} to {} in {}", dev.name, t.netns.name)
-                        })?;
+                        let what =
+                            || format!("attach {program} to {} in {}", dev.name, t.netns.name);
+                        let id = if netlink {
+                            // Filters of a run that was killed outlive it: remove them.
+                            let _ = qdisc_detach_program(&dev.name, kind, program);
+                            match qdisc_add_clsact(&dev.name) {
+                                Ok(()) => qdiscs.push((t.netns.path.clone(), dev.ifindex)),
+                                Err(TcError::NetlinkError(e))
+                                    if e.raw_os_error() == Some(libc::EEXIST) => {}
+                                Err(e) => return Err(e).with_context(what),
+                            }
+                            // aya keys netlink links by (ifindex, handle, ...): ifindexes
+                            // repeat across namespaces, so give each filter its own handle.
+                            let options = TcAttachOptions::Netlink(NlOptions {
+                                handle: TcHandle::new(0, links.len() as u16 + 1),
+                                ..NlOptions::default()
+                            });
+                            prog.attach_with_options(&dev.name, kind, options)
+                        } else {
+                            prog.attach(&dev.name, kind)
+                        }
+                        .with_context(what)?;
                         links.push(Link {
                             ns: t.netns.path.clone(),
                             program,
@@ -61,18 +121,21 @@ impl Links {
         Ok(())
     }
 
-    /// Detaches every link from inside its namespace (netlink filters are
-    /// found by ifindex, which only means something there).
+    /// Detaches every link from inside its namespace, then deletes the
+    /// clsact qdiscs tracer created.
     pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for link in self.0.drain(..) {
+        for link in self.links.drain(..) {
             let Ok(prog) = classifier(ebpf, link.program) else {
                 continue;
             };
             let _ = netns::run_in(&link.ns, || prog.detach(link.id));
         }
+        for (ns, ifindex) in self.qdiscs.drain(..) {
+            let _ = netns::run_in(&ns, || devices::delete_clsact(ifindex));
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.links.len()
     }
 }

@@ -226,3 +226,63 @@ fn list_reasons_names_the_kernels_reasons() {
     );
     assert!(text.lines().count() > 50, "{text}");
 }
+
+/// `tc ... show dev DEV` in `ns`, both directions' filters and the qdiscs.
+fn tc_state(ns: &str, dev: &str) -> String {
+    let mut all = String::new();
+    for args in [
+        &["qdisc", "show", "dev", dev][..],
+        &["filter", "show", "dev", dev, "ingress"][..],
+        &["filter", "show", "dev", dev, "egress"][..],
+    ] {
+        let out = xtask::cmd::run("tc", &[&["-n", ns][..], args].concat()).unwrap();
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    all
+}
+
+/// The attachment of kernels without tcx, forced here: it counts the same,
+/// and tracer removes its filters and qdiscs; those of a killed run go at
+/// the next start.
+#[test]
+fn netlink_attachment_counts_and_cleans_up() {
+    use std::net::SocketAddrV4;
+    let p = xtask::lab::Pair::new(1500).unwrap();
+    let (a, b) = (&p.a, &p.b);
+    let netlink = ["--tc-attach", "netlink"];
+    let to = SocketAddrV4::new(b.ip, 6100);
+    let sink = xtask::traffic::UdpSink::start(&b.ns, to).unwrap();
+    let run = start(p.namespaces(), &netlink);
+    let during = tc_state(&a.ns, &a.dev);
+    assert!(
+        during.contains("clsact") && during.contains("tc_ingress") && during.contains("tc_egress"),
+        "{during}"
+    );
+    xtask::traffic::send_udp(&a.ns, SocketAddrV4::new(a.ip, 6101), to, 7, 10).unwrap();
+    assert!(sink.wait_for(7, std::time::Duration::from_secs(10)));
+    let f = stop(run);
+    for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
+        let rows = flows_at(&f, ns, "v0", dir);
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(rows[0]["packets"], 7);
+    }
+    assert!(
+        !tc_state(&a.ns, &a.dev).contains("clsact"),
+        "{}",
+        tc_state(&a.ns, &a.dev)
+    );
+
+    start(p.namespaces(), &netlink)
+        .stop_with(libc::SIGKILL)
+        .unwrap();
+    assert!(
+        tc_state(&a.ns, &a.dev).contains("tc_ingress"),
+        "a SIGKILL leaves netlink filters"
+    );
+    stop(start(p.namespaces(), &netlink));
+    let after = tc_state(&a.ns, &a.dev);
+    assert!(
+        !after.contains("tc_ingress") && !after.contains("tc_egress"),
+        "{after}"
+    );
+}
