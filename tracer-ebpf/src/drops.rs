@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
@@ -11,19 +11,13 @@ use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
 use crate::{
     frags,
     kernel::{self, parse_skb, read},
-    maps::{Upsert, config, count, traced, upsert},
+    maps::{Upsert, config, count, double_buffered, traced, upsert},
 };
 
 const DROP_MAP_ENTRIES: u32 = 16384;
 
-#[map]
-static DROPS_0: PerCpuHashMap<DropKey, DropStats> =
-    PerCpuHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
-#[map]
-static DROPS_1: PerCpuHashMap<DropKey, DropStats> =
-    PerCpuHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
-#[map]
-static DROP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+double_buffered!(DropKey => DropStats, DROP_MAP_ENTRIES,
+    DROPS_0, DROPS_1, DROP_GENERATION, drop_generation, drops);
 #[map]
 static DROP_SCRATCH: PerCpuArray<DropKey> = PerCpuArray::with_max_entries(1, 0);
 /// Keys already announced on [`DROP_EVENTS`]; the drop maps are emptied every
@@ -71,10 +65,7 @@ fn record(skb: u64, location: u64, reason: u32) {
     // of a datagram was dropped is part of what happened.
     frags::attribute(&mut key.id, &parsed);
     let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
-    let map = match DROP_GENERATION.get(0) {
-        Some(1) => &DROPS_1,
-        _ => &DROPS_0,
-    };
+    let map = drops(drop_generation());
     match upsert(map, &*key, |s: &mut DropStats| {
         s.packets += 1;
         s.bytes += len as u64;

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_skb_load_bytes,
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
 use tracer_ebpf::{
@@ -15,22 +15,14 @@ use tracer_ebpf::{
 
 use crate::{
     frags, icmp, kernel,
-    maps::{Upsert, config, count, upsert},
+    maps::{Upsert, config, count, double_buffered, upsert},
 };
 
 /// Default size of each flow map; userspace resizes it from `--flow-map-size`.
 const FLOW_MAP_ENTRIES: u32 = 65536;
 
-// Two maps so that userspace can drain one while the programs fill the other:
-// `FLOW_GENERATION[0]` says which one the programs write to.
-#[map]
-static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> =
-    PerCpuHashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
-#[map]
-static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> =
-    PerCpuHashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
-#[map]
-static FLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+double_buffered!(FlowKey => FlowStats, FLOW_MAP_ENTRIES,
+    FLOWS_0, FLOWS_1, FLOW_GENERATION, flow_generation, flows);
 /// `struct net_device` address -> which device it is, written when a flow is first
 /// seen so that userspace can name the `dev` of a [`FlowKey`].
 #[map]
@@ -140,10 +132,7 @@ fn record(ctx: &TcContext, dir: u8) {
             s.max_len = seg_len as u32;
         }
     };
-    let map = match FLOW_GENERATION.get(0) {
-        Some(1) => &FLOWS_1,
-        _ => &FLOWS_0,
-    };
+    let map = flows(flow_generation());
     match upsert(map, key, apply) {
         // Name the device for userspace whenever a flow starts on it.
         Upsert::Inserted => {

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
 use tracer_ebpf::{
@@ -16,26 +16,19 @@ use tracer_ebpf::{
 
 use crate::{
     kernel::{self, parse_skb},
-    maps::{Upsert, config, count, traced, upsert},
+    maps::{Upsert, config, count, double_buffered, traced, upsert},
 };
 
 const ICMP_MAP_ENTRIES: u32 = 4096;
 
-#[map]
-static ICMPS_0: PerCpuHashMap<IcmpKey, u64> = PerCpuHashMap::with_max_entries(ICMP_MAP_ENTRIES, 0);
-#[map]
-static ICMPS_1: PerCpuHashMap<IcmpKey, u64> = PerCpuHashMap::with_max_entries(ICMP_MAP_ENTRIES, 0);
-#[map]
-static ICMP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+double_buffered!(IcmpKey => u64, ICMP_MAP_ENTRIES,
+    ICMPS_0, ICMPS_1, ICMP_GENERATION, icmp_generation, icmps);
 #[map]
 static ICMP_SCRATCH: PerCpuArray<IcmpKey> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn add(key: &IcmpKey) {
-    let map = match ICMP_GENERATION.get(0) {
-        Some(1) => &ICMPS_1,
-        _ => &ICMPS_0,
-    };
+    let map = icmps(icmp_generation());
     if upsert(map, key, |c: &mut u64| *c += 1) == Upsert::Full {
         count(counter::ICMP_MAP_FULL);
     }

@@ -68,6 +68,38 @@ pub fn count(index: u32) {
     }
 }
 
+/// Declares a double-buffered per-CPU hash map: two maps the programs fill
+/// in turn and a one-entry array saying which (userspace's `DoubleBuffer`
+/// flips it, waits for running programs, and drains the other). Defines
+/// `$generation()`, the buffer to write to now, and `$buffer(g)`.
+macro_rules! double_buffered {
+    ($key:ty => $value:ty, $entries:expr,
+     $m0:ident, $m1:ident, $gen:ident, $generation:ident, $buffer:ident) => {
+        #[aya_ebpf::macros::map]
+        static $m0: aya_ebpf::maps::PerCpuHashMap<$key, $value> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries($entries, 0);
+        #[aya_ebpf::macros::map]
+        static $m1: aya_ebpf::maps::PerCpuHashMap<$key, $value> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries($entries, 0);
+        #[aya_ebpf::macros::map]
+        static $gen: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+        #[inline(always)]
+        fn $generation() -> u32 {
+            match $gen.get(0) {
+                Some(1) => 1,
+                _ => 0,
+            }
+        }
+
+        #[inline(always)]
+        fn $buffer(generation: u32) -> &'static aya_ebpf::maps::PerCpuHashMap<$key, $value> {
+            if generation == 1 { &$m1 } else { &$m0 }
+        }
+    };
+}
+pub(crate) use double_buffered;
+
 /// What [`upsert`] did.
 #[derive(PartialEq, Eq)]
 pub enum Upsert {

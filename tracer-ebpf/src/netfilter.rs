@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     macros::{classifier, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
@@ -16,20 +16,14 @@ use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
 use crate::{
     frags,
     kernel::{parse_skb, read},
-    maps::{Upsert, config, count, upsert},
+    maps::{Upsert, config, count, double_buffered, upsert},
 };
 
 const VERDICT_MAP_ENTRIES: u32 = 16384;
 const NF_ACCEPT: i32 = 1;
 
-#[map]
-static VERDICTS_0: PerCpuHashMap<VerdictKey, VerdictStats> =
-    PerCpuHashMap::with_max_entries(VERDICT_MAP_ENTRIES, 0);
-#[map]
-static VERDICTS_1: PerCpuHashMap<VerdictKey, VerdictStats> =
-    PerCpuHashMap::with_max_entries(VERDICT_MAP_ENTRIES, 0);
-#[map]
-static VERDICT_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+double_buffered!(VerdictKey => VerdictStats, VERDICT_MAP_ENTRIES,
+    VERDICTS_0, VERDICTS_1, VERDICT_GENERATION, verdict_generation, verdicts);
 /// The key of the packet last seen entering a table on this CPU, so that
 /// the program after the table reuses it instead of parsing the packet again.
 #[map]
@@ -91,10 +85,7 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     };
     let (key, pending) = unsafe { (&mut *key, &mut *pending) };
     let hook: u8 = read(state, config!(offsets.state_hook)).unwrap_or(0);
-    let current = match VERDICT_GENERATION.get(0) {
-        Some(1) => 1,
-        _ => 0,
-    };
+    let current = verdict_generation();
     // Leaving the table it was last seen entering on this CPU: same key, same generation.
     let resumed = after && pending.skb == skb && pending.hook == hook && pending.table == table;
     let generation = if resumed {
@@ -112,11 +103,7 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
             _pad: [0; 2],
         };
     }
-    let map = if generation == 1 {
-        &VERDICTS_1
-    } else {
-        &VERDICTS_0
-    };
+    let map = verdicts(generation);
     let full = upsert(map, &*key, |v: &mut VerdictStats| {
         if after {
             v.left += 1;

@@ -46,6 +46,22 @@ pub trait Reader {
     }
 }
 
+/// Packet bytes in memory: userspace (decoded netlink messages) and tests.
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Reader for Bytes<'_> {
+    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
+        let off = off as usize;
+        match self.0.get(off..off + N) {
+            Some(b) => {
+                dst.copy_from_slice(b);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// What parsing learnt besides the flow id.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Parsed {
@@ -284,20 +300,6 @@ mod tests {
 
     /// A packet held in a byte slice; reads past its end fail as
     /// `bpf_skb_load_bytes` does past the end of the skb.
-    struct Bytes<'a>(&'a [u8]);
-
-    impl Reader for Bytes<'_> {
-        fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
-            let off = off as usize;
-            match self.0.get(off..off + N) {
-                Some(b) => {
-                    dst.copy_from_slice(b);
-                    true
-                }
-                None => false,
-            }
-        }
-    }
 
     // ---- Packet builders -------------------------------------------------
 

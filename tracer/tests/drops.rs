@@ -17,15 +17,6 @@ use xtask::{
 
 const N: u64 = 12;
 
-/// Waits until namespace `ns` has received `n` more IP packets than `before`
-/// (read from /proc, which touches nothing tracer counts).
-fn wait_received(ns: &str, before: u64, n: u64) {
-    assert!(
-        wait_until(|| nstat(ns, "IpInReceives").unwrap() - before >= n),
-        "{ns} did not receive {n} packets"
-    );
-}
-
 /// Scenario 1: host B's firewall drops VXLAN. The drops show on host B's
 /// underlay, with the outer flow, the VNI and the container flow inside.
 #[test]

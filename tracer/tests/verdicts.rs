@@ -18,12 +18,6 @@ use xtask::{
 const N: u64 = 9;
 const M: u64 = 4;
 
-fn wait_received(ns: &str, before: u64, n: u64) {
-    assert!(wait_until(
-        || nstat(ns, "IpInReceives").unwrap() - before >= n
-    ));
-}
-
 /// The drop rows of `netns` for the flow of `verdict`, summed.
 fn netfilter_drops_of(
     f: &xtask::tracer::Finished,

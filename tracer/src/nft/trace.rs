@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use tracer_ebpf::{
     FAMILY_IPV4, FAMILY_IPV6, FlowId, MAX_VXLAN_PORTS,
-    parse::{ETH_P_IP, ETH_P_IPV6, Reader, parse_from_l3},
+    parse::{Bytes, ETH_P_IP, ETH_P_IPV6, parse_from_l3},
 };
 
 use super::rules::Family;
@@ -358,21 +358,6 @@ impl TraceEvent {
             &self.transport_header,
             vxlan_ports,
         )
-    }
-}
-
-struct Bytes<'a>(&'a [u8]);
-
-impl Reader for Bytes<'_> {
-    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
-        let off = off as usize;
-        match self.0.get(off..off + N) {
-            Some(b) => {
-                dst.copy_from_slice(b);
-                true
-            }
-            None => false,
-        }
     }
 }
 

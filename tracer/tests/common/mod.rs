@@ -102,3 +102,12 @@ pub fn only<'a>(
     );
     matching[0]
 }
+
+/// Waits until namespace `ns` has received `n` more IP packets than `before`
+/// (read from /proc, which touches nothing tracer counts).
+pub fn wait_received(ns: &str, before: u64, n: u64) {
+    assert!(
+        wait_until(|| xtask::peers::nstat(ns, "IpInReceives").unwrap() - before >= n),
+        "{ns} did not receive {n} packets"
+    );
+}
