@@ -46,7 +46,8 @@ pub trait Reader {
     }
 }
 
-/// Packet bytes in memory: userspace (decoded netlink messages) and tests.
+/// Packet bytes in memory (decoded netlink messages, tests); reads past the
+/// end fail as `bpf_skb_load_bytes` does past the end of an skb.
 pub struct Bytes<'a>(pub &'a [u8]);
 
 impl Reader for Bytes<'_> {
@@ -297,9 +298,6 @@ mod tests {
 
     use super::*;
     use crate::FAMILY_NONE;
-
-    /// A packet held in a byte slice; reads past its end fail as
-    /// `bpf_skb_load_bytes` does past the end of the skb.
 
     // ---- Packet builders -------------------------------------------------
 
