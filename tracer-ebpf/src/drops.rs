@@ -9,8 +9,8 @@ use aya_ebpf::{
 use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
 
 use crate::{
-    frags,
-    kernel::{self, parse_skb, read},
+    frags, head,
+    kernel::{self, Btf, Mem, parse_skb},
     maps::{Upsert, config, count, double_buffered, traced, upsert},
 };
 
@@ -43,7 +43,7 @@ fn record(skb: u64, location: u64, reason: u32) {
     if reason == config!(reason_consumed) || reason == config!(reason_not_dropped) {
         return;
     }
-    let Some((netns_inode, ifindex)) = kernel::skb_place(skb) else {
+    let Some((netns_inode, ifindex)) = kernel::skb_place::<Btf>(skb) else {
         return;
     };
     if !traced(netns_inode) {
@@ -60,11 +60,14 @@ fn record(skb: u64, location: u64, reason: u32) {
         reason,
         ..DropKey::default()
     };
-    let parsed = parse_skb(skb, &mut key.id);
+    let Some(buf) = head::buffer(&head::DROP_HEAD) else {
+        return;
+    };
+    let parsed = parse_skb::<Btf>(skb, &mut key.id, buf);
     // Fragment flags stay in drop keys: whether the first or a later fragment
     // of a datagram was dropped is part of what happened.
     frags::attribute(&mut key.id, &parsed);
-    let len: u32 = read(skb, config!(offsets.skb_len)).unwrap_or(0);
+    let len: u32 = Btf::get(skb, config!(offsets.skb_len)).unwrap_or(0);
     let map = drops(drop_generation());
     match upsert(map, &*key, |s: &mut DropStats| {
         s.packets += 1;

@@ -2,7 +2,6 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_skb_load_bytes,
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
@@ -10,11 +9,14 @@ use aya_ebpf::{
 use tracer_ebpf::{
     DIR_EGRESS, DIR_INGRESS, DeviceInfo, FlowKey, FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST,
     TUPLE_FRAG_REST, counter,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Reader, parse_ethernet},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, parse_ethernet},
 };
 
 use crate::{
-    frags, icmp, kernel,
+    frags,
+    head::{self, HeadReader},
+    icmp,
+    kernel::{self, Probe},
     maps::{Upsert, config, count, double_buffered, upsert},
 };
 
@@ -43,22 +45,6 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-struct Skb<'a>(&'a TcContext);
-
-impl Reader for Skb<'_> {
-    #[inline(always)]
-    fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
-        unsafe {
-            bpf_skb_load_bytes(
-                self.0.skb.skb.cast(),
-                off,
-                dst.as_mut_ptr().cast(),
-                N as u32,
-            ) == 0
-        }
-    }
-}
-
 #[inline(always)]
 fn record(ctx: &TcContext, dir: u8) {
     let Some(key) = FLOW_SCRATCH.get_ptr_mut(0) else {
@@ -70,14 +56,18 @@ fn record(ctx: &TcContext, dir: u8) {
         unsafe { ((*skb).ifindex, (*skb).gso_segs, (*skb).gso_size) };
     // The context of a TC program is the kernel's `struct sk_buff`: read its
     // device pointer, which names the device across namespaces.
-    let dev = kernel::skb_dev(skb as u64);
+    let dev = kernel::skb_dev::<Probe>(skb as u64);
     *key = FlowKey {
         dev,
         ifindex,
         dir,
         ..FlowKey::default()
     };
-    let parsed = parse_ethernet(&Skb(ctx), &config!(vxlan_ports), &mut key.id);
+    let Some(head) = head::buffer(&head::TC_HEAD) else {
+        return;
+    };
+    let packet = HeadReader::from_skb(ctx, head);
+    let parsed = parse_ethernet(&packet, &config!(vxlan_ports), &mut key.id);
     if key.id.outer.family == 0 {
         // Not IP (ARP, LLDP...): not a flow.
         return;
@@ -104,12 +94,12 @@ fn record(ctx: &TcContext, dir: u8) {
     let df = outer & TUPLE_DF != 0;
     if key.id.outer.proto == IPPROTO_ICMP || key.id.outer.proto == IPPROTO_ICMPV6 {
         icmp::seen(
-            &Skb(ctx),
+            &packet,
             &parsed,
             key.id.outer.proto,
             key.id.outer.family,
             outer,
-            kernel::dev_netns_inode(dev),
+            kernel::dev_netns_inode::<Probe>(dev),
             ifindex,
             dir,
         );
@@ -138,7 +128,7 @@ fn record(ctx: &TcContext, dir: u8) {
         Upsert::Inserted => {
             let info = DeviceInfo {
                 ifindex,
-                netns_inode: kernel::dev_netns_inode(dev),
+                netns_inode: kernel::dev_netns_inode::<Probe>(dev),
             };
             let _ = DEVICES.insert(&dev, &info, 0);
         }

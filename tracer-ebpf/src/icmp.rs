@@ -15,7 +15,8 @@ use tracer_ebpf::{
 };
 
 use crate::{
-    kernel::{self, parse_skb},
+    head,
+    kernel::{self, Btf, parse_skb},
     maps::{Upsert, config, count, double_buffered, traced, upsert},
 };
 
@@ -103,7 +104,7 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let icmp_type: i32 = ctx.arg(1);
     let code: i32 = ctx.arg(2);
     let skb = skb as u64;
-    let Some((netns_inode, ifindex)) = kernel::skb_place(skb) else {
+    let Some((netns_inode, ifindex)) = kernel::skb_place::<Btf>(skb) else {
         return 0;
     };
     if !traced(netns_inode) {
@@ -125,7 +126,10 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
         mtu: 0,
         ..IcmpKey::default()
     };
-    parse_skb(skb, &mut key.id);
+    let Some(buf) = head::buffer(&head::ICMP_HEAD) else {
+        return 0;
+    };
+    parse_skb::<Btf>(skb, &mut key.id, buf);
     add(key);
     0
 }

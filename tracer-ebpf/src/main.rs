@@ -10,6 +10,8 @@ mod flows;
 #[cfg(target_arch = "bpf")]
 mod frags;
 #[cfg(target_arch = "bpf")]
+mod head;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod kernel;

@@ -14,8 +14,8 @@ use aya_ebpf::{
 use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
 
 use crate::{
-    frags,
-    kernel::{parse_skb, read},
+    frags, head,
+    kernel::{Btf, Mem, parse_skb},
     maps::{Upsert, config, count, double_buffered, upsert},
 };
 
@@ -84,7 +84,7 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         return;
     };
     let (key, pending) = unsafe { (&mut *key, &mut *pending) };
-    let hook: u8 = read(state, config!(offsets.state_hook)).unwrap_or(0);
+    let hook: u8 = Btf::get(state, config!(offsets.state_hook)).unwrap_or(0);
     let current = verdict_generation();
     // Leaving the table it was last seen entering on this CPU: same key, same generation.
     let resumed = after && pending.skb == skb && pending.hook == hook && pending.table == table;
@@ -118,23 +118,26 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
 
 #[inline(always)]
 fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
-    let pf: u8 = read(state, config!(offsets.state_pf)).unwrap_or(0);
-    let net: u64 = read(state, config!(offsets.state_net)).unwrap_or(0);
+    let pf: u8 = Btf::get(state, config!(offsets.state_pf)).unwrap_or(0);
+    let net: u64 = Btf::get(state, config!(offsets.state_net)).unwrap_or(0);
     // The device a user thinks of for each hook: where it came in, or goes out.
     let dev_off = match hook {
         hook::LOCAL_OUT | hook::POST_ROUTING => config!(offsets.state_out),
         _ => config!(offsets.state_in),
     };
-    let dev: u64 = read(state, dev_off).unwrap_or(0);
+    let dev: u64 = Btf::get(state, dev_off).unwrap_or(0);
     *key = VerdictKey {
-        netns_inode: read(net, config!(offsets.net_inum)).unwrap_or(0),
-        ifindex: read(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
+        netns_inode: Btf::get(net, config!(offsets.net_inum)).unwrap_or(0),
+        ifindex: Btf::get(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
         family: pf,
         hook,
         table,
         ..VerdictKey::default()
     };
-    let parsed = parse_skb(skb, &mut key.id);
+    let Some(buf) = head::buffer(&head::NF_HEAD) else {
+        return;
+    };
+    let parsed = parse_skb::<Btf>(skb, &mut key.id, buf);
     frags::attribute(&mut key.id, &parsed);
     frags::strip_packet_flags(&mut key.id);
 }

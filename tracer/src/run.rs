@@ -115,14 +115,14 @@ pub fn run(cli: Cli) -> Result<()> {
             std::fs::write(path, b"ready\n")
                 .with_context(|| format!("write ready file {}", path.display()))?;
         }
+        // Sinks flush once per report: one write(2) per report, not per row.
+        let out = || io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
         let sink: Box<dyn Sink> = match cli.output {
-            Output::Json => Box::new(JsonSink::new(io::stdout().lock())),
-            Output::Text => Box::new(TextSink::new(io::stdout().lock())),
-            Output::Table => Box::new(TableSink::new(io::stdout().lock(), Terminal)),
-            Output::Auto if io::stdout().is_terminal() => {
-                Box::new(TableSink::new(io::stdout().lock(), Terminal))
-            }
-            Output::Auto => Box::new(TextSink::new(io::stdout().lock())),
+            Output::Json => Box::new(JsonSink::new(out())),
+            Output::Text => Box::new(TextSink::new(out())),
+            Output::Table => Box::new(TableSink::new(out(), Terminal)),
+            Output::Auto if io::stdout().is_terminal() => Box::new(TableSink::new(out(), Terminal)),
+            Output::Auto => Box::new(TextSink::new(out())),
         };
         for path in mtu::path_mtu_summary(&topology) {
             eprintln!("tracer: {}", path.summary());
