@@ -17,6 +17,7 @@ mod loader;
 mod mtu;
 mod netfilter;
 mod netns;
+mod nf_chains;
 mod nf_loader;
 mod nft;
 mod reasons;

@@ -1,12 +1,16 @@
 //! Where the netfilter observers go: the priority bands ("tables") they
 //! bracket at each hook, in every traced namespace.
 
-use std::os::fd::OwnedFd;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    os::fd::OwnedFd,
+    path::PathBuf,
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use tracer_ebpf::{hook, table};
 
-use crate::{netns, nf_loader::NfPrograms, targets::Target};
+use crate::{netns, nf_chains, nf_loader::NfPrograms, targets::Target};
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
@@ -134,32 +138,73 @@ pub fn program_names(bands: &[&Band]) -> Vec<&'static str> {
         .collect()
 }
 
-/// The netfilter links of every traced namespace; dropping them unlinks.
-pub struct NfLinks(#[allow(dead_code)] Vec<OwnedFd>);
+/// Where a pair of observers is linked: namespace, family, hook, table.
+type Place = (PathBuf, u8, u8, u8);
+
+/// The observers of every traced namespace, linked where some chain of the
+/// table's priority is; dropping a pair unlinks it.
+pub struct NfLinks {
+    progs: NfPrograms,
+    bands: Vec<&'static Band>,
+    links: HashMap<Place, [OwnedFd; 2]>,
+}
 
 impl NfLinks {
-    /// Links the observers around each band at each hook, for IPv4 and IPv6.
-    pub fn attach(progs: &NfPrograms, bands: &[&Band], targets: &[Target]) -> Result<Self> {
-        let mut links = Vec::new();
+    pub fn new(progs: NfPrograms, bands: Vec<&'static Band>) -> Self {
+        NfLinks {
+            progs,
+            bands,
+            links: HashMap::new(),
+        }
+    }
+
+    /// Links the observers around each band at each hook, IPv4 and IPv6,
+    /// where the namespace has a base chain of that priority (a table that
+    /// can decide), and unlinks those whose chains are gone. Called at start
+    /// and every interval: a table created later is observed from then on.
+    pub fn sync(&mut self, targets: &[Target]) -> Result<()> {
         for t in targets {
-            netns::run_in(&t.netns.path, || -> Result<()> {
+            let path = t.netns.path.clone();
+            let (progs, bands, links) = (&self.progs, &self.bands, &mut self.links);
+            netns::run_in(&path, || -> Result<()> {
+                let chains = nf_chains::base_chains()?;
+                let mut needed = Vec::new();
                 for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
-                    for band in bands {
+                    for band in bands.iter() {
                         for &(h, prio) in band.hooks {
                             debug_assert!(ALL_HOOKS.contains(&h));
-                            links.push(progs.link(band.programs.0, pf, h, prio - 1)?);
-                            links.push(progs.link(band.programs.1, pf, h, prio + 1)?);
+                            if chains
+                                .iter()
+                                .any(|c| c.sees(pf) && c.hook == h && c.priority == prio)
+                            {
+                                needed.push((pf, h, *band, prio));
+                            }
                         }
                     }
                 }
+                links.retain(|(ns, pf, h, table), _| {
+                    *ns != path
+                        || needed
+                            .iter()
+                            .any(|(p, hk, b, _)| p == pf && hk == h && b.table == *table)
+                });
+                for (pf, h, band, prio) in needed {
+                    if let Entry::Vacant(e) = links.entry((path.clone(), pf, h, band.table)) {
+                        let before = progs.link(band.programs.0, pf, h, prio - 1)?;
+                        let after = progs.link(band.programs.1, pf, h, prio + 1)?;
+                        e.insert([before, after]);
+                    }
+                }
                 Ok(())
-            })??;
+            })?
+            .with_context(|| format!("netfilter observers in {}", t.netns.name))?;
         }
-        Ok(NfLinks(links))
+        Ok(())
     }
 
+    /// Links held (two per observed table, hook and family).
     pub fn len(&self) -> usize {
-        self.0.len()
+        2 * self.links.len()
     }
 }
 

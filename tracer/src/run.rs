@@ -23,7 +23,7 @@ use crate::{
     explain::{self, Explain},
     loader,
     mtu::{self, Topology},
-    netfilter,
+    netfilter::{self, NfLinks},
     netns::{self, Netns},
     nf_loader::NfPrograms,
     nft::trace::TraceReader,
@@ -89,10 +89,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let result = (|| {
         loader::set_traced_netns(&mut ebpf, &targets)?;
         let drop_events = loader::attach_tracepoints(&mut ebpf, &cli.kernel_btf, !cli.no_drops)?;
-        let nf_links = match &nf_programs {
-            Some(p) => Some(netfilter::NfLinks::attach(p, &bands, &targets)?),
-            None => None,
-        };
+        let mut nf_links = nf_programs.map(|p| NfLinks::new(p, bands.clone()));
+        if let Some(links) = &mut nf_links {
+            links.sync(&targets)?;
+        }
         let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
         explain::remove_stale(&namespaces);
         let (explain, trace_readers) = match &cli.explain {
@@ -136,6 +136,7 @@ pub fn run(cli: Cli) -> Result<()> {
             signals,
             drop_events,
             trace_readers,
+            nf_links: nf_links.map(|l| (l, targets.clone())),
         };
         stream(&cli, &rt, inputs, &mut collector, sink)
     })();
@@ -205,6 +206,8 @@ struct Inputs {
     drop_events: Option<RingBuf<MapData>>,
     /// nftables trace events (`--explain`), one reader per namespace.
     trace_readers: Vec<TraceReader>,
+    /// The netfilter observers, kept in step with the namespaces' tables.
+    nf_links: Option<(NfLinks, Vec<Target>)>,
 }
 
 /// Reads every pending event of the ring buffer.
@@ -230,6 +233,7 @@ fn stream(
         mut signals,
         drop_events,
         trace_readers,
+        mut nf_links,
     } = inputs;
     rt.block_on(async {
         // Each trace reader forwards what it reads, tagged with its namespace.
@@ -286,6 +290,9 @@ fn stream(
                     }
                 }
                 _ = ticker.tick() => {
+                    if let Some((links, targets)) = &mut nf_links {
+                        links.sync(targets)?;
+                    }
                     collector.collect()?;
                     let now = Instant::now();
                     let report = collector.interval_report(now - last);
