@@ -567,3 +567,86 @@ impl Pair {
         self.lab.namespaces()
     }
 }
+
+/// Two containers on one bridge: `c1` and `c2` joined through bridge `br0`
+/// in a third namespace, as a single-host container network is built.
+pub struct Bridged {
+    /// The namespace holding the bridge and both bridge ports.
+    pub ns: String,
+    pub bridge: String,
+    pub c1: Container,
+    pub c2: Container,
+    pub lab: Lab,
+}
+
+impl Bridged {
+    pub fn new(mtu: u32) -> Result<Self> {
+        let mut lab = Lab::new()?;
+        let ns = lab.add_ns("br")?;
+        let bridge = "br0".to_string();
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            &bridge,
+            "mtu",
+            &mtu.to_string(),
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        up(&ns, &bridge)?;
+        let mut containers = Vec::new();
+        for n in [1u8, 2] {
+            let c = Container {
+                ns: lab.add_ns(&format!("c{n}"))?,
+                dev: "eth0".into(),
+                ip: lab.addr(1, n),
+                mac: lab.mac(0x10, n),
+                bridge_port: format!("vc{n}"),
+            };
+            lab.veth(
+                (&c.ns, &c.dev),
+                (&ns, &c.bridge_port),
+                mtu,
+                (&c.mac, &lab.mac(0x20, n)),
+            )?;
+            ip(&["-n", &ns, "link", "set", &c.bridge_port, "master", &bridge])?;
+            addr(&c.ns, &c.dev, c.ip, 24)?;
+            containers.push(c);
+        }
+        let c2 = containers.pop().expect("two containers");
+        let c1 = containers.pop().expect("two containers");
+        // Static neighbours and FDB entries: no ARP, no flooding before learning.
+        for (c, peer) in [(&c1, &c2), (&c2, &c1)] {
+            neigh(&c.ns, &c.dev, peer.ip, &peer.mac)?;
+            run(
+                "bridge",
+                &[
+                    "-n",
+                    &ns,
+                    "fdb",
+                    "add",
+                    &c.mac,
+                    "dev",
+                    &c.bridge_port,
+                    "master",
+                    "static",
+                ],
+            )?;
+        }
+        Ok(Bridged {
+            ns,
+            bridge,
+            c1,
+            c2,
+            lab,
+        })
+    }
+
+    pub fn namespaces(&self) -> &[String] {
+        self.lab.namespaces()
+    }
+}
