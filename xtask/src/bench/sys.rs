@@ -1,0 +1,370 @@
+//! What the bench reads from and sets in the system: process CPU time and peak
+//! memory, BPF program run-time statistics, device counters, a sysctl that is
+//! put back, child processes that do not outlive the bench, and Ctrl-C.
+
+use std::{
+    process::{Child, Command},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use xtask::cmd::run;
+
+/// (utime, stime) of a process from its `/proc/PID/stat` line, in clock
+/// ticks. The command name may contain spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// CPU time a process used so far, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+    fn add(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + o.user,
+            system: self.system + o.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - o.user,
+            system: self.system - o.system,
+        }
+    }
+}
+
+pub fn cpu_time(pid: u32) -> Result<CpuTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let (user, system) = parse_stat_ticks(&stat).context("malformed /proc/PID/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(CpuTime {
+        user: user as f64 / hz,
+        system: system as f64 / hz,
+    })
+}
+
+/// `VmHWM` (peak resident set) in KiB from `/proc/PID/status`.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    parse_vm_hwm(&status).context("no VmHWM in /proc/PID/status")
+}
+
+/// The BPF program an fd refers to, from its fdinfo: a program fd and a
+/// link fd both say `prog_id:`.
+pub fn parse_fdinfo_prog_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Ids of the BPF programs a process holds, through program or link fds.
+/// This names the programs of exactly that process, whatever they are called.
+pub fn prog_ids(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids: Vec<u32> = std::fs::read_dir(&dir)
+        .with_context(|| format!("read {dir}"))?
+        .flatten()
+        .filter_map(|e| parse_fdinfo_prog_id(&std::fs::read_to_string(e.path()).ok()?))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Run-time statistics of one BPF program (`kernel.bpf_stats_enabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgStat {
+    pub id: u32,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// Parses `bpftool -j prog show`. bpftool leaves out `run_time_ns` and
+/// `run_cnt` while they are zero.
+pub fn parse_bpftool_progs(json: &str) -> Result<Vec<ProgStat>> {
+    let v: Value = serde_json::from_str(json).context("bpftool output is not JSON")?;
+    let Some(progs) = v.as_array() else {
+        bail!("bpftool output is not a JSON array");
+    };
+    Ok(progs
+        .iter()
+        .filter_map(|p| {
+            Some(ProgStat {
+                id: p["id"].as_u64()? as u32,
+                name: p["name"].as_str().unwrap_or("").to_string(),
+                run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect())
+}
+
+/// Current statistics of the programs with these ids.
+pub fn prog_stats(ids: &[u32]) -> Result<Vec<ProgStat>> {
+    let out = run("bpftool", &["-j", "prog", "show"])?;
+    let all = parse_bpftool_progs(&String::from_utf8_lossy(&out.stdout))?;
+    Ok(all.into_iter().filter(|p| ids.contains(&p.id)).collect())
+}
+
+/// What each program did between two snapshots, by program.
+pub fn prog_deltas(before: &[ProgStat], after: &[ProgStat]) -> Vec<ProgStat> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.id == a.id);
+            ProgStat {
+                run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns),
+                run_cnt: a.run_cnt - b.map_or(0, |b| b.run_cnt),
+                ..a.clone()
+            }
+        })
+        .collect()
+}
+
+/// Packet counters of one device, as the kernel keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    pub name: String,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// Parses `ip -s -j link show`, leaving out loopback.
+pub fn parse_link_stats(json: &str) -> Result<Vec<LinkStats>> {
+    let v: Value = serde_json::from_str(json).context("ip output is not JSON")?;
+    let Some(links) = v.as_array() else {
+        bail!("ip output is not a JSON array");
+    };
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    Ok(links
+        .iter()
+        .filter(|l| l["link_type"] != "loopback")
+        .filter_map(|l| {
+            let s = &l["stats64"];
+            Some(LinkStats {
+                name: l["ifname"].as_str()?.to_string(),
+                rx_packets: n(&s["rx"]["packets"]),
+                tx_packets: n(&s["tx"]["packets"]),
+                rx_dropped: n(&s["rx"]["dropped"]),
+                tx_dropped: n(&s["tx"]["dropped"]),
+            })
+        })
+        .collect())
+}
+
+/// Counters of every device but loopback in namespace `ns`.
+pub fn link_stats(ns: &str) -> Result<Vec<LinkStats>> {
+    let out = run("ip", &["-s", "-j", "-n", ns, "link", "show"])?;
+    parse_link_stats(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Sets a sysctl and puts the old value back when dropped.
+pub struct Sysctl {
+    key: String,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(key: &str, value: &str) -> Result<Self> {
+        let old = String::from_utf8_lossy(&run("sysctl", &["-n", key])?.stdout)
+            .trim()
+            .to_string();
+        run("sysctl", &["-q", "-w", &format!("{key}={value}")])?;
+        Ok(Sysctl {
+            key: key.to_string(),
+            old,
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = run(
+            "sysctl",
+            &["-q", "-w", &format!("{}={}", self.key, self.old)],
+        ) {
+            eprintln!("bench: could not restore {}={}: {e:#}", self.key, self.old);
+        }
+    }
+}
+
+/// A child process that is stopped when dropped, whatever happened.
+pub struct Proc {
+    pub child: Child,
+    what: String,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, what: &str) -> Result<Self> {
+        let child = cmd.spawn().with_context(|| format!("start {what}"))?;
+        Ok(Proc {
+            child,
+            what: what.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the process to exit.
+    pub fn stop_with(&mut self, signal: i32, timeout: Duration) -> Result<()> {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns SIGINT and SIGTERM into a flag that the bench checks between steps,
+/// so that it unwinds and every lab, child process and sysctl is cleaned up.
+pub fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Fails once the bench was asked to stop.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_survive_odd_command_names() {
+        let stat = "4242 (tra cer) (x)) S 1 4242 4242 0 -1 4194560 2000 0 0 0 \
+                    150 25 0 0 20 0 3 0 12345 100000 2000 18446744073709551615";
+        assert_eq!(parse_stat_ticks(stat), Some((150, 25)));
+        assert_eq!(parse_stat_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn vm_hwm_in_kib() {
+        let status = "Name:\ttracer\nVmPeak:\t  100000 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 9000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(12345));
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn prog_id_from_prog_and_link_fdinfo() {
+        let prog = "pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_jited:\t1\nprog_id:\t5212\n";
+        let link = "link_type:\ttcx\nlink_id:\t77\nprog_tag:\tabc\nprog_id:\t5300\nifindex:\t2\n";
+        let map = "pos:\t0\nmap_type:\t1\nmap_id:\t7932\n";
+        assert_eq!(parse_fdinfo_prog_id(prog), Some(5212));
+        assert_eq!(parse_fdinfo_prog_id(link), Some(5300));
+        assert_eq!(parse_fdinfo_prog_id(map), None);
+    }
+
+    #[test]
+    fn bpftool_progs_with_and_without_stats() {
+        let json = r#"[{"id":10,"type":"sched_cls","name":"tc_ingress","run_time_ns":5000,"run_cnt":100},
+                       {"id":11,"type":"tracepoint","name":"kfree_skb"}]"#;
+        let p = parse_bpftool_progs(json).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].id, p[0].name.as_str(), p[0].run_time_ns, p[0].run_cnt),
+            (10, "tc_ingress", 5000, 100)
+        );
+        assert_eq!((p[1].run_time_ns, p[1].run_cnt), (0, 0));
+        assert!(parse_bpftool_progs("{}").is_err());
+    }
+
+    #[test]
+    fn deltas_subtract_the_first_snapshot() {
+        let s = |id, t, c| ProgStat {
+            id,
+            name: format!("p{id}"),
+            run_time_ns: t,
+            run_cnt: c,
+        };
+        let d = prog_deltas(&[s(1, 100, 10)], &[s(1, 400, 13), s(2, 50, 5)]);
+        assert_eq!(d, vec![s(1, 300, 3), s(2, 50, 5)]);
+    }
+
+    #[test]
+    fn link_stats_skip_loopback() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","link_type":"loopback","stats64":{"rx":{"packets":5},"tx":{"packets":5}}},
+            {"ifindex":2,"ifname":"v0","link_type":"ether","stats64":{"rx":{"bytes":1,"packets":6818,"dropped":2},"tx":{"packets":294746,"dropped":0}}}]"#;
+        let l = parse_link_stats(json).unwrap();
+        assert_eq!(
+            l,
+            vec![LinkStats {
+                name: "v0".into(),
+                rx_packets: 6818,
+                tx_packets: 294746,
+                rx_dropped: 2,
+                tx_dropped: 0
+            }]
+        );
+    }
+}
