@@ -32,7 +32,7 @@ use sys::{Sysctl, check_interrupted};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Repetitions of each arm on each path.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 5)]
     pub reps: u32,
     /// Seconds of each iperf3 load (TCP, then UDP-64).
     #[arg(long, default_value_t = 3.0)]
@@ -445,6 +445,7 @@ fn loadavg() -> String {
 }
 
 fn meta(loadavg_before: String, took: Duration) -> Meta {
+    let loadavg_after = loadavg();
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let cpu = cpuinfo
@@ -514,6 +515,7 @@ fn meta(loadavg_before: String, took: Duration) -> Meta {
             first_line("bpftool", &["version"]),
         ],
         loadavg_before,
+        loadavg_after,
         minutes: took.as_secs_f64() / 60.0,
     }
 }

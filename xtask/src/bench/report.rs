@@ -130,6 +130,16 @@ fn cost_floor(r: &Results, path: PathKind) -> Option<Floor> {
     })
 }
 
+/// What a profile of the active-flows load showed while the bench was built.
+const CPU_PROFILE: &str = "A perf profile and `strace -c` of this load (tracer at 55d964c) \
+    put a third of tracer's time in writing its output one line per write(2): Rust's \
+    stdout is line-buffered, so ~18k write calls/s, their pipe wake-ups \
+    (anon_pipe_write, ~18% of samples) and the newline search and copy in \
+    StdoutLock::write_all (~16%). Then SipHash and probing of the run totals (~12%), \
+    JSON serialisation (~6%) and the batched lookup-and-delete drain (~7%). Buffering \
+    stdout per report (a BufWriter flushed after each report) and a cheaper hasher for \
+    the totals would remove about half; the drain itself is a small part.";
+
 /// Every floor the results allow to judge.
 pub fn floors(r: &Results) -> Vec<Floor> {
     let mut out = Vec::new();
@@ -164,10 +174,14 @@ pub fn floors(r: &Results) -> Vec<Floor> {
                 String::new()
             } else {
                 format!(
-                    "missed by {} points. Every second tracer drains and names {} map \
-                     entries ({} flows x {} hops), adds them to its run totals and prints \
-                     each as a JSON line.",
+                    "missed by {} points ({}x the floor); {} of its {} CPU seconds were \
+                     system time. Every second tracer drains, names and adds to its run \
+                     totals {} map entries ({} flows x {} hops) and prints each as a JSON \
+                     line. {CPU_PROFILE}",
                     num(cpu - 2.0),
+                    num(cpu / 2.0),
+                    num(a.cost.cpu_system_s),
+                    num(a.cost.cpu_s),
                     a.flows as u64 * a.hops,
                     a.flows,
                     a.hops,
@@ -272,8 +286,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "- tools: {}", m.tools.join(", "));
     let _ = writeln!(
         md,
-        "- load average before the run: {}; the run took {:.1} minutes",
-        m.loadavg_before, m.minutes
+        "- load average (1, 5, 15 min) before the run: {}, after: {}; the run took {:.1} minutes",
+        m.loadavg_before, m.loadavg_after, m.minutes
     );
     let _ = writeln!(
         md,
@@ -426,7 +440,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &b {
             let Some(t) = s.tracer else { continue };
@@ -496,11 +510,11 @@ fn accuracy_section(md: &mut String, r: &Results) {
         );
         let _ = writeln!(
             md,
-            "| load | path | flows × packets | map size | seconds | sent | sink received | hops | kernel packets | tracer counted | flow_map_full | missing | tracer CPU % | peak RSS MiB |"
+            "| load | path | flows × packets | map size | seconds | sent | sink received | hops | kernel packets | tracer counted | flow_map_full | missing | tracer CPU % | peak RSS MiB | TC ns/run |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let rows = r
             .churn
@@ -510,7 +524,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
         for (name, f) in rows {
             let _ = writeln!(
                 md,
-                "| {name} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f.path.name(),
                 f.flows,
                 f.packets_per_flow,
@@ -524,7 +538,10 @@ fn accuracy_section(md: &mut String, r: &Results) {
                 f.health.flow_map_full,
                 f.missing(),
                 num(f.cost.cpu_pct),
-                num(f.cost.peak_rss_kib as f64 / 1024.0)
+                num(f.cost.peak_rss_kib as f64 / 1024.0),
+                f.cost
+                    .ns_per_run(|n| n.starts_with("tc_"))
+                    .map_or_else(|| "–".into(), num)
             );
         }
         let _ = writeln!(md);
@@ -645,6 +662,7 @@ mod tests {
                 commit: "abc1234".into(),
                 tools: vec!["iperf 3.12".into()],
                 loadavg_before: "0.10".into(),
+                loadavg_after: "0.20".into(),
                 minutes: 12.0,
             },
             settings: Settings {

@@ -37,6 +37,8 @@ pub struct Meta {
     pub commit: String,
     pub tools: Vec<String>,
     pub loadavg_before: String,
+    #[serde(default)]
+    pub loadavg_after: String,
     pub minutes: f64,
 }
 
