@@ -74,8 +74,21 @@ fn iperf_client(ns: &str, server: Ipv4Addr, seconds: f64, extra: &[&str]) -> Res
         args.extend(["-A", "0,1"]);
     }
     args.extend_from_slice(extra);
+    // One retry: a client that fails to connect once should not end a
+    // quarter of an hour of measurements.
+    match iperf_once(&args) {
+        Err(e) => {
+            eprintln!("bench: {e:#}; trying once more");
+            std::thread::sleep(Duration::from_secs(1));
+            iperf_once(&args)
+        }
+        ok => ok,
+    }
+}
+
+fn iperf_once(args: &[&str]) -> Result<Value> {
     let out = Command::new("ip")
-        .args(&args)
+        .args(args)
         .output()
         .context("run iperf3")?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {

@@ -267,6 +267,7 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     let tool = Tool::start(arm, tracer, &targs, &p.devices)?;
     let pids = tool.pids();
     let window = Window::open(&pids)?;
+    let (others, started) = (sys::OtherCpu::snapshot(), Instant::now());
 
     let tcp = loads::tcp(&p.client.ns, p.server.ip, args.seconds)?;
     let before = udp_in(&p.server.ns)?;
@@ -285,6 +286,8 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     } else {
         Some(window.close(&pids)?)
     };
+    let other_cpu_pct =
+        others.since(&sys::OtherCpu::snapshot()) / started.elapsed().as_secs_f64() * 100.0;
     let mut sample = Sample {
         rep,
         path: p.kind,
@@ -297,6 +300,7 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
         tracer: None,
         bpftrace_udp_rx: None,
         tcpdump: None,
+        other_cpu_pct,
     };
     match tool.stop()? {
         Output::None => {}

@@ -83,6 +83,19 @@ fn throughput_floor(
                 }
             );
         }
+        let other = r
+            .samples
+            .iter()
+            .filter(|s| s.path == path && matches!(s.arm, Arm::A | Arm::B))
+            .map(|s| s.other_cpu_pct)
+            .fold(0.0, f64::max);
+        if other >= 10.0 {
+            let _ = write!(
+                n,
+                " Other processes on the machine used up to {}% of a core during these arms.",
+                num(other)
+            );
+        }
         if let (Some(ns), Some(cpu)) = (
             summary_of(r, path, Arm::B, "datapath_ns_per_run"),
             summary_of(r, path, Arm::B, "bpf_cpu_pct"),
@@ -307,7 +320,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "Loads per arm: iperf3 TCP for {} s, iperf3 UDP with 64-byte payloads at `-b 0` for \
-         {} s, then {} UDP request/response round trips of 64 bytes (one at a time). \
+         {} s (client pinned to CPU 0, server to CPU 1), then {} UDP request/response round \
+         trips of 64 bytes (one at a time). \
          tracer runs with `--netns` for each lab namespace, `--interval 1 --output json`. \
          `kernel.bpf_stats_enabled` was 1 for the whole run (it adds two clock reads to \
          every BPF program run, in arms B and C alike).\n",
@@ -355,12 +369,18 @@ fn paths_section(md: &mut String, r: &Results) {
     for &path in &r.settings.paths {
         let _ = writeln!(md, "### {} ({})\n", path.description(), path.name());
         header(md, "metric", &arms);
-        for key in ["tcp_gbps", "udp64_kpps", "rr_p50_us", "rr_p99_us"] {
+        for key in [
+            "tcp_gbps",
+            "udp64_kpps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "other_cpu_pct",
+        ] {
             let m = metric(key);
             let mut row = format!("| {} |", m.label);
             for &arm in &arms {
                 let c = match summary_of(r, path, arm, key) {
-                    Some(s) if arm != Arm::A => {
+                    Some(s) if arm != Arm::A && key != "other_cpu_pct" => {
                         let ratio = paired_ratio(&r.samples, path, arm, m)
                             .map(|q| format!(" ({:.1}%)", q.median * 100.0))
                             .unwrap_or_default();
@@ -616,6 +636,7 @@ mod tests {
             }),
             bpftrace_udp_rx: (arm == Arm::C).then_some(950),
             tcpdump: None,
+            other_cpu_pct: 1.0,
         }
     }
 

@@ -74,6 +74,10 @@ pub struct Sample {
     /// bpftrace's receive count of the UDP-64 flow in the server's namespace.
     pub bpftrace_udp_rx: Option<u64>,
     pub tcpdump: Option<TcpdumpStats>,
+    /// CPU used by processes other than the bench's during the arm, % of one
+    /// core: other work on the machine that competed with the arm.
+    #[serde(default)]
+    pub other_cpu_pct: f64,
 }
 
 /// tracer's counts of the loads' flows, for comparison with the generators
@@ -158,6 +162,11 @@ pub const METRICS: &[Metric] = &[
         key: "rr_p99_us",
         label: "request/response p99, µs",
         get: |s| Some(s.rr.p99_us),
+    },
+    Metric {
+        key: "other_cpu_pct",
+        label: "other processes' CPU meanwhile, % of one core",
+        get: |s| Some(s.other_cpu_pct),
     },
     Metric {
         key: "cpu_pct",

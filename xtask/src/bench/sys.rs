@@ -68,6 +68,78 @@ pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     })
 }
 
+/// (pid, ppid, comm, CPU ticks of the process and of its reaped children)
+/// from a `/proc/PID/stat` line.
+pub fn parse_stat_family(stat: &str) -> Option<(u32, u32, &str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let pid = stat[..open].trim().parse().ok()?;
+    let comm = &stat[open + 1..close];
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let n = |i: usize| f.get(i)?.parse::<u64>().ok();
+    // From field 3 (state): ppid is field 4, utime..cstime fields 14 to 17.
+    let ticks = n(11)? + n(12)? + n(13)? + n(14)?;
+    Some((pid, f.get(1)?.parse().ok()?, comm, ticks))
+}
+
+/// CPU ticks of every process on the machine that is not the bench or one
+/// of its descendants (the loads and tools). A process that exits hands its
+/// time to its parent (cutime, cstime), so short-lived compilers still count.
+/// ksoftirqd is left out: it runs the bench's own packets.
+pub struct OtherCpu {
+    ticks: std::collections::HashMap<u32, u64>,
+}
+
+impl OtherCpu {
+    pub fn snapshot() -> OtherCpu {
+        let mut all = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    continue;
+                };
+                if let Some((pid, ppid, comm, ticks)) = parse_stat_family(&stat) {
+                    all.push((pid, ppid, !comm.starts_with("ksoftirqd"), ticks));
+                }
+            }
+        }
+        let parent: std::collections::HashMap<u32, u32> =
+            all.iter().map(|&(pid, ppid, ..)| (pid, ppid)).collect();
+        let me = std::process::id();
+        let ours = |mut pid: u32| {
+            // Walk up to init; the tree is shallow.
+            for _ in 0..64 {
+                if pid == me {
+                    return true;
+                }
+                match parent.get(&pid) {
+                    Some(&p) if p != 0 => pid = p,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        OtherCpu {
+            ticks: all
+                .into_iter()
+                .filter(|&(pid, _, counted, _)| counted && !ours(pid))
+                .map(|(pid, _, _, t)| (pid, t))
+                .collect(),
+        }
+    }
+
+    /// CPU seconds other processes used since `self`.
+    pub fn since(&self, later: &OtherCpu) -> f64 {
+        let ticks: u64 = later
+            .ticks
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+}
+
 /// `VmHWM` (peak resident set) in KiB from `/proc/PID/status`.
 pub fn parse_vm_hwm(status: &str) -> Option<u64> {
     status
@@ -306,6 +378,17 @@ mod tests {
                     150 25 0 0 20 0 3 0 12345 100000 2000 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some((150, 25)));
         assert_eq!(parse_stat_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn stat_family() {
+        let stat = "4242 (rust c (x)) R 4200 4242 4242 0 -1 4194560 2000 0 0 0 \
+                    150 25 7 3 20 0 3 0 12345 100000 2000";
+        assert_eq!(
+            parse_stat_family(stat),
+            Some((4242, 4200, "rust c (x)", 185))
+        );
+        assert_eq!(parse_stat_family("1 (x) S"), None);
     }
 
     #[test]
