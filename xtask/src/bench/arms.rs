@@ -244,6 +244,7 @@ pub struct ToolCost {
     /// CPU (user + system) used in the window, summed over the tool's processes.
     pub cpu_s: f64,
     /// The system part of `cpu_s`: time in syscalls (map reads, writes).
+    #[serde(default)]
     pub cpu_system_s: f64,
     /// `cpu_s` as a percentage of one core.
     pub cpu_pct: f64,

@@ -438,6 +438,62 @@ fn cost_section(md: &mut String, r: &Results) {
         }
         let _ = writeln!(md);
     }
+    programs_table(md, r);
+}
+
+/// Every BPF program of arms B and C by name, whatever the tool loads.
+fn programs_table(md: &mut String, r: &Results) {
+    let mut progs: Vec<(Arm, String)> = r
+        .samples
+        .iter()
+        .filter_map(|s| Some((s.arm, s.cost.as_ref()?)))
+        .flat_map(|(arm, c)| c.progs.iter().map(move |p| (arm, p.name.clone())))
+        .collect();
+    progs.sort();
+    progs.dedup();
+    if progs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Each BPF program
+
+ns per run, median [min–max], and runs per second of the \
+         measured window (median), per path.\n"
+    );
+    let paths = &r.settings.paths;
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    let _ = writeln!(md, "| arm | program | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(paths.len()));
+    for (arm, name) in progs {
+        let mut row = format!("| {} | {name} |", arm.label());
+        for &path in paths {
+            let runs: Vec<(f64, f64)> = r
+                .samples
+                .iter()
+                .filter(|s| s.path == path && s.arm == arm)
+                .filter_map(|s| {
+                    let c = s.cost.as_ref()?;
+                    let p = c.progs.iter().find(|p| p.name == name)?;
+                    (p.run_cnt > 0).then(|| {
+                        (
+                            p.run_time_ns as f64 / p.run_cnt as f64,
+                            p.run_cnt as f64 / c.window_s,
+                        )
+                    })
+                })
+                .collect();
+            let ns = summarize(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+            let rate = summarize(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+            let c = match (ns, rate) {
+                (Some(ns), Some(rate)) => format!("{}, {}/s", cell(&ns), num(rate.median)),
+                _ => "–".into(),
+            };
+            let _ = write!(row, " {c} |");
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(md);
 }
 
 fn accuracy_section(md: &mut String, r: &Results) {
@@ -727,6 +783,14 @@ mod tests {
         assert!(!md.contains("Missed floors"));
         assert!(md.contains("### veth pair (veth)"));
         assert!(md.contains("9.90 [9.90–9.90] (99.0%)"), "{md}");
+        assert!(
+            md.contains("| B: tracer | tc_ingress | 50.0 [50.0–50.0], 100/s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| C: bpftrace | netif_receive_s | 120 [120–120], 100/s |"),
+            "{md}"
+        );
     }
 
     #[test]
