@@ -45,6 +45,21 @@ pub fn all_drops(rows: &[Value]) -> u64 {
         .sum()
 }
 
+/// Drops tracer counted in namespace `netns` by reason, most first.
+pub fn drops_by_reason(rows: &[Value], netns: &str) -> Vec<(String, u64)> {
+    let mut by: Vec<(String, u64)> = Vec::new();
+    for r in totals(rows, "drop").filter(|r| r["netns"] == netns) {
+        let reason = r["reason"].as_str().unwrap_or("?").to_string();
+        let n = r["count"].as_u64().unwrap_or(0);
+        match by.iter_mut().find(|(k, _)| *k == reason) {
+            Some((_, v)) => *v += n,
+            None => by.push((reason, n)),
+        }
+    }
+    by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by
+}
+
 /// tracer's own loss counters, from the run's `"type":"health"` total row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -110,8 +125,10 @@ mod tests {
             flow("total", "tl1-a", "v0", "egress", "udp", 7000, 3),
             flow("total", "tl1-a", "v0", "egress", "tcp", 5201, 4),
             flow("total", "tl1-b", "v0", "ingress", "udp", 5201, 9),
-            json!({"type": "drop", "scope": "total", "netns": "tl1-b", "count": 1}),
-            json!({"type": "drop", "scope": "total", "netns": "tl1-b", "count": 2}),
+            json!({"type": "drop", "scope": "total", "netns": "tl1-b", "reason": "NO_SOCKET", "count": 1}),
+            json!({"type": "drop", "scope": "total", "netns": "tl1-b", "reason": "SOCKET_RCVBUFF", "count": 2}),
+            json!({"type": "drop", "scope": "total", "netns": "tl1-a", "reason": "NO_SOCKET", "count": 4}),
+            json!({"type": "drop", "scope": "interval", "netns": "tl1-b", "reason": "NO_SOCKET", "count": 1}),
             json!({"type": "health", "scope": "interval", "flow_map_full": 5}),
             json!({"type": "health", "scope": "total", "seconds": 3.0, "flow_map_full": 6,
                    "drop_map_full": 1, "drop_events_lost": 2}),
@@ -130,7 +147,14 @@ mod tests {
         };
         assert_eq!(flow_packets(&rows, &b, "udp", 5201), 9);
         assert_eq!(all_packets(&rows), 10 + 3 + 4 + 9);
-        assert_eq!(all_drops(&rows), 3);
+        assert_eq!(all_drops(&rows), 7);
+        assert_eq!(
+            drops_by_reason(&rows, "tl1-b"),
+            vec![
+                ("SOCKET_RCVBUFF".to_string(), 2),
+                ("NO_SOCKET".to_string(), 1)
+            ]
+        );
         assert_eq!(
             health(&rows),
             Health {

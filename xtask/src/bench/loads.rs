@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -173,9 +173,10 @@ pub fn udp64(ns: &str, server: Ipv4Addr, seconds: f64) -> Result<UdpResult> {
     )?)
 }
 
-/// Answers every datagram with itself until dropped.
+/// Answers every datagram with itself until stopped.
 pub struct Echo {
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -184,24 +185,31 @@ impl Echo {
         let sock = udp_socket(ns, addr)?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let served = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), served.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !s.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
+                if let Ok((len, from)) = sock.recv_from(&mut buf) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let _ = sock.send_to(&buf[..len], from);
                 }
             }
         });
         Ok(Echo {
             stop,
+            served,
             thread: Some(thread),
         })
     }
-}
 
-impl Drop for Echo {
-    fn drop(&mut self) {
+    /// Stops answering; returns how many datagrams arrived.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.served.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -209,10 +217,19 @@ impl Drop for Echo {
     }
 }
 
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RrResult {
     /// Requests sent, warm-up included.
     pub sent: u64,
+    /// Requests that reached the echo server.
+    #[serde(default)]
+    pub served: u64,
     /// Measured requests that got no answer within the timeout.
     pub lost: u64,
     pub p50_us: f64,
@@ -232,7 +249,7 @@ pub fn udp_rr(
     server: SocketAddrV4,
     requests: u32,
 ) -> Result<RrResult> {
-    let _echo = Echo::start(server_ns, server)?;
+    let echo = Echo::start(server_ns, server)?;
     let sock = udp_socket(client_ns, SocketAddrV4::new(client, RR_CLIENT_PORT))?;
     sock.connect(server)?;
     sock.set_read_timeout(Some(RR_TIMEOUT))?;
@@ -255,6 +272,7 @@ pub fn udp_rr(
             check_interrupted()?;
         }
     }
+    let served = echo.stop();
     if rtts.is_empty() {
         bail!("no request to {server} was answered");
     }
@@ -262,6 +280,7 @@ pub fn udp_rr(
     let us = |ns: u64| ns as f64 / 1000.0;
     Ok(RrResult {
         sent: (RR_WARMUP + requests) as u64,
+        served,
         lost,
         p50_us: us(super::stats::nearest_rank(&rtts, 50.0)),
         p99_us: us(super::stats::nearest_rank(&rtts, 99.0)),

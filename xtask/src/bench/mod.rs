@@ -244,21 +244,6 @@ fn udp_in(ns: &str) -> Result<u64> {
     Ok(nstat(ns, "UdpInDatagrams")? + nstat(ns, "UdpInErrors")?)
 }
 
-/// [`udp_in`] once it stops moving: under a flood the kernel may still be
-/// working through its backlog queues after the sender has exited.
-fn udp_in_settled(ns: &str) -> Result<u64> {
-    let mut last = udp_in(ns)?;
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = udp_in(ns)?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    Ok(last)
-}
-
 /// One arm on one path: start its tool, run the three loads, read the tool's
 /// cost, stop it and read what it counted.
 fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Result<Sample> {
@@ -272,7 +257,6 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     let tcp = loads::tcp(&p.client.ns, p.server.ip, args.seconds)?;
     let before = udp_in(&p.server.ns)?;
     let udp = loads::udp64(&p.client.ns, p.server.ip, args.seconds)?;
-    let kernel_udp_in = udp_in_settled(&p.server.ns)? - before;
     let rr = loads::udp_rr(
         &p.client.ns,
         p.client.ip,
@@ -280,6 +264,10 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
         SocketAddrV4::new(p.server.ip, RR_PORT),
         args.requests,
     )?;
+    // Read after the request/response load, less its requests: under a
+    // flood the kernel may still be working through its backlog queues when
+    // iperf3 exits, and these must be counted too.
+    let kernel_udp_in = (udp_in(&p.server.ns)? - before).saturating_sub(rr.served);
 
     let cost = if pids.is_empty() {
         None
@@ -320,6 +308,7 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
                 udp_receiver_ingress: counts::flow_packets(&f.rows, &server, "udp", IPERF_PORT),
                 rr_sender_egress: counts::flow_packets(&f.rows, &client, "udp", RR_PORT),
                 drops: counts::all_drops(&f.rows),
+                server_drops: counts::drops_by_reason(&f.rows, &p.server.ns),
                 health: counts::health(&f.rows),
             });
         }

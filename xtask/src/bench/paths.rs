@@ -31,6 +31,19 @@ impl PathKind {
         }
     }
 
+    /// Traced device crossings of one client -> server packet.
+    pub fn hops(self) -> u64 {
+        match self {
+            // a/v0 egress, b/v0 ingress
+            PathKind::Veth => 2,
+            // c1 eth0 egress, vc1 ingress, vc2 egress, c2 eth0 ingress
+            // (frames forwarded by the bridge do not pass br0 itself)
+            PathKind::Bridge => 4,
+            // c1 eth0, vc1, vx0, ul0 on host A; ul0, vx0, vc2, c2 eth0 on host B
+            PathKind::Vxlan => 8,
+        }
+    }
+
     pub fn description(self) -> &'static str {
         match self {
             PathKind::Veth => "veth pair",
@@ -77,8 +90,7 @@ impl Path {
                         p.namespaces().to_vec(),
                         end(&p.a.ns, &p.a.dev, p.a.ip),
                         end(&p.b.ns, &p.b.dev, p.b.ip),
-                        // a/v0 egress, b/v0 ingress
-                        2,
+                        kind.hops(),
                         Box::new(p),
                     )
                 }
@@ -88,9 +100,7 @@ impl Path {
                         b.namespaces().to_vec(),
                         end(&b.c1.ns, &b.c1.dev, b.c1.ip),
                         end(&b.c2.ns, &b.c2.dev, b.c2.ip),
-                        // c1 eth0 egress, vc1 ingress, vc2 egress, c2 eth0 ingress
-                        // (forwarded frames do not pass br0 itself)
-                        4,
+                        kind.hops(),
                         Box::new(b),
                     )
                 }
@@ -100,8 +110,7 @@ impl Path {
                         o.namespaces().to_vec(),
                         end(&o.c1.ns, &o.c1.dev, o.c1.ip),
                         end(&o.c2.ns, &o.c2.dev, o.c2.ip),
-                        // c1 eth0, vc1, vx0, ul0 on host A; ul0, vx0, vc2, c2 eth0 on host B
-                        8,
+                        kind.hops(),
                         Box::new(o),
                     )
                 }

@@ -65,8 +65,9 @@ pub struct Sample {
     pub tcp: TcpResult,
     pub udp: UdpResult,
     pub rr: RrResult,
-    /// UDP datagrams that reached the server's UDP layer during the UDP-64
-    /// load (nstat UdpInDatagrams + UdpInErrors deltas in its namespace).
+    /// UDP datagrams of the UDP-64 load that reached the server's UDP layer
+    /// (nstat UdpInDatagrams + UdpInErrors deltas in its namespace, less the
+    /// request/response load's requests).
     pub kernel_udp_in: u64,
     /// The tool's cost while the loads ran (none for arm A).
     pub cost: Option<ToolCost>,
@@ -75,14 +76,15 @@ pub struct Sample {
     pub bpftrace_udp_rx: Option<u64>,
     pub tcpdump: Option<TcpdumpStats>,
     /// CPU used by processes other than the bench's during the arm, % of one
-    /// core: other work on the machine that competed with the arm.
+    /// core (a lower bound: processes that came and went unseen are missed):
+    /// other work on the machine that competed with the arm.
     #[serde(default)]
     pub other_cpu_pct: f64,
 }
 
 /// tracer's counts of the loads' flows, for comparison with the generators
 /// and the kernel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TracerCounts {
     /// The UDP-64 flow leaving the client's device.
     pub udp_sender_egress: u64,
@@ -92,6 +94,9 @@ pub struct TracerCounts {
     pub rr_sender_egress: u64,
     /// Drops of any reason in the traced namespaces.
     pub drops: u64,
+    /// Drops in the server's namespace by reason.
+    #[serde(default)]
+    pub server_drops: Vec<(String, u64)>,
     pub health: Health,
 }
 
@@ -165,7 +170,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         key: "other_cpu_pct",
-        label: "other processes' CPU meanwhile, % of one core",
+        label: "other processes' CPU meanwhile, % of one core (at least)",
         get: |s| Some(s.other_cpu_pct),
     },
     Metric {

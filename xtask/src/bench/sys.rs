@@ -68,8 +68,7 @@ pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     })
 }
 
-/// (pid, ppid, comm, CPU ticks of the process and of its reaped children)
-/// from a `/proc/PID/stat` line.
+/// (pid, ppid, comm, utime + stime ticks) from a `/proc/PID/stat` line.
 pub fn parse_stat_family(stat: &str) -> Option<(u32, u32, &str, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
@@ -77,14 +76,14 @@ pub fn parse_stat_family(stat: &str) -> Option<(u32, u32, &str, u64)> {
     let comm = &stat[open + 1..close];
     let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     let n = |i: usize| f.get(i)?.parse::<u64>().ok();
-    // From field 3 (state): ppid is field 4, utime..cstime fields 14 to 17.
-    let ticks = n(11)? + n(12)? + n(13)? + n(14)?;
+    // From field 3 (state): ppid is field 4, utime and stime fields 14 and 15.
+    let ticks = n(11)? + n(12)?;
     Some((pid, f.get(1)?.parse().ok()?, comm, ticks))
 }
 
 /// CPU ticks of every process on the machine that is not the bench or one
-/// of its descendants (the loads and tools). A process that exits hands its
-/// time to its parent (cutime, cstime), so short-lived compilers still count.
+/// of its descendants (the loads and tools). Processes that start and exit
+/// between two snapshots are not seen, so differences are a lower bound.
 /// ksoftirqd is left out: it runs the bench's own packets.
 pub struct OtherCpu {
     ticks: std::collections::HashMap<u32, u64>,
@@ -386,7 +385,7 @@ mod tests {
                     150 25 7 3 20 0 3 0 12345 100000 2000";
         assert_eq!(
             parse_stat_family(stat),
-            Some((4242, 4200, "rust c (x)", 185))
+            Some((4242, 4200, "rust c (x)", 175))
         );
         assert_eq!(parse_stat_family("1 (x) S"), None);
     }
