@@ -173,7 +173,8 @@ pub fn udp64(ns: &str, server: Ipv4Addr, seconds: f64) -> Result<UdpResult> {
     )?)
 }
 
-/// Answers every datagram with itself until stopped.
+/// Answers every datagram with itself until stopped, polling its socket
+/// (see [`udp_rr`]).
 pub struct Echo {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
@@ -183,16 +184,19 @@ pub struct Echo {
 impl Echo {
     pub fn start(ns: &str, addr: SocketAddrV4) -> Result<Self> {
         let sock = udp_socket(ns, addr)?;
-        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        sock.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let (s, n) = (stop.clone(), served.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !s.load(Ordering::Relaxed) {
-                if let Ok((len, from)) = sock.recv_from(&mut buf) {
-                    n.fetch_add(1, Ordering::Relaxed);
-                    let _ = sock.send_to(&buf[..len], from);
+                match sock.recv_from(&mut buf) {
+                    Ok((len, from)) => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                        let _ = sock.send_to(&buf[..len], from);
+                    }
+                    Err(_) => std::thread::yield_now(),
                 }
             }
         });
@@ -241,7 +245,11 @@ const RR_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// `requests` 64-byte UDP requests from `client` (in `client_ns`) to an echo
 /// server at `server` (in `server_ns`), one at a time; the round-trip time of
-/// each is taken with `Instant` around send and receive.
+/// each is taken with `Instant` around send and receive. Both ends poll their
+/// non-blocking sockets: on this VM an idle vCPU takes tens of microseconds
+/// to wake up, which would swamp the datapath's own latency. They yield the
+/// CPU between polls, so that a tool waking up on a busy core runs at once
+/// instead of stalling a spinning end for a whole time slice.
 pub fn udp_rr(
     client_ns: &str,
     client: Ipv4Addr,
@@ -252,7 +260,7 @@ pub fn udp_rr(
     let echo = Echo::start(server_ns, server)?;
     let sock = udp_socket(client_ns, SocketAddrV4::new(client, RR_CLIENT_PORT))?;
     sock.connect(server)?;
-    sock.set_read_timeout(Some(RR_TIMEOUT))?;
+    sock.set_nonblocking(true)?;
     let mut rtts = Vec::with_capacity(requests as usize);
     let mut lost = 0;
     let mut buf = [0u8; SMALL_PAYLOAD];
@@ -287,14 +295,23 @@ pub fn udp_rr(
     })
 }
 
-/// Waits for the answer to request `seq`, skipping late answers to earlier ones.
+/// Spins until the answer to request `seq` arrives, skipping late answers
+/// to earlier ones; false after [`RR_TIMEOUT`].
 fn await_reply(sock: &UdpSocket, seq: u32, buf: &mut [u8]) -> bool {
-    while let Ok(n) = sock.recv(buf) {
-        if n >= 4 && buf[..4] == seq.to_be_bytes() {
-            return true;
+    let deadline = Instant::now() + RR_TIMEOUT;
+    loop {
+        match sock.recv(buf) {
+            Ok(n) if n >= 4 && buf[..4] == seq.to_be_bytes() => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::yield_now();
+            }
+            Err(_) => return false,
         }
     }
-    false
 }
 
 /// One IPv4/UDP datagram with the given ports, header checksum filled in and

@@ -13,6 +13,7 @@ mod stats;
 mod sys;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddrV4,
     path::{Path as FsPath, PathBuf},
     process::Command,
@@ -20,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{lab::netns_inode, peers::nstat, tracer::TracerRun, traffic::UdpSink};
+use xtask::{lab::netns_inode, tracer::TracerRun, traffic::UdpSink};
 
 use arms::{Arm, Output, Tool, Window};
 use counts::Hop;
@@ -239,9 +240,14 @@ fn write(dir: &FsPath, r: &Results) -> Result<()> {
     Ok(())
 }
 
-/// UDP datagrams that reached the UDP layer of namespace `ns` so far.
-fn udp_in(ns: &str) -> Result<u64> {
-    Ok(nstat(ns, "UdpInDatagrams")? + nstat(ns, "UdpInErrors")?)
+/// IP packets the server's namespace received that were the UDP-64 load's:
+/// all of them (IpInReceives) less TCP segments (iperf3's control
+/// connection), ICMP and the request/response requests. Not the UDP
+/// counters: UdpInDatagrams counts datagrams the application read, so those
+/// still queued when iperf3 closes its socket are in no UDP counter.
+fn udp64_in(counters: &BTreeMap<String, u64>, rr_requests: u64) -> u64 {
+    let n = |k: &str| counters.get(k).copied().unwrap_or(0);
+    n("IpInReceives").saturating_sub(n("TcpInSegs") + n("IcmpInMsgs") + rr_requests)
 }
 
 /// One arm on one path: start its tool, run the three loads, read the tool's
@@ -255,7 +261,7 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     let (others, started) = (sys::OtherCpu::snapshot(), Instant::now());
 
     let tcp = loads::tcp(&p.client.ns, p.server.ip, args.seconds)?;
-    let before = udp_in(&p.server.ns)?;
+    let before = sys::nstat_all(&p.server.ns)?;
     let udp = loads::udp64(&p.client.ns, p.server.ip, args.seconds)?;
     let rr = loads::udp_rr(
         &p.client.ns,
@@ -264,10 +270,10 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
         SocketAddrV4::new(p.server.ip, RR_PORT),
         args.requests,
     )?;
-    // Read after the request/response load, less its requests: under a
-    // flood the kernel may still be working through its backlog queues when
-    // iperf3 exits, and these must be counted too.
-    let kernel_udp_in = (udp_in(&p.server.ns)? - before).saturating_sub(rr.served);
+    // Read after the request/response load: under a flood the kernel may
+    // still be working through its backlog queues when iperf3 exits.
+    let server_counters = sys::counter_deltas(&before, &sys::nstat_all(&p.server.ns)?);
+    let kernel_udp_in = udp64_in(&server_counters, rr.served);
 
     let cost = if pids.is_empty() {
         None
@@ -284,6 +290,7 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
         udp,
         rr,
         kernel_udp_in,
+        server_counters,
         cost,
         tracer: None,
         bpftrace_udp_rx: None,
@@ -510,5 +517,25 @@ fn meta(loadavg_before: String, took: Duration) -> Meta {
         loadavg_before,
         loadavg_after,
         minutes: took.as_secs_f64() / 60.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp64_is_what_ip_received_less_the_other_loads() {
+        let c: BTreeMap<String, u64> = [
+            ("IpInReceives", 133_967),
+            ("TcpInSegs", 16),
+            ("UdpInDatagrams", 91_365),
+            ("UdpInErrors", 42_586),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(udp64_in(&c, 5500), 133_967 - 16 - 5500);
+        assert_eq!(udp64_in(&BTreeMap::new(), 5500), 0);
     }
 }

@@ -279,6 +279,26 @@ fn exact_below(r: &Results, a: &FlowLoad) -> Floor {
         .filter_map(|s| Some(s.tracer.as_ref()?.udp_missing(s.kernel_udp_in)))
         .collect();
     let udp_bad = udp_missing.iter().filter(|m| **m != 0).count();
+    let off: Vec<String> = r
+        .samples
+        .iter()
+        .filter(|s| {
+            s.tracer
+                .as_ref()
+                .is_some_and(|t| t.udp_missing(s.kernel_udp_in) != 0)
+        })
+        .map(|s| {
+            let moved: Vec<String> = s
+                .server_counters
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("Udp") || k.starts_with("IpIn") || k.starts_with("IpExt")
+                })
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            format!("{} rep {}: {}", s.path.name(), s.rep, moved.join(", "))
+        })
+        .collect();
     let active_missing = a.missing();
     let met = active_missing == 0 && a.health.flow_map_full == 0 && udp_bad == 0;
     Floor {
@@ -297,7 +317,9 @@ fn exact_below(r: &Results, a: &FlowLoad) -> Floor {
         } else {
             format!(
                 "missing packets (negative: tracer counted more than the kernel): active-flows \
-                 load {active_missing}, UDP-64 runs {udp_missing:?}."
+                 load {active_missing}, UDP-64 runs {udp_missing:?}. Server counters that \
+                 moved in the runs off: {}.",
+                off.join("; ")
             )
         },
     }
@@ -349,7 +371,9 @@ pub fn markdown(r: &Results) -> String {
         md,
         "Loads per arm: iperf3 TCP for {} s, iperf3 UDP with 64-byte payloads at `-b 0` for \
          {} s (client pinned to CPU 0, server to CPU 1), then {} UDP request/response round \
-         trips of 64 bytes (one at a time). \
+         trips of 64 bytes, one at a time, both ends polling and yielding the CPU between \
+         polls (an idle vCPU of this VM takes tens of microseconds to wake up, which would \
+         swamp the datapath's latency). \
          tracer runs with `--netns` for each lab namespace, `--interval 1 --output json`. \
          `kernel.bpf_stats_enabled` was 1 for the whole run (it adds two clock reads to \
          every BPF program run, in arms B and C alike).\n",
@@ -540,10 +564,13 @@ fn accuracy_section(md: &mut String, r: &Results) {
              Sent: iperf3's client count. tracer at the client's device (egress) counts the \
              UDP-64 flow including iperf3's UDP handshake datagram. Between the two devices \
              the kernel may drop (CPU backlog full); tracer's own drop program counts those. \
-             Kernel at the server: nstat UdpInDatagrams + UdpInErrors deltas in the server's \
-             namespace from before the UDP-64 load to the end of the arm, less the requests \
-             the request/response server received; missing = kernel − tracer at the server's \
-             device (ingress). The server namespace's drops by reason are tracer's. \
+             Kernel at the server: the server namespace's IP packets in (nstat IpInReceives) \
+             from before the UDP-64 load to the end of the arm, less TCP segments (iperf3's \
+             control connection), ICMP and the request/response requests. (Not the UDP \
+             counters: UdpInDatagrams counts what the application read, so datagrams still \
+             queued when iperf3 closes its socket are in none.) missing = kernel − tracer at \
+             the server's device (ingress). The server namespace's drops by reason are \
+             tracer's. \
              Request/response: requests sent vs tracer at the client's device.\n"
         );
         columns(
@@ -554,7 +581,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
                 "UDP sent",
                 "tracer @client egress",
                 "tracer drops (all)",
-                "kernel UDP in @server",
+                "kernel UDP-64 in @server",
                 "tracer @server ingress",
                 "missing",
                 "received by iperf3",
@@ -605,8 +632,8 @@ fn accuracy_section(md: &mut String, r: &Results) {
             md,
             "### The other tools (arms C and D)\n\n\
              bpftrace's netif_receive_skb count of the UDP-64 flow in the server's namespace \
-             vs the kernel's; tcpdump's packets captured and dropped by the kernel, all \
-             devices together.\n"
+             vs the kernel's (as above); tcpdump's packets captured and dropped by the kernel, \
+             all devices together.\n"
         );
         columns(
             md,
@@ -614,7 +641,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
                 "path",
                 "rep",
                 "arm",
-                "kernel UDP in @server",
+                "kernel UDP-64 in @server",
                 "bpftrace UDP rx @server",
                 "tcpdump captured",
                 "tcpdump dropped",
@@ -756,6 +783,7 @@ mod tests {
                 p99_us: 60.0,
             },
             kernel_udp_in: 950,
+            server_counters: Default::default(),
             cost,
             tracer: (arm == Arm::B).then_some(TracerCounts {
                 udp_sender_egress: 1001,

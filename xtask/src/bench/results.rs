@@ -65,10 +65,13 @@ pub struct Sample {
     pub tcp: TcpResult,
     pub udp: UdpResult,
     pub rr: RrResult,
-    /// UDP datagrams of the UDP-64 load that reached the server's UDP layer
-    /// (nstat UdpInDatagrams + UdpInErrors deltas in its namespace, less the
-    /// request/response load's requests).
+    /// Packets of the UDP-64 load the server's namespace received, by the
+    /// kernel's IP counters (see `udp64_in`).
     pub kernel_udp_in: u64,
+    /// The server namespace's SNMP counters (nstat) that moved from before the
+    /// UDP-64 load to the end of the arm.
+    #[serde(default)]
+    pub server_counters: std::collections::BTreeMap<String, u64>,
     /// The tool's cost while the loads ran (none for arm A).
     pub cost: Option<ToolCost>,
     pub tracer: Option<TracerCounts>,

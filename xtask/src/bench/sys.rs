@@ -3,6 +3,7 @@
 //! put back, child processes that do not outlive the bench, and Ctrl-C.
 
 use std::{
+    collections::BTreeMap,
     process::{Child, Command},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -271,6 +272,37 @@ pub fn link_stats(ns: &str) -> Result<Vec<LinkStats>> {
     parse_link_stats(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Parses `nstat -az` (absolute values of every counter).
+pub fn parse_nstat(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every SNMP counter of namespace `ns`.
+pub fn nstat_all(ns: &str) -> Result<BTreeMap<String, u64>> {
+    let out = xtask::cmd::in_ns(ns, "nstat", &["-az"])?;
+    Ok(parse_nstat(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Counters that moved between two snapshots, with how much.
+pub fn counter_deltas(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
 /// Sets a sysctl and puts the old value back when dropped.
 pub struct Sysctl {
     key: String,
@@ -388,6 +420,23 @@ mod tests {
             Some((4242, 4200, "rust c (x)", 175))
         );
         assert_eq!(parse_stat_family("1 (x) S"), None);
+    }
+
+    #[test]
+    fn nstat_counters_and_deltas() {
+        let before = parse_nstat(
+            "#kernel\nIpInReceives                    7046               0.0\n\
+             UdpInDatagrams                  10                 0.0\nUdpNoPorts 0 0.0\n",
+        );
+        assert_eq!(before["IpInReceives"], 7046);
+        let after = parse_nstat(
+            "#kernel\nIpInReceives 7050 0.0\nUdpInDatagrams 10 0.0\nUdpNoPorts 2 0.0\n",
+        );
+        let d = counter_deltas(&before, &after);
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            vec![("IpInReceives".into(), 4), ("UdpNoPorts".into(), 2)]
+        );
     }
 
     #[test]
