@@ -28,7 +28,7 @@ use counts::Hop;
 use loads::{Blast, IPERF_PORT, IperfServer, RR_PORT};
 use paths::{Path, PathKind};
 use results::{FlowLoad, Meta, Results, Sample, Settings, TracerCounts};
-use sys::{Sysctl, check_interrupted};
+use sys::check_interrupted;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -109,8 +109,9 @@ pub fn bench(args: Args) -> Result<()> {
             + 30.0)
             / 60.0
     );
-    // Per-program run time; restored when `_stats` is dropped, on every exit path.
-    let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    // Per-program run time; the sysctl is restored when `_stats` is dropped,
+    // on every exit path.
+    let _stats = sys::BpfStats::enable()?;
     let paths: Vec<Path> = args
         .paths
         .iter()

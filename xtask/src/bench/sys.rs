@@ -333,6 +333,49 @@ impl Drop for Sysctl {
     }
 }
 
+/// BPF run-time statistics, on while this lives: `kernel.bpf_stats_enabled`
+/// set to 1 (its old value restored when dropped) and a BPF_ENABLE_STATS
+/// reference, which keeps them on even if another process on the machine
+/// writes 0 to the sysctl meanwhile (seen here: a run lost its statistics
+/// halfway).
+pub struct BpfStats {
+    _sysctl: Sysctl,
+    _fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        let sysctl = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+        let attr: u32 = BPF_STATS_RUN_TIME;
+        // SAFETY: `attr` is the `enable_stats` member of `union bpf_attr`.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &raw const attr,
+                size_of::<u32>(),
+            )
+        };
+        let fd = if fd >= 0 {
+            use std::os::fd::FromRawFd as _;
+            // SAFETY: a new fd that nothing else owns.
+            Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+        } else {
+            eprintln!(
+                "bench: BPF_ENABLE_STATS failed ({}); relying on the sysctl alone",
+                std::io::Error::last_os_error()
+            );
+            None
+        };
+        Ok(BpfStats {
+            _sysctl: sysctl,
+            _fd: fd,
+        })
+    }
+}
+
 /// A child process that is stopped when dropped, whatever happened.
 pub struct Proc {
     pub child: Child,
