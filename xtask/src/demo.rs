@@ -14,7 +14,7 @@ use xtask::{
     traffic::{UdpSink, send_udp},
 };
 
-fn workspace() -> PathBuf {
+pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")

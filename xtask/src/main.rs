@@ -1,5 +1,6 @@
-//! `cargo xtask <command>`: setup, the demo, the tests.
+//! `cargo xtask <command>`: setup, the demo, the tests, the benchmark.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -25,6 +26,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then measure tracer's overhead against no tracer, bpftrace and
+    /// tcpdump on veth, bridge and VXLAN paths; writes bench/RESULTS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Demo => setup::setup().and_then(|()| demo::demo()),
         Cmd::Test { args } => setup::setup().and_then(|()| test(&args)),
+        Cmd::Bench(args) => setup::setup().and_then(|()| bench::bench(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,10 @@ impl Bpftrace {
         Ok(Bpftrace { child })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it (SIGINT, which makes bpftrace print its maps) and returns its output.
     pub fn stop(mut self) -> Result<String> {
         // SAFETY: plain syscall.

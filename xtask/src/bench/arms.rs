@@ -1,0 +1,376 @@
+//! The arms: nothing, tracer, a bpftrace script doing the closest equivalent,
+//! and tcpdump on every traced device; each started, measured and stopped.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+use xtask::{
+    peers::Bpftrace,
+    tracer::{Finished, TracerRun},
+};
+
+use super::sys::{self, CpuTime, Proc, ProgStat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ValueEnum)]
+pub enum Arm {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl Arm {
+    pub const ALL: [Arm; 4] = [Arm::A, Arm::B, Arm::C, Arm::D];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Arm::A => "A: no tracer",
+            Arm::B => "B: tracer",
+            Arm::C => "C: bpftrace",
+            Arm::D => "D: tcpdump",
+        }
+    }
+}
+
+/// Per-reason drops plus per-flow packets and bytes on receive and transmit,
+/// keyed like tracer's rows: namespace, device, addresses, protocol, ports.
+/// On receive `skb->data` is at the network header (after eth_type_trans);
+/// on transmit the network header offset is set. IPv4 only, no VXLAN inner flow.
+pub const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }
+tracepoint:net:netif_receive_skb {
+  $skb = (struct sk_buff *)args->skbaddr;
+  if ($skb->protocol == 0x0008) {
+    $ip = $skb->data;
+    $l4 = $ip + (*(uint8 *)$ip & 0xf) * 4;
+    $ns = $skb->dev->nd_net.net->ns.inum;
+    $if = $skb->dev->ifindex;
+    $src = ntop(*(uint32 *)($ip + 12));
+    $dst = ntop(*(uint32 *)($ip + 16));
+    $proto = *(uint8 *)($ip + 9);
+    $sport = bswap(*(uint16 *)$l4);
+    $dport = bswap(*(uint16 *)($l4 + 2));
+    @rx_pkts[$ns, $if, $src, $dst, $proto, $sport, $dport] = count();
+    @rx_bytes[$ns, $if, $src, $dst, $proto, $sport, $dport] = sum(args->len);
+  }
+}
+tracepoint:net:net_dev_queue {
+  $skb = (struct sk_buff *)args->skbaddr;
+  if ($skb->protocol == 0x0008) {
+    $ip = $skb->head + $skb->network_header;
+    $l4 = $ip + (*(uint8 *)$ip & 0xf) * 4;
+    $ns = $skb->dev->nd_net.net->ns.inum;
+    $if = $skb->dev->ifindex;
+    $src = ntop(*(uint32 *)($ip + 12));
+    $dst = ntop(*(uint32 *)($ip + 16));
+    $proto = *(uint8 *)($ip + 9);
+    $sport = bswap(*(uint16 *)$l4);
+    $dport = bswap(*(uint16 *)($l4 + 2));
+    @tx_pkts[$ns, $if, $src, $dst, $proto, $sport, $dport] = count();
+    @tx_bytes[$ns, $if, $src, $dst, $proto, $sport, $dport] = sum(args->len);
+  }
+}
+"#;
+
+/// Programs the script loads: one per probe.
+const BPFTRACE_PROGS: usize = 3;
+
+/// Waits until process `pid` holds `n` BPF programs: bpftrace says
+/// "Attaching N probes..." before it loads them.
+fn wait_for_progs(pid: u32, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sys::prog_ids(pid)?.len() < n {
+        if Instant::now() > deadline {
+            bail!("bpftrace did not load its {n} programs within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A tcpdump on one device, writing to /dev/null.
+pub struct Tcpdump {
+    proc: Proc,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Tcpdump {
+    pub fn start(ns: &str, dev: &str) -> Result<Self> {
+        let mut proc = Proc::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "tcpdump", "-n", "-i", dev])
+                .args(["-s", "96", "-w", "/dev/null"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+            "tcpdump",
+        )?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = proc.child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("listening on") => break,
+                Ok(_) => {}
+                Err(_) => bail!("tcpdump on {ns}/{dev} did not start listening"),
+            }
+        }
+        Ok(Tcpdump { proc, stderr: rx })
+    }
+
+    /// SIGINT, then the statistics tcpdump prints on exit.
+    fn stop(mut self) -> Result<TcpdumpStats> {
+        self.proc.stop_with(libc::SIGINT, Duration::from_secs(10))?;
+        let text: Vec<String> = self.stderr.iter().collect();
+        Ok(parse_tcpdump_stats(&text.join("\n")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpdumpStats {
+    pub captured: u64,
+    pub dropped_by_kernel: u64,
+}
+
+/// Reads "N packets captured" and "N packets dropped by kernel".
+pub fn parse_tcpdump_stats(stderr: &str) -> TcpdumpStats {
+    let count = |suffix: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_suffix(suffix)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    TcpdumpStats {
+        captured: count("packets captured"),
+        dropped_by_kernel: count("packets dropped by kernel"),
+    }
+}
+
+/// What an arm runs while the loads run.
+pub enum Tool {
+    None,
+    Tracer(TracerRun),
+    Bpftrace(Bpftrace),
+    Tcpdump(Vec<Tcpdump>),
+}
+
+/// What a tool printed when stopped.
+pub enum Output {
+    None,
+    Tracer(Finished),
+    Bpftrace(String),
+    Tcpdump(TcpdumpStats),
+}
+
+impl Tool {
+    /// Starts the tool of `arm` on `devices` ((namespace, device) pairs) and
+    /// waits until it is attached.
+    pub fn start(
+        arm: Arm,
+        tracer: &Path,
+        tracer_args: &[String],
+        devices: &[(String, String)],
+    ) -> Result<Tool> {
+        Ok(match arm {
+            Arm::A => Tool::None,
+            Arm::B => Tool::Tracer(TracerRun::start(tracer, tracer_args)?),
+            Arm::C => {
+                let b = Bpftrace::start(BPFTRACE_SCRIPT)?;
+                wait_for_progs(b.pid(), BPFTRACE_PROGS)?;
+                Tool::Bpftrace(b)
+            }
+            Arm::D => Tool::Tcpdump(
+                devices
+                    .iter()
+                    .map(|(ns, dev)| Tcpdump::start(ns, dev))
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Tool::None => vec![],
+            Tool::Tracer(t) => vec![t.pid()],
+            Tool::Bpftrace(b) => vec![b.pid()],
+            Tool::Tcpdump(t) => t.iter().map(|t| t.proc.pid()).collect(),
+        }
+    }
+
+    pub fn stop(self) -> Result<Output> {
+        Ok(match self {
+            Tool::None => Output::None,
+            Tool::Tracer(t) => {
+                let f = t.stop()?;
+                if !f.status.success() {
+                    bail!("tracer failed ({}): {}", f.status, f.stderr.trim());
+                }
+                Output::Tracer(f)
+            }
+            Tool::Bpftrace(b) => Output::Bpftrace(b.stop()?),
+            Tool::Tcpdump(all) => {
+                let mut sum = TcpdumpStats::default();
+                for t in all {
+                    let s = t.stop()?;
+                    sum.captured += s.captured;
+                    sum.dropped_by_kernel += s.dropped_by_kernel;
+                }
+                Output::Tcpdump(sum)
+            }
+        })
+    }
+}
+
+/// What a tool cost while the loads ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCost {
+    /// Length of the measured window (from attached to just before stopping).
+    pub window_s: f64,
+    /// CPU (user + system) used in the window, summed over the tool's processes.
+    pub cpu_s: f64,
+    /// The system part of `cpu_s`: time in syscalls (map reads, writes).
+    #[serde(default)]
+    pub cpu_system_s: f64,
+    /// `cpu_s` as a percentage of one core.
+    pub cpu_pct: f64,
+    /// CPU since the processes started, start-up included.
+    pub cpu_total_s: f64,
+    /// Largest peak RSS (VmHWM) of the tool's processes.
+    pub peak_rss_kib: u64,
+    /// Run time of each of the tool's BPF programs in the window.
+    pub progs: Vec<ProgStat>,
+}
+
+impl ToolCost {
+    /// Nanoseconds per run over the programs whose name passes `pick`.
+    pub fn ns_per_run(&self, pick: impl Fn(&str) -> bool) -> Option<f64> {
+        let (t, n) = self
+            .progs
+            .iter()
+            .filter(|p| pick(&p.name))
+            .fold((0u64, 0u64), |(t, n), p| (t + p.run_time_ns, n + p.run_cnt));
+        (n > 0).then(|| t as f64 / n as f64)
+    }
+
+    /// Share of one core spent inside the tool's BPF programs.
+    pub fn bpf_cpu_pct(&self) -> f64 {
+        let ns: u64 = self.progs.iter().map(|p| p.run_time_ns).sum();
+        if self.window_s > 0.0 {
+            ns as f64 / 1e9 / self.window_s * 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Snapshot at the start of a measured window.
+pub struct Window {
+    start: Instant,
+    cpu: CpuTime,
+    progs: Vec<ProgStat>,
+    prog_ids: Vec<u32>,
+}
+
+impl Window {
+    pub fn open(pids: &[u32]) -> Result<Window> {
+        let mut prog_ids = Vec::new();
+        let mut cpu = CpuTime::default();
+        for &pid in pids {
+            prog_ids.extend(sys::prog_ids(pid)?);
+            cpu = cpu + sys::cpu_time(pid)?;
+        }
+        let progs = if prog_ids.is_empty() {
+            vec![]
+        } else {
+            sys::prog_stats(&prog_ids)?
+        };
+        Ok(Window {
+            start: Instant::now(),
+            cpu,
+            progs,
+            prog_ids,
+        })
+    }
+
+    /// Reads the cost so far; call just before stopping the tool.
+    pub fn close(&self, pids: &[u32]) -> Result<ToolCost> {
+        let window_s = self.start.elapsed().as_secs_f64();
+        let mut total = CpuTime::default();
+        let mut peak_rss_kib = 0;
+        for &pid in pids {
+            total = total + sys::cpu_time(pid)?;
+            peak_rss_kib = peak_rss_kib.max(sys::peak_rss_kib(pid)?);
+        }
+        let progs = if self.prog_ids.is_empty() {
+            vec![]
+        } else {
+            sys::prog_deltas(&self.progs, &sys::prog_stats(&self.prog_ids)?)
+        };
+        let used = total - self.cpu;
+        Ok(ToolCost {
+            window_s,
+            cpu_s: used.total(),
+            cpu_system_s: used.system,
+            cpu_pct: used.total() / window_s * 100.0,
+            cpu_total_s: total.total(),
+            peak_rss_kib,
+            progs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcpdump_exit_statistics() {
+        let s = "tcpdump: listening on v0, link-type EN10MB (Ethernet), snapshot length 96 bytes\n\
+                 ^C\n123456 packets captured\n130000 packets received by filter\n6544 packets dropped by kernel\n";
+        assert_eq!(
+            parse_tcpdump_stats(s),
+            TcpdumpStats {
+                captured: 123456,
+                dropped_by_kernel: 6544
+            }
+        );
+        assert_eq!(parse_tcpdump_stats("garbage"), TcpdumpStats::default());
+    }
+
+    #[test]
+    fn ns_per_run_weights_by_runs() {
+        let p = |name: &str, t, n| ProgStat {
+            id: 1,
+            name: name.into(),
+            run_time_ns: t,
+            run_cnt: n,
+        };
+        let c = ToolCost {
+            window_s: 2.0,
+            progs: vec![
+                p("tc_ingress", 1000, 10),
+                p("tc_egress", 3000, 10),
+                p("kfree_skb", 50, 1),
+            ],
+            ..ToolCost::default()
+        };
+        assert_eq!(c.ns_per_run(|n| n.starts_with("tc_")), Some(200.0));
+        assert_eq!(c.ns_per_run(|n| n == "nothing"), None);
+        assert_eq!(c.bpf_cpu_pct(), 4050.0 / 1e9 / 2.0 * 100.0);
+    }
+}

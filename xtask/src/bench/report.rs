@@ -1,0 +1,984 @@
+//! RESULTS.md: the machine, the floors, then the tables behind them.
+
+use std::fmt::Write as _;
+
+use super::{
+    arms::Arm,
+    paths::PathKind,
+    results::{FlowLoad, Results, Sample, metric, paired_ratio, summarize_samples},
+    stats::{Summary, summarize},
+};
+
+/// A target the bench compares against (a figure, never a test assertion).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Floor {
+    pub what: String,
+    pub measured: String,
+    pub target: String,
+    pub met: bool,
+    /// For a miss: by how much, and why as far as the numbers tell.
+    pub note: String,
+}
+
+/// A number with as many decimals as its size deserves.
+pub fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// `median [min–max]`.
+pub fn cell(s: &Summary) -> String {
+    format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max))
+}
+
+fn pct(s: &Summary) -> String {
+    format!(
+        "{:.1}% [{:.1}–{:.1}]",
+        s.median * 100.0,
+        s.min * 100.0,
+        s.max * 100.0
+    )
+}
+
+fn summary_of(r: &Results, path: PathKind, arm: Arm, key: &str) -> Option<Summary> {
+    let m = metric(key);
+    let v: Vec<f64> = r
+        .samples
+        .iter()
+        .filter(|s| s.path == path && s.arm == arm)
+        .filter_map(|s| (m.get)(s))
+        .collect();
+    summarize(&v)
+}
+
+fn throughput_floor(
+    r: &Results,
+    path: PathKind,
+    key: &str,
+    name: &str,
+    target: f64,
+) -> Option<Floor> {
+    let ratio = paired_ratio(&r.samples, path, Arm::B, metric(key))?;
+    let met = ratio.median >= target;
+    let note = if met {
+        String::new()
+    } else {
+        let short = (target - ratio.median) * 100.0;
+        let mut n = format!("missed by {short:.1} points.");
+        if ratio.max >= target {
+            let _ = write!(
+                n,
+                " Some repetitions met it (best {:.1}%): the machine's noise is part of the gap.",
+                ratio.max * 100.0
+            );
+        } else {
+            n.push_str(" Every repetition missed it.");
+        }
+        let other = r
+            .samples
+            .iter()
+            .filter(|s| s.path == path && matches!(s.arm, Arm::A | Arm::B))
+            .map(|s| s.other_cpu_pct)
+            .fold(0.0, f64::max);
+        if other >= 10.0 {
+            let _ = write!(
+                n,
+                " Other processes on the machine used up to {}% of a core during these arms.",
+                num(other)
+            );
+        }
+        if let (Some(ns), Some(cpu)) = (
+            summary_of(r, path, Arm::B, "datapath_ns_per_run"),
+            summary_of(r, path, Arm::B, "bpf_cpu_pct"),
+        ) {
+            let _ = write!(
+                n,
+                " tracer's TC programs cost {} ns per run (bpf_stats) and all its programs \
+                 {}% of one core over the whole arm.",
+                num(ns.median),
+                num(cpu.median)
+            );
+            if key == "tcp_gbps" {
+                n.push_str(
+                    " The programs run once per GSO packet and once per ACK on every hop, \
+                     so TCP pays fewer runs per byte than UDP-64 and its gap is smaller; \
+                     closing it takes the same cheaper TC programs the UDP-64 floors need.",
+                );
+            }
+            if key == "udp64_kpps"
+                && let Some(a) = summary_of(r, path, Arm::A, key)
+            {
+                n.push(' ');
+                n.push_str(&per_packet_model(path, ns.median, a.median * 1e3, target));
+                let predicted = model_ratio(path, ns.median, a.median * 1e3);
+                if ratio.median < predicted - 0.02 {
+                    let _ = write!(
+                        n,
+                        " The measured {:.0}% is lower still: the programs' own run time is \
+                         not all they cost (cache misses they leave to the rest of the \
+                         datapath, the kfree_skb program on every socket-buffer drop, noise).",
+                        ratio.median * 100.0
+                    );
+                }
+            }
+        }
+        n
+    };
+    Some(Floor {
+        what: format!("{name}, {}", path.name()),
+        measured: format!("B/A {}", pct(&ratio)),
+        target: format!(">= {:.0}%", target * 100.0),
+        met,
+        note,
+    })
+}
+
+/// What tracer's per-run cost predicts for a small-packet load whose
+/// per-packet work all lands on one saturated core (the sender's: veth
+/// delivers on the sending CPU), and what cost would meet `target`.
+pub fn per_packet_model(path: PathKind, ns_per_run: f64, pps_a: f64, target: f64) -> String {
+    let hops = path.hops() as f64;
+    let base_us = 1e6 / pps_a;
+    let added_us = hops * ns_per_run / 1e3;
+    let predicted = model_ratio(path, ns_per_run, pps_a);
+    // base / (base + hops x ns) >= target  <=>  ns <= base (1 / target - 1) / hops
+    let needed_ns = base_us * 1e3 * (1.0 / target - 1.0) / hops;
+    format!(
+        "Model: each packet crosses {hops} traced hops, so tracer adds {hops} x {} ns = {} µs \
+         to the {} µs per packet the saturated core spends in arm A ({} kpps), which predicts \
+         B/A ≈ {:.0}%. Meeting {:.0}% at this rate needs <= {} ns per run.",
+        num(ns_per_run),
+        num(added_us),
+        num(base_us),
+        num(pps_a / 1e3),
+        predicted * 100.0,
+        target * 100.0,
+        num(needed_ns)
+    )
+}
+
+/// B/A the model of [`per_packet_model`] predicts.
+fn model_ratio(path: PathKind, ns_per_run: f64, pps_a: f64) -> f64 {
+    let base_ns = 1e9 / pps_a;
+    base_ns / (base_ns + path.hops() as f64 * ns_per_run)
+}
+
+fn cost_floor(r: &Results, path: PathKind) -> Option<Floor> {
+    let b = summary_of(r, path, Arm::B, "datapath_ns_per_run")?;
+    let c = summary_of(r, path, Arm::C, "datapath_ns_per_run")?;
+    let met = b.median < c.median;
+    Some(Floor {
+        what: format!("tracer TC ns/run < bpftrace ns/event, {}", path.name()),
+        measured: format!("{} vs {} ns", num(b.median), num(c.median)),
+        target: "tracer < bpftrace".into(),
+        met,
+        note: if met {
+            String::new()
+        } else {
+            format!(
+                "missed by {} ns per run ({:.0}% above bpftrace). tracer parses the packet \
+                 through bpf_skb_load_bytes and updates a per-CPU hash keyed by a 104-byte \
+                 flow key (two 40-byte tuples for the VXLAN inner flow) on every hop; the \
+                 bpftrace script reads a few fixed offsets of the IPv4 header.",
+                num(b.median - c.median),
+                (b.median / c.median - 1.0) * 100.0
+            )
+        },
+    })
+}
+
+/// What a profile of the active-flows load showed while the bench was built.
+const CPU_PROFILE: &str = "A perf profile and `strace -c` of this load (tracer at 55d964c) \
+    put a third of tracer's time in writing its output one line per write(2): Rust's \
+    stdout is line-buffered, so ~18k write calls/s, their pipe wake-ups \
+    (anon_pipe_write, ~18% of samples) and the newline search and copy in \
+    StdoutLock::write_all (~16%). Then SipHash and probing of the run totals (~12%), \
+    JSON serialisation (~6%) and the batched lookup-and-delete drain (~7%). Buffering \
+    stdout per report (a BufWriter flushed after each report) and a cheaper hasher for \
+    the totals would remove about half; the drain itself is a small part.";
+
+/// Every floor the results allow to judge.
+pub fn floors(r: &Results) -> Vec<Floor> {
+    let mut out = Vec::new();
+    for &path in &r.settings.paths {
+        out.extend(throughput_floor(
+            r,
+            path,
+            "tcp_gbps",
+            "TCP throughput",
+            0.97,
+        ));
+    }
+    for &path in &r.settings.paths {
+        out.extend(throughput_floor(r, path, "udp64_kpps", "UDP-64 pps", 0.93));
+    }
+    for &path in &r.settings.paths {
+        out.extend(cost_floor(r, path));
+    }
+    if let Some(a) = &r.active {
+        let what = format!(
+            "{} active flows at --interval 1 ({})",
+            a.flows,
+            a.path.name()
+        );
+        let cpu = a.cost.cpu_pct;
+        out.push(Floor {
+            what: format!("tracer CPU, {what}"),
+            measured: format!("{}% of one core", num(cpu)),
+            target: "<= 2%".into(),
+            met: cpu <= 2.0,
+            note: if cpu <= 2.0 {
+                String::new()
+            } else {
+                format!(
+                    "missed by {} points ({}x the floor); {} of its {} CPU seconds were \
+                     system time. Every second tracer drains, names and adds to its run \
+                     totals {} map entries ({} flows x {} hops) and prints each as a JSON \
+                     line. {CPU_PROFILE}",
+                    num(cpu - 2.0),
+                    num(cpu / 2.0),
+                    num(a.cost.cpu_system_s),
+                    num(a.cost.cpu_s),
+                    a.flows as u64 * a.hops,
+                    a.flows,
+                    a.hops,
+                )
+            },
+        });
+        let rss = a.cost.peak_rss_kib as f64 / 1024.0;
+        out.push(Floor {
+            what: format!("tracer peak RSS, {what}"),
+            measured: format!("{} MiB", num(rss)),
+            target: "<= 64 MiB".into(),
+            met: rss <= 64.0,
+            note: if rss <= 64.0 {
+                String::new()
+            } else {
+                format!("missed by {} MiB.", num(rss - 64.0))
+            },
+        });
+        out.push(exact_below(r, a));
+    }
+    for c in &r.churn {
+        let missing = c.missing();
+        let met = missing == 0 && c.health.flow_map_full > 0;
+        out.push(Floor {
+            what: format!(
+                "{} flows through a {}-entry map: every packet counted or flow_map_full, {}",
+                c.flows,
+                c.map_size,
+                c.path.name()
+            ),
+            measured: format!(
+                "{} counted + {} flow_map_full of {} (missing {missing})",
+                c.tracer_packets, c.health.flow_map_full, c.kernel_packets
+            ),
+            target: "missing 0, flow_map_full > 0".into(),
+            met,
+            note: if met {
+                String::new()
+            } else if c.health.flow_map_full == 0 {
+                "the map never filled: the load did not exceed its capacity.".into()
+            } else {
+                format!("{missing} packets neither counted nor reported as flow_map_full.")
+            },
+        });
+    }
+    out
+}
+
+/// Exact counts below map capacity: the active-flows load and every UDP-64
+/// load of arm B.
+fn exact_below(r: &Results, a: &FlowLoad) -> Floor {
+    let udp_missing: Vec<i64> = r
+        .samples
+        .iter()
+        .filter_map(|s| Some(s.tracer.as_ref()?.udp_missing(s.kernel_udp_in)))
+        .collect();
+    let udp_bad = udp_missing.iter().filter(|m| **m != 0).count();
+    let off: Vec<String> = r
+        .samples
+        .iter()
+        .filter(|s| {
+            s.tracer
+                .as_ref()
+                .is_some_and(|t| t.udp_missing(s.kernel_udp_in) != 0)
+        })
+        .map(|s| {
+            let moved: Vec<String> = s
+                .server_counters
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("Udp") || k.starts_with("IpIn") || k.starts_with("IpExt")
+                })
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            format!("{} rep {}: {}", s.path.name(), s.rep, moved.join(", "))
+        })
+        .collect();
+    let active_missing = a.missing();
+    let met = active_missing == 0 && a.health.flow_map_full == 0 && udp_bad == 0;
+    Floor {
+        what: "counts exact below map capacity".into(),
+        measured: format!(
+            "{} flows: missing {active_missing}, flow_map_full {}; UDP-64 (arm B): {} of {} runs off",
+            a.flows,
+            a.health.flow_map_full,
+            udp_bad,
+            udp_missing.len()
+        ),
+        target: "0 missing".into(),
+        met,
+        note: if met {
+            String::new()
+        } else {
+            format!(
+                "missing packets (negative: tracer counted more than the kernel): active-flows \
+                 load {active_missing}, UDP-64 runs {udp_missing:?}. Server counters that \
+                 moved in the runs off: {}.",
+                off.join("; ")
+            )
+        },
+    }
+}
+
+fn arms_of(r: &Results) -> Vec<Arm> {
+    Arm::ALL
+        .into_iter()
+        .filter(|a| r.settings.arms.contains(a))
+        .collect()
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let m = &r.meta;
+    let s = &r.settings;
+    let _ = writeln!(md, "# tracer overhead benchmark\n");
+    let _ = writeln!(md, "- date: {}", m.date);
+    let _ = writeln!(md, "- kernel: {}", m.kernel);
+    let _ = writeln!(md, "- CPU: {} ({} CPUs)", m.cpu, m.cpus);
+    let _ = writeln!(
+        md,
+        "- machine: {}, {:.0} GiB RAM, {}",
+        m.machine, m.memory_gib, m.os
+    );
+    let _ = writeln!(md, "- tracer commit: {}", m.commit);
+    let _ = writeln!(md, "- tools: {}", m.tools.join(", "));
+    let _ = writeln!(
+        md,
+        "- load average (1, 5, 15 min) before the run: {}, after: {}; the run took {:.1} minutes",
+        m.loadavg_before, m.loadavg_after, m.minutes
+    );
+    let _ = writeln!(
+        md,
+        "\nThis is a {}-vCPU virtual machine: the load generator, its peer, the kernel's \
+         softirq work and the tool under test all share those vCPUs, so the numbers are \
+         noisy. Each figure is the median over {} repetitions with [min–max]; the arms ran \
+         interleaved ({}) on every path in every repetition, so slow drift hits all arms \
+         alike. Ratios to arm A are medians of per-repetition ratios.\n",
+        m.cpus,
+        s.reps,
+        arms_of(r)
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        md,
+        "Loads per arm: iperf3 TCP for {} s, iperf3 UDP with 64-byte payloads at `-b 0` for \
+         {} s (client pinned to CPU 0, server to CPU 1), then {} UDP request/response round \
+         trips of 64 bytes, one at a time, both ends polling and yielding the CPU between \
+         polls (an idle vCPU of this VM takes tens of microseconds to wake up, which would \
+         swamp the datapath's latency). \
+         tracer runs with `--netns` for each lab namespace, `--interval 1 --output json`. \
+         `kernel.bpf_stats_enabled` was 1 for the whole run (it adds two clock reads to \
+         every BPF program run, in arms B and C alike).\n",
+        num(s.seconds),
+        num(s.seconds),
+        s.requests
+    );
+    floors_section(&mut md, r);
+    paths_section(&mut md, r);
+    cost_section(&mut md, r);
+    accuracy_section(&mut md, r);
+    md
+}
+
+fn floors_section(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## Floors\n");
+    let _ = writeln!(md, "| floor | measured | target | verdict |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let fl = floors(r);
+    for f in &fl {
+        let verdict = if f.met { "met" } else { "**missed**" };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {verdict} |",
+            f.what, f.measured, f.target
+        );
+    }
+    let missed: Vec<&Floor> = fl.iter().filter(|f| !f.met).collect();
+    if !missed.is_empty() {
+        let _ = writeln!(md, "\nMissed floors:\n");
+        for f in missed {
+            let _ = writeln!(md, "- **{}**: {}", f.what, f.note);
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn paths_section(md: &mut String, r: &Results) {
+    let arms = arms_of(r);
+    let _ = writeln!(md, "## Throughput and latency\n");
+    let _ = writeln!(
+        md,
+        "Median [min–max]; in parentheses the median per-repetition ratio to arm A.\n"
+    );
+    for &path in &r.settings.paths {
+        let _ = writeln!(md, "### {} ({})\n", path.description(), path.name());
+        header(md, "metric", &arms);
+        for key in [
+            "tcp_gbps",
+            "udp64_kpps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "other_cpu_pct",
+        ] {
+            let m = metric(key);
+            let mut row = format!("| {} |", m.label);
+            for &arm in &arms {
+                let c = match summary_of(r, path, arm, key) {
+                    Some(s) if arm != Arm::A && key != "other_cpu_pct" => {
+                        let ratio = paired_ratio(&r.samples, path, arm, m)
+                            .map(|q| format!(" ({:.1}%)", q.median * 100.0))
+                            .unwrap_or_default();
+                        format!("{}{ratio}", cell(&s))
+                    }
+                    Some(s) => cell(&s),
+                    None => "–".into(),
+                };
+                let _ = write!(row, " {c} |");
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// A table's header row and separator.
+fn columns(md: &mut String, names: &[&str]) {
+    let _ = writeln!(md, "| {} |", names.join(" | "));
+    let _ = writeln!(md, "|{}", "---|".repeat(names.len()));
+}
+
+fn header(md: &mut String, first: &str, arms: &[Arm]) {
+    let names: Vec<&str> = arms.iter().map(|a| a.label()).collect();
+    let _ = writeln!(md, "| {first} | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(arms.len()));
+}
+
+fn cost_section(md: &mut String, r: &Results) {
+    let arms: Vec<Arm> = arms_of(r).into_iter().filter(|a| *a != Arm::A).collect();
+    if arms.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## What each tool cost\n");
+    let _ = writeln!(
+        md,
+        "Over the measured window of each arm (all three loads): CPU of the tool's \
+         processes (utime + stime from /proc/PID/stat), their peak RSS (VmHWM), and run \
+         time per run of their BPF programs from `bpftool prog show` (per-packet programs: \
+         tracer's tc_ingress/tc_egress, bpftrace's netif_receive_skb/net_dev_queue; tcpdump \
+         uses no BPF program here).\n"
+    );
+    for &path in &r.settings.paths {
+        let _ = writeln!(md, "### {}\n", path.name());
+        header(md, "metric", &arms);
+        for key in [
+            "cpu_pct",
+            "peak_rss_mib",
+            "datapath_ns_per_run",
+            "drop_ns_per_run",
+            "bpf_cpu_pct",
+        ] {
+            let mut row = format!("| {} |", metric(key).label);
+            for &arm in &arms {
+                let c = summary_of(r, path, arm, key)
+                    .map(|s| cell(&s))
+                    .unwrap_or_else(|| "–".into());
+                let _ = write!(row, " {c} |");
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        let _ = writeln!(md);
+    }
+    programs_table(md, r);
+}
+
+/// Every BPF program of arms B and C by name, whatever the tool loads.
+fn programs_table(md: &mut String, r: &Results) {
+    let mut progs: Vec<(Arm, String)> = r
+        .samples
+        .iter()
+        .filter_map(|s| Some((s.arm, s.cost.as_ref()?)))
+        .flat_map(|(arm, c)| c.progs.iter().map(move |p| (arm, p.name.clone())))
+        .collect();
+    progs.sort();
+    progs.dedup();
+    if progs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Each BPF program
+
+ns per run, median [min–max], and runs per second of the \
+         measured window (median), per path.\n"
+    );
+    let paths = &r.settings.paths;
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    let _ = writeln!(md, "| arm | program | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(paths.len()));
+    for (arm, name) in progs {
+        let mut row = format!("| {} | {name} |", arm.label());
+        for &path in paths {
+            let runs: Vec<(f64, f64)> = r
+                .samples
+                .iter()
+                .filter(|s| s.path == path && s.arm == arm)
+                .filter_map(|s| {
+                    let c = s.cost.as_ref()?;
+                    let p = c.progs.iter().find(|p| p.name == name)?;
+                    (p.run_cnt > 0).then(|| {
+                        (
+                            p.run_time_ns as f64 / p.run_cnt as f64,
+                            p.run_cnt as f64 / c.window_s,
+                        )
+                    })
+                })
+                .collect();
+            let ns = summarize(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+            let rate = summarize(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+            let c = match (ns, rate) {
+                (Some(ns), Some(rate)) => format!("{}, {}/s", cell(&ns), num(rate.median)),
+                _ => "–".into(),
+            };
+            let _ = write!(row, " {c} |");
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(md);
+}
+
+fn accuracy_section(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## Accuracy\n");
+    let b: Vec<&Sample> = r.samples.iter().filter(|s| s.arm == Arm::B).collect();
+    if !b.is_empty() {
+        let _ = writeln!(
+            md,
+            "### UDP-64 and request/response under tracer (arm B, every repetition)\n\n\
+             Sent: iperf3's client count. tracer at the client's device (egress) counts the \
+             UDP-64 flow including iperf3's UDP handshake datagram. Between the two devices \
+             the kernel may drop (CPU backlog full); tracer's own drop program counts those. \
+             Kernel at the server: the server namespace's IP packets in (nstat IpInReceives) \
+             from before the UDP-64 load to the end of the arm, less TCP segments (iperf3's \
+             control connection), ICMP and the request/response requests. (Not the UDP \
+             counters: UdpInDatagrams counts what the application read, so datagrams still \
+             queued when iperf3 closes its socket are in none.) missing = kernel − tracer at \
+             the server's device (ingress). The server namespace's drops by reason are \
+             tracer's. \
+             Request/response: requests sent vs tracer at the client's device.\n"
+        );
+        columns(
+            md,
+            &[
+                "path",
+                "rep",
+                "UDP sent",
+                "tracer @client egress",
+                "tracer drops (all)",
+                "kernel UDP-64 in @server",
+                "tracer @server ingress",
+                "missing",
+                "received by iperf3",
+                "tracer drops @server ns",
+                "RR sent",
+                "tracer RR @client",
+                "flow_map_full",
+                "drop_map_full",
+                "ring lost",
+            ],
+        );
+        for s in &b {
+            let Some(t) = &s.tracer else { continue };
+            let reasons: Vec<String> = t
+                .server_drops
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.path.name(),
+                s.rep,
+                s.udp.sent,
+                t.udp_sender_egress,
+                t.drops,
+                s.kernel_udp_in,
+                t.udp_receiver_ingress,
+                t.udp_missing(s.kernel_udp_in),
+                s.udp.received,
+                reasons.join(", "),
+                s.rr.sent,
+                t.rr_sender_egress,
+                t.health.flow_map_full,
+                t.health.drop_map_full,
+                t.health.drop_events_lost
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let c: Vec<&Sample> = r
+        .samples
+        .iter()
+        .filter(|s| s.arm == Arm::C || s.arm == Arm::D)
+        .collect();
+    if !c.is_empty() {
+        let _ = writeln!(
+            md,
+            "### The other tools (arms C and D)\n\n\
+             bpftrace's netif_receive_skb count of the UDP-64 flow in the server's namespace \
+             vs the kernel's (as above); tcpdump's packets captured and dropped by the kernel, \
+             all devices together.\n"
+        );
+        columns(
+            md,
+            &[
+                "path",
+                "rep",
+                "arm",
+                "kernel UDP-64 in @server",
+                "bpftrace UDP rx @server",
+                "tcpdump captured",
+                "tcpdump dropped",
+            ],
+        );
+        for s in c {
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:?} | {} | {} | {} | {} |",
+                s.path.name(),
+                s.rep,
+                s.arm,
+                s.kernel_udp_in,
+                opt(s.bpftrace_udp_rx),
+                opt(s.tcpdump.map(|t| t.captured)),
+                opt(s.tcpdump.map(|t| t.dropped_by_kernel)),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    if !r.churn.is_empty() || r.active.is_some() {
+        let _ = writeln!(
+            md,
+            "### Many flows (tracer alone)\n\n\
+             Paced UDP from distinct source ports to one sink. Kernel packets: the sum of \
+             rx + tx packet counter deltas (`ip -s -j link`) over every device of the lab, \
+             i.e. sent × traced hops when nothing is lost; tracer: the packets of all its \
+             total flow rows; missing = kernel − tracer − flow_map_full.\n"
+        );
+        columns(
+            md,
+            &[
+                "load",
+                "path",
+                "flows × packets",
+                "map size",
+                "seconds",
+                "sent",
+                "sink received",
+                "hops",
+                "kernel packets",
+                "tracer counted",
+                "flow_map_full",
+                "missing",
+                "tracer CPU %",
+                "peak RSS MiB",
+                "TC ns/run",
+            ],
+        );
+        let rows = r
+            .churn
+            .iter()
+            .map(|c| ("churn", c))
+            .chain(r.active.iter().map(|a| ("active", a)));
+        for (name, f) in rows {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f.path.name(),
+                f.flows,
+                f.packets_per_flow,
+                f.map_size,
+                num(f.seconds),
+                f.sent,
+                f.sink_received,
+                f.hops,
+                f.kernel_packets,
+                f.tracer_packets,
+                f.health.flow_map_full,
+                f.missing(),
+                num(f.cost.cpu_pct),
+                num(f.cost.peak_rss_kib as f64 / 1024.0),
+                f.cost
+                    .ns_per_run(|n| n.starts_with("tc_"))
+                    .map_or_else(|| "–".into(), num)
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// Fills in the summaries of `r` from its samples.
+pub fn with_summaries(mut r: Results) -> Results {
+    r.summaries = summarize_samples(&r.samples);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        arms::ToolCost,
+        counts::Health,
+        loads::{RrResult, TcpResult, UdpResult},
+        results::{Meta, Settings, TracerCounts},
+        sys::ProgStat,
+    };
+
+    fn sample(rep: usize, path: PathKind, arm: Arm, gbps: f64, pps: f64, tc_ns: u64) -> Sample {
+        let cost = (arm != Arm::A).then(|| ToolCost {
+            window_s: 10.0,
+            cpu_s: 0.1,
+            cpu_system_s: 0.05,
+            cpu_pct: 1.0,
+            cpu_total_s: 0.3,
+            peak_rss_kib: 20 * 1024,
+            progs: vec![ProgStat {
+                id: 1,
+                name: if arm == Arm::B {
+                    "tc_ingress"
+                } else {
+                    "netif_receive_s"
+                }
+                .into(),
+                run_time_ns: tc_ns * 1000,
+                run_cnt: 1000,
+            }],
+        });
+        Sample {
+            rep,
+            path,
+            arm,
+            tcp: TcpResult {
+                gbps,
+                retransmits: 0,
+            },
+            udp: UdpResult {
+                sent: 1000,
+                received: 900,
+                seconds: 1.0,
+                pps,
+            },
+            rr: RrResult {
+                sent: 100,
+                served: 100,
+                lost: 0,
+                p50_us: 30.0,
+                p99_us: 60.0,
+            },
+            kernel_udp_in: 950,
+            server_counters: Default::default(),
+            cost,
+            tracer: (arm == Arm::B).then_some(TracerCounts {
+                udp_sender_egress: 1001,
+                udp_receiver_ingress: 950,
+                rr_sender_egress: 100,
+                drops: 51,
+                server_drops: vec![("SOCKET_RCVBUFF".into(), 50)],
+                health: Health::default(),
+            }),
+            bpftrace_udp_rx: (arm == Arm::C).then_some(950),
+            tcpdump: None,
+            other_cpu_pct: 1.0,
+        }
+    }
+
+    fn flow_load(missing: u64, full: u64) -> FlowLoad {
+        FlowLoad {
+            path: PathKind::Veth,
+            flows: 100,
+            packets_per_flow: 3,
+            map_size: 16,
+            seconds: 1.0,
+            sent: 300,
+            sink_received: 300,
+            hops: 2,
+            kernel_packets: 600,
+            tracer_packets: 600 - full - missing,
+            health: Health {
+                flow_map_full: full,
+                ..Health::default()
+            },
+            cost: ToolCost {
+                cpu_pct: 1.5,
+                peak_rss_kib: 30 * 1024,
+                ..ToolCost::default()
+            },
+        }
+    }
+
+    fn results(b_gbps: f64) -> Results {
+        let mut samples = Vec::new();
+        for rep in 1..=3 {
+            samples.push(sample(rep, PathKind::Veth, Arm::A, 10.0, 100e3, 0));
+            samples.push(sample(rep, PathKind::Veth, Arm::B, b_gbps, 99e3, 50));
+            samples.push(sample(rep, PathKind::Veth, Arm::C, 9.0, 80e3, 120));
+        }
+        with_summaries(Results {
+            meta: Meta {
+                date: "2026-01-01".into(),
+                kernel: "6.18".into(),
+                cpu: "AMD EPYC".into(),
+                cpus: 2,
+                memory_gib: 24.0,
+                machine: "virtual machine".into(),
+                os: "Debian 12".into(),
+                commit: "abc1234".into(),
+                tools: vec!["iperf 3.12".into()],
+                loadavg_before: "0.10".into(),
+                loadavg_after: "0.20".into(),
+                minutes: 12.0,
+            },
+            settings: Settings {
+                reps: 3,
+                seconds: 3.0,
+                requests: 100,
+                paths: vec![PathKind::Veth],
+                arms: vec![Arm::A, Arm::B, Arm::C],
+                churn_flows: 100,
+                churn_packets: 3,
+                churn_seconds: 1.0,
+                churn_map_size: 16,
+                active_flows: 100,
+                active_seconds: 1,
+            },
+            samples,
+            summaries: vec![],
+            churn: vec![flow_load(0, 40)],
+            active: Some(flow_load(0, 0)),
+        })
+    }
+
+    #[test]
+    fn per_packet_model_predicts_the_ratio() {
+        // 2 hops x 400 ns = 0.8 µs on top of 4 µs (250 kpps): 4 / 4.8.
+        let m = per_packet_model(PathKind::Veth, 400.0, 250e3, 0.93);
+        assert!(m.contains("predicts B/A ≈ 83%"), "{m}");
+        // 4 µs x (1 / 0.93 - 1) / 2 = 150.5 ns.
+        assert!(m.contains("needs <= 151 ns per run"), "{m}");
+    }
+
+    #[test]
+    fn numbers_get_sensible_precision() {
+        assert_eq!(num(12345.6), "12346");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(1.2345), "1.23");
+    }
+
+    #[test]
+    fn all_floors_met() {
+        let fl = floors(&results(9.9));
+        assert!(fl.iter().all(|f| f.met), "{fl:#?}");
+        // TCP, UDP, ns/run, CPU, RSS, exact below, churn.
+        assert_eq!(fl.len(), 7);
+        let md = markdown(&results(9.9));
+        assert!(
+            md.contains("| TCP throughput, veth | B/A 99.0% [99.0–99.0] | >= 97% | met |"),
+            "{md}"
+        );
+        assert!(!md.contains("Missed floors"));
+        assert!(md.contains("### veth pair (veth)"));
+        assert!(md.contains("9.90 [9.90–9.90] (99.0%)"), "{md}");
+        assert!(
+            md.contains("| B: tracer | tc_ingress | 50.0 [50.0–50.0], 100/s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| C: bpftrace | netif_receive_s | 120 [120–120], 100/s |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_miss_says_by_how_much() {
+        let md = markdown(&results(9.0));
+        assert!(
+            md.contains("| TCP throughput, veth | B/A 90.0% [90.0–90.0] | >= 97% | **missed** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- **TCP throughput, veth**: missed by 7.0 points."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn churn_and_exactness_misses() {
+        let mut r = results(9.9);
+        r.churn = vec![flow_load(5, 40), flow_load(0, 0)];
+        r.samples[1].tracer.as_mut().unwrap().udp_receiver_ingress = 949;
+        let fl = floors(&r);
+        let missed: Vec<&str> = fl
+            .iter()
+            .filter(|f| !f.met)
+            .map(|f| f.note.as_str())
+            .collect();
+        assert_eq!(missed.len(), 3, "{fl:#?}");
+        assert!(
+            missed.iter().any(|n| n.contains("UDP-64 runs [1, 0, 0]")),
+            "{missed:?}"
+        );
+        assert!(
+            missed
+                .iter()
+                .any(|n| n.contains("5 packets neither counted"))
+        );
+        assert!(missed.iter().any(|n| n.contains("never filled")));
+    }
+
+    #[test]
+    fn summaries_cover_each_arm_and_metric() {
+        let r = results(9.9);
+        let tcp_b = r
+            .summaries
+            .iter()
+            .find(|s| s.arm == Arm::B && s.metric == "tcp_gbps")
+            .unwrap();
+        assert_eq!(tcp_b.summary.median, 9.9);
+        // Arm A has no tool: no cost metrics.
+        assert!(
+            !r.summaries
+                .iter()
+                .any(|s| s.arm == Arm::A && s.metric == "cpu_pct")
+        );
+    }
+}
