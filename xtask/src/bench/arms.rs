@@ -17,7 +17,7 @@ use xtask::{
     tracer::{Finished, TracerRun},
 };
 
-use super::sys::{self, CpuTime, Proc, ProgStat};
+use super::sys::{self, BpfStats, CpuTime, Proc, ProgStat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ValueEnum)]
 pub enum Arm {
@@ -252,7 +252,15 @@ pub struct ToolCost {
     pub cpu_total_s: f64,
     /// Largest peak RSS (VmHWM) of the tool's processes.
     pub peak_rss_kib: u64,
-    /// Run time of each of the tool's BPF programs in the window.
+    /// Seconds BPF statistics were on (the statistics pass); 0 in results
+    /// from before there was one, when they were on for the whole window.
+    #[serde(default)]
+    pub stats_s: f64,
+    /// Program runs counted while statistics were meant to be off: another
+    /// process on the machine had them on during the measured loads.
+    #[serde(default)]
+    pub runs_outside_stats: u64,
+    /// Run time of each of the tool's BPF programs while statistics were on.
     pub progs: Vec<ProgStat>,
 }
 
@@ -267,11 +275,21 @@ impl ToolCost {
         (n > 0).then(|| t as f64 / n as f64)
     }
 
+    /// Seconds over which `progs` were counted.
+    pub fn progs_s(&self) -> f64 {
+        if self.stats_s > 0.0 {
+            self.stats_s
+        } else {
+            self.window_s
+        }
+    }
+
     /// Share of one core spent inside the tool's BPF programs.
     pub fn bpf_cpu_pct(&self) -> f64 {
         let ns: u64 = self.progs.iter().map(|p| p.run_time_ns).sum();
-        if self.window_s > 0.0 {
-            ns as f64 / 1e9 / self.window_s * 100.0
+        let s = self.progs_s();
+        if s > 0.0 {
+            ns as f64 / 1e9 / s * 100.0
         } else {
             0.0
         }
@@ -282,8 +300,12 @@ impl ToolCost {
 pub struct Window {
     start: Instant,
     cpu: CpuTime,
-    progs: Vec<ProgStat>,
     prog_ids: Vec<u32>,
+    /// Statistics at the start, to tell whether anything counted runs
+    /// outside the statistics pass.
+    progs_at_start: Vec<ProgStat>,
+    stats_s: f64,
+    progs: Vec<ProgStat>,
 }
 
 impl Window {
@@ -294,17 +316,34 @@ impl Window {
             prog_ids.extend(sys::prog_ids(pid)?);
             cpu = cpu + sys::cpu_time(pid)?;
         }
-        let progs = if prog_ids.is_empty() {
-            vec![]
-        } else {
-            sys::prog_stats(&prog_ids)?
-        };
+        let progs_at_start = stats_of(&prog_ids)?;
         Ok(Window {
             start: Instant::now(),
             cpu,
-            progs,
             prog_ids,
+            progs_at_start,
+            stats_s: 0.0,
+            progs: vec![],
         })
+    }
+
+    /// Runs `load` with BPF statistics on and adds what the tool's programs
+    /// did meanwhile to the window's program statistics.
+    pub fn with_stats<T>(&mut self, load: impl FnOnce() -> Result<T>) -> Result<T> {
+        let stats = BpfStats::enable()?;
+        let before = stats_of(&self.prog_ids)?;
+        let started = Instant::now();
+        let out = load();
+        let after = stats_of(&self.prog_ids)?;
+        self.stats_s += started.elapsed().as_secs_f64();
+        drop(stats);
+        let delta = sys::prog_deltas(&before, &after);
+        self.progs = if self.progs.is_empty() {
+            delta
+        } else {
+            sys::prog_sums(&self.progs, &delta)
+        };
+        out
     }
 
     /// Reads the cost so far; call just before stopping the tool.
@@ -316,11 +355,11 @@ impl Window {
             total = total + sys::cpu_time(pid)?;
             peak_rss_kib = peak_rss_kib.max(sys::peak_rss_kib(pid)?);
         }
-        let progs = if self.prog_ids.is_empty() {
-            vec![]
-        } else {
-            sys::prog_deltas(&self.progs, &sys::prog_stats(&self.prog_ids)?)
-        };
+        let all_runs: u64 = sys::prog_deltas(&self.progs_at_start, &stats_of(&self.prog_ids)?)
+            .iter()
+            .map(|p| p.run_cnt)
+            .sum();
+        let stats_runs: u64 = self.progs.iter().map(|p| p.run_cnt).sum();
         let used = total - self.cpu;
         Ok(ToolCost {
             window_s,
@@ -329,8 +368,18 @@ impl Window {
             cpu_pct: used.total() / window_s * 100.0,
             cpu_total_s: total.total(),
             peak_rss_kib,
-            progs,
+            stats_s: self.stats_s,
+            runs_outside_stats: all_runs.saturating_sub(stats_runs),
+            progs: self.progs.clone(),
         })
+    }
+}
+
+fn stats_of(ids: &[u32]) -> Result<Vec<ProgStat>> {
+    if ids.is_empty() {
+        Ok(vec![])
+    } else {
+        sys::prog_stats(ids)
     }
 }
 
@@ -371,6 +420,10 @@ mod tests {
         };
         assert_eq!(c.ns_per_run(|n| n.starts_with("tc_")), Some(200.0));
         assert_eq!(c.ns_per_run(|n| n == "nothing"), None);
+        // Old results: statistics over the whole window.
         assert_eq!(c.bpf_cpu_pct(), 4050.0 / 1e9 / 2.0 * 100.0);
+        // A statistics pass of 0.5 s in the window.
+        let c = ToolCost { stats_s: 0.5, ..c };
+        assert_eq!(c.bpf_cpu_pct(), 4050.0 / 1e9 / 0.5 * 100.0);
     }
 }

@@ -23,6 +23,9 @@ use xtask::{
 use super::sys::{Proc, check_interrupted};
 
 pub const IPERF_PORT: u16 = 5201;
+/// The iperf3 server of the BPF statistics pass, apart so that its packets
+/// are not counted with the measured UDP-64 load's.
+pub const STATS_PORT: u16 = 5202;
 pub const RR_PORT: u16 = 7000;
 pub const RR_CLIENT_PORT: u16 = 7001;
 /// UDP payload of the request/response load and of the UDP-64 load.
@@ -34,8 +37,8 @@ pub struct IperfServer {
 }
 
 impl IperfServer {
-    pub fn start(ns: &str, ip: Ipv4Addr) -> Result<Self> {
-        let (ip, port) = (ip.to_string(), IPERF_PORT.to_string());
+    pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> Result<Self> {
+        let (ip, port) = (ip.to_string(), port.to_string());
         let proc = Proc::spawn(
             Command::new("ip")
                 .args(["netns", "exec", ns, "iperf3", "-s", "-B", &ip, "-p", &port])
@@ -59,12 +62,14 @@ impl IperfServer {
 }
 
 /// Runs an iperf3 client in `ns` against `server`; returns its JSON report.
-fn iperf_client(ns: &str, server: Ipv4Addr, seconds: f64, extra: &[&str]) -> Result<Value> {
-    let (server, port, secs) = (
-        server.to_string(),
-        IPERF_PORT.to_string(),
-        format!("{seconds}"),
-    );
+fn iperf_client(
+    ns: &str,
+    server: Ipv4Addr,
+    port: u16,
+    seconds: f64,
+    extra: &[&str],
+) -> Result<Value> {
+    let (server, port, secs) = (server.to_string(), port.to_string(), format!("{seconds}"));
     let mut args = vec![
         "netns", "exec", ns, "iperf3", "-c", &server, "-p", &port, "-t", &secs, "-J",
     ];
@@ -159,15 +164,17 @@ pub fn parse_iperf_udp(v: &Value) -> Result<UdpResult> {
 }
 
 pub fn tcp(ns: &str, server: Ipv4Addr, seconds: f64) -> Result<TcpResult> {
-    parse_iperf_tcp(&iperf_client(ns, server, seconds, &[])?)
+    parse_iperf_tcp(&iperf_client(ns, server, IPERF_PORT, seconds, &[])?)
 }
 
-/// UDP with 64-byte payloads as fast as the client can send (`-b 0`).
-pub fn udp64(ns: &str, server: Ipv4Addr, seconds: f64) -> Result<UdpResult> {
+/// UDP with 64-byte payloads as fast as the client can send (`-b 0`), to
+/// the iperf3 server on `port`.
+pub fn udp64(ns: &str, server: Ipv4Addr, port: u16, seconds: f64) -> Result<UdpResult> {
     let len = SMALL_PAYLOAD.to_string();
     parse_iperf_udp(&iperf_client(
         ns,
         server,
+        port,
         seconds,
         &["-u", "-l", &len, "-b", "0"],
     )?)

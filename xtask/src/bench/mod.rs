@@ -25,7 +25,7 @@ use xtask::{lab::netns_inode, tracer::TracerRun, traffic::UdpSink};
 
 use arms::{Arm, Output, Tool, Window};
 use counts::Hop;
-use loads::{Blast, IPERF_PORT, IperfServer, RR_PORT};
+use loads::{Blast, IPERF_PORT, IperfServer, RR_PORT, STATS_PORT};
 use paths::{Path, PathKind};
 use results::{FlowLoad, Meta, Results, Sample, Settings, TracerCounts};
 use sys::check_interrupted;
@@ -38,6 +38,10 @@ pub struct Args {
     /// Seconds of each iperf3 load (TCP, then UDP-64).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// Seconds of the extra UDP-64 load of arms B and C during which BPF
+    /// statistics are on, for the programs' ns per run.
+    #[arg(long, default_value_t = 2.0)]
+    pub stats_seconds: f64,
     /// Round trips of the request/response load.
     #[arg(long, default_value_t = 20_000)]
     pub requests: u32,
@@ -90,14 +94,15 @@ pub fn bench(args: Args) -> Result<()> {
         let r: Results = serde_json::from_str(&text).context("parse results")?;
         return write(&out, &report::with_summaries(r));
     }
-    if !(args.seconds > 0.0 && args.churn_seconds > 0.0) {
-        bail!("--seconds and --churn-seconds must be positive");
+    if !(args.seconds > 0.0 && args.churn_seconds > 0.0 && args.stats_seconds > 0.0) {
+        bail!("--seconds, --stats-seconds and --churn-seconds must be positive");
     }
     sys::catch_signals();
     let started = Instant::now();
     let loadavg_before = loadavg();
     let tracer = crate::demo::build_tracer(true)?;
-    let per_arm = 2.0 * args.seconds + 4.0 + args.requests as f64 / 15_000.0;
+    let per_arm =
+        2.0 * args.seconds + args.stats_seconds / 2.0 + 4.0 + args.requests as f64 / 15_000.0;
     eprintln!(
         "bench: {} repetitions x {} paths x {} arms, about {:.0} minutes",
         args.reps,
@@ -109,9 +114,10 @@ pub fn bench(args: Args) -> Result<()> {
             + 30.0)
             / 60.0
     );
-    // Per-program run time; the sysctl is restored when `_stats` is dropped,
-    // on every exit path.
-    let _stats = sys::BpfStats::enable()?;
+    // BPF statistics cost two clock reads per program run: off for the
+    // measured loads (restored when `_no_stats` is dropped, on every exit
+    // path), on only in each arm's statistics pass.
+    let _no_stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "0")?;
     let paths: Vec<Path> = args
         .paths
         .iter()
@@ -119,7 +125,8 @@ pub fn bench(args: Args) -> Result<()> {
         .collect::<Result<_>>()?;
     let _servers: Vec<IperfServer> = paths
         .iter()
-        .map(|p| IperfServer::start(&p.server.ns, p.server.ip))
+        .flat_map(|p| [IPERF_PORT, STATS_PORT].map(|port| (p, port)))
+        .map(|(p, port)| IperfServer::start(&p.server.ns, p.server.ip, port))
         .collect::<Result<_>>()?;
     // One short unrecorded run per path, so that the first arm measured is
     // not also the first to touch the path.
@@ -203,6 +210,7 @@ pub fn bench(args: Args) -> Result<()> {
         settings: Settings {
             reps: args.reps as usize,
             seconds: args.seconds,
+            stats_seconds: args.stats_seconds,
             requests: args.requests,
             paths: args.paths.clone(),
             arms: args.arms.clone(),
@@ -258,12 +266,12 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     targs.extend(["--interval".into(), "1".into()]);
     let tool = Tool::start(arm, tracer, &targs, &p.devices)?;
     let pids = tool.pids();
-    let window = Window::open(&pids)?;
+    let mut window = Window::open(&pids)?;
     let (others, started) = (sys::OtherCpu::snapshot(), Instant::now());
 
     let tcp = loads::tcp(&p.client.ns, p.server.ip, args.seconds)?;
     let before = sys::nstat_all(&p.server.ns)?;
-    let udp = loads::udp64(&p.client.ns, p.server.ip, args.seconds)?;
+    let udp = loads::udp64(&p.client.ns, p.server.ip, IPERF_PORT, args.seconds)?;
     let rr = loads::udp_rr(
         &p.client.ns,
         p.client.ip,
@@ -279,6 +287,11 @@ fn run_arm(tracer: &FsPath, p: &Path, arm: Arm, rep: usize, args: &Args) -> Resu
     let cost = if pids.is_empty() {
         None
     } else {
+        // Saturated like the UDP-64 load, to another server port so that
+        // the accuracy counts above are the measured load's alone.
+        window.with_stats(|| {
+            loads::udp64(&p.client.ns, p.server.ip, STATS_PORT, args.stats_seconds)
+        })?;
         Some(window.close(&pids)?)
     };
     let other_cpu_pct =
@@ -378,7 +391,7 @@ fn flow_load(tracer: &FsPath, p: &Path, shape: FlowShape) -> Result<FlowLoad> {
     }
     let run = TracerRun::start(tracer, &targs)?;
     let pids = [run.pid()];
-    let window = Window::open(&pids)?;
+    let mut window = Window::open(&pids)?;
     let kernel_before = p.kernel_packets()?;
     let blast = Blast {
         src: p.client.ip,
@@ -388,13 +401,16 @@ fn flow_load(tracer: &FsPath, p: &Path, shape: FlowShape) -> Result<FlowLoad> {
         duration: Duration::from_secs_f64(shape.seconds),
     };
     let (flows, ppf) = (shape.flows as u64, shape.packets_per_flow as u64);
-    let sent = blast.run(&p.client.ns, move |i| {
-        let flow = if shape.round_robin {
-            i % flows
-        } else {
-            i / ppf
-        };
-        FIRST_SPORT + flow as u16
+    // Nothing measures throughput here: statistics stay on throughout.
+    let sent = window.with_stats(|| {
+        blast.run(&p.client.ns, move |i| {
+            let flow = if shape.round_robin {
+                i % flows
+            } else {
+                i / ppf
+            };
+            FIRST_SPORT + flow as u16
+        })
     })?;
     sink.wait_for(sent, Duration::from_secs(5));
     let kernel_packets = p.kernel_packets()? - kernel_before;

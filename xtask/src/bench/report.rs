@@ -100,7 +100,7 @@ fn throughput_floor(
             let _ = write!(
                 n,
                 " tracer's TC programs cost {} ns per run (bpf_stats) and all its programs \
-                 {}% of one core over the whole arm.",
+                 {}% of one core during the statistics pass.",
                 num(ns.median),
                 num(cpu.median)
             );
@@ -398,17 +398,46 @@ pub fn markdown(r: &Results) -> String {
          polls (an idle vCPU of this VM takes tens of microseconds to wake up, which would \
          swamp the datapath's latency). \
          tracer runs with `--netns` for each lab namespace, `--interval 1 --output json`. \
-         `kernel.bpf_stats_enabled` was 1 for the whole run (it adds two clock reads to \
-         every BPF program run, in arms B and C alike).\n",
+         {}\n",
         num(s.seconds),
         num(s.seconds),
-        s.requests
+        s.requests,
+        stats_note(r)
     );
     floors_section(&mut md, r);
     paths_section(&mut md, r);
     cost_section(&mut md, r);
     accuracy_section(&mut md, r);
     md
+}
+
+/// When BPF statistics (two clock reads added to every program run) were on.
+fn stats_note(r: &Results) -> String {
+    if r.settings.stats_seconds <= 0.0 {
+        return "`kernel.bpf_stats_enabled` was 1 for the whole run (it adds two clock reads \
+                to every BPF program run, in arms B and C alike)."
+            .into();
+    }
+    let outside: u64 = r
+        .samples
+        .iter()
+        .filter_map(|s| Some(s.cost.as_ref()?.runs_outside_stats))
+        .sum();
+    let mut n = format!(
+        "BPF statistics were off during those loads, so they carry none of the two clock \
+         reads statistics add to every program run; per-program ns per run and runs/s come \
+         from a further {} s UDP-64 load of arms B and C (to another iperf3 server, so the \
+         accuracy counts are the measured load's alone), the only time statistics were on.",
+        num(r.settings.stats_seconds)
+    );
+    if outside > 0 {
+        let _ = write!(
+            n,
+            " But another process on the machine had them on during the loads as well: \
+             {outside} program runs were counted outside the statistics passes."
+        );
+    }
+    n
 }
 
 fn floors_section(md: &mut String, r: &Results) {
@@ -492,9 +521,10 @@ fn cost_section(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## What each tool cost\n");
     let _ = writeln!(
         md,
-        "Over the measured window of each arm (all three loads): CPU of the tool's \
-         processes (utime + stime from /proc/PID/stat), their peak RSS (VmHWM), and run \
-         time per run of their BPF programs from `bpftool prog show` (per-packet programs: \
+        "Over the measured window of each arm (all its loads): CPU of the tool's \
+         processes (utime + stime from /proc/PID/stat), their peak RSS (VmHWM); and, during \
+         the statistics pass, run time per run of their BPF programs from `bpftool prog show` \
+         and their share of one core (per-packet programs: \
          tracer's tc_ingress/tc_egress, bpftrace's netif_receive_skb/net_dev_queue; tcpdump \
          uses no BPF program here).\n"
     );
@@ -540,7 +570,7 @@ fn programs_table(md: &mut String, r: &Results) {
         "### Each BPF program
 
 ns per run, median [min–max], and runs per second of the \
-         measured window (median), per path.\n"
+         statistics pass (median), per path.\n"
     );
     let paths = &r.settings.paths;
     let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
@@ -559,7 +589,7 @@ ns per run, median [min–max], and runs per second of the \
                     (p.run_cnt > 0).then(|| {
                         (
                             p.run_time_ns as f64 / p.run_cnt as f64,
-                            p.run_cnt as f64 / c.window_s,
+                            p.run_cnt as f64 / c.progs_s(),
                         )
                     })
                 })
@@ -772,6 +802,8 @@ mod tests {
             cpu_pct: 1.0,
             cpu_total_s: 0.3,
             peak_rss_kib: 20 * 1024,
+            stats_s: 10.0,
+            runs_outside_stats: 0,
             progs: vec![ProgStat {
                 id: 1,
                 name: if arm == Arm::B {
@@ -871,6 +903,7 @@ mod tests {
             settings: Settings {
                 reps: 3,
                 seconds: 3.0,
+                stats_seconds: 2.0,
                 requests: 100,
                 paths: vec![PathKind::Veth],
                 arms: vec![Arm::A, Arm::B, Arm::C],
@@ -895,6 +928,22 @@ mod tests {
         assert!(m.contains("predicts B/A ≈ 83%"), "{m}");
         // 4 µs x (1 / 0.93 - 1) / 2 = 150.5 ns.
         assert!(m.contains("needs <= 151 ns per run"), "{m}");
+    }
+
+    #[test]
+    fn says_when_statistics_were_on_during_the_loads() {
+        let mut r = results(9.9);
+        let md = markdown(&r);
+        assert!(md.contains("BPF statistics were off during those loads"), "{md}");
+        assert!(!md.contains("counted outside the statistics passes"));
+        r.samples[1].cost.as_mut().unwrap().runs_outside_stats = 42;
+        let md = markdown(&r);
+        assert!(
+            md.contains("42 program runs were counted outside the statistics passes"),
+            "{md}"
+        );
+        r.settings.stats_seconds = 0.0;
+        assert!(markdown(&r).contains("was 1 for the whole run"));
     }
 
     #[test]

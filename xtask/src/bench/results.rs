@@ -46,6 +46,10 @@ pub struct Meta {
 pub struct Settings {
     pub reps: usize,
     pub seconds: f64,
+    /// Seconds of each arm's statistics pass; 0 in results from before
+    /// there was one (statistics were on for the whole run).
+    #[serde(default)]
+    pub stats_seconds: f64,
     pub requests: u32,
     pub paths: Vec<PathKind>,
     pub arms: Vec<Arm>,

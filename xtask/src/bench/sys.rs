@@ -225,9 +225,23 @@ pub fn prog_deltas(before: &[ProgStat], after: &[ProgStat]) -> Vec<ProgStat> {
         .map(|a| {
             let b = before.iter().find(|b| b.id == a.id);
             ProgStat {
-                run_time_ns: a.run_time_ns - b.map_or(0, |b| b.run_time_ns),
-                run_cnt: a.run_cnt - b.map_or(0, |b| b.run_cnt),
+                run_time_ns: a.run_time_ns.saturating_sub(b.map_or(0, |b| b.run_time_ns)),
+                run_cnt: a.run_cnt.saturating_sub(b.map_or(0, |b| b.run_cnt)),
                 ..a.clone()
+            }
+        })
+        .collect()
+}
+
+/// Two sets of statistics of the same programs added up, by program.
+pub fn prog_sums(a: &[ProgStat], b: &[ProgStat]) -> Vec<ProgStat> {
+    a.iter()
+        .map(|x| {
+            let y = b.iter().find(|y| y.id == x.id);
+            ProgStat {
+                run_time_ns: x.run_time_ns + y.map_or(0, |y| y.run_time_ns),
+                run_cnt: x.run_cnt + y.map_or(0, |y| y.run_cnt),
+                ..x.clone()
             }
         })
         .collect()
@@ -333,21 +347,18 @@ impl Drop for Sysctl {
     }
 }
 
-/// BPF run-time statistics, on while this lives: `kernel.bpf_stats_enabled`
-/// set to 1 (its old value restored when dropped) and a BPF_ENABLE_STATS
-/// reference, which keeps them on even if another process on the machine
-/// writes 0 to the sysctl meanwhile (seen here: a run lost its statistics
-/// halfway).
+/// BPF run-time statistics, on while this lives: a BPF_ENABLE_STATS
+/// reference, which the kernel counts apart from `kernel.bpf_stats_enabled`
+/// (the bench holds that sysctl at 0 so that the measured loads run without
+/// the two clock reads statistics add to every program run).
 pub struct BpfStats {
-    _sysctl: Sysctl,
-    _fd: Option<std::os::fd::OwnedFd>,
+    _fd: std::os::fd::OwnedFd,
 }
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {
         const BPF_ENABLE_STATS: libc::c_long = 32;
         const BPF_STATS_RUN_TIME: u32 = 0;
-        let sysctl = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
         let attr: u32 = BPF_STATS_RUN_TIME;
         // SAFETY: `attr` is the `enable_stats` member of `union bpf_attr`.
         let fd = unsafe {
@@ -358,20 +369,13 @@ impl BpfStats {
                 size_of::<u32>(),
             )
         };
-        let fd = if fd >= 0 {
-            use std::os::fd::FromRawFd as _;
-            // SAFETY: a new fd that nothing else owns.
-            Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-        } else {
-            eprintln!(
-                "bench: BPF_ENABLE_STATS failed ({}); relying on the sysctl alone",
-                std::io::Error::last_os_error()
-            );
-            None
-        };
+        if fd < 0 {
+            bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+        }
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: a new fd that nothing else owns.
         Ok(BpfStats {
-            _sysctl: sysctl,
-            _fd: fd,
+            _fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
         })
     }
 }
