@@ -124,13 +124,17 @@ fn record(ctx: &TcContext, dir: u8) {
     };
     let map = flows(flow_generation());
     match upsert(map, key, apply) {
-        // Name the device for userspace whenever a flow starts on it.
+        // Name the device for userspace when a flow starts on it. Written only
+        // if it changed (a device moved to another namespace): rewriting an
+        // entry allocates and frees one, a microsecond for every new flow.
         Upsert::Inserted => {
             let info = DeviceInfo {
                 ifindex,
                 netns_inode: kernel::dev_netns_inode::<Probe>(dev),
             };
-            let _ = DEVICES.insert(&dev, &info, 0);
+            if DEVICES.get_ptr(&dev).map(|known| unsafe { *known }) != Some(info) {
+                let _ = DEVICES.insert(&dev, &info, 0);
+            }
         }
         Upsert::Full => count(counter::FLOW_MAP_FULL),
         Upsert::Updated => {}

@@ -51,12 +51,6 @@ impl Mem for Btf {
     }
 }
 
-/// Reads a `T` at `base + off` with `bpf_probe_read_kernel`.
-#[inline(always)]
-pub fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    Probe::get(base, off)
-}
-
 /// `skb->dev`.
 #[inline(always)]
 pub fn skb_dev<M: Mem>(skb: u64) -> u64 {
