@@ -8,7 +8,7 @@ pub mod text;
 
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -178,8 +178,8 @@ pub trait Sink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub proto: Proto,
-    pub src: Option<String>,
-    pub dst: Option<String>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
 }
@@ -202,8 +202,8 @@ impl std::fmt::Display for Proto {
 impl Endpoints {
     pub fn of(t: &Tuple) -> Self {
         let addr = |a: &[u8; 16]| match t.family {
-            FAMILY_IPV4 => Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()),
-            FAMILY_IPV6 => Some(Ipv6Addr::from(*a).to_string()),
+            FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
             _ => None,
         };
         let ports = t.flags & TUPLE_PORTS != 0;
@@ -224,19 +224,19 @@ impl Endpoints {
 
     /// `10.0.0.1:5000` or `[fd00::1]:5000`, without the port where there is none.
     pub fn src_str(&self) -> String {
-        host_port(self.src.as_deref(), self.sport)
+        host_port(self.src, self.sport)
     }
 
     pub fn dst_str(&self) -> String {
-        host_port(self.dst.as_deref(), self.dport)
+        host_port(self.dst, self.dport)
     }
 }
 
-fn host_port(addr: Option<&str>, port: Option<u16>) -> String {
+fn host_port(addr: Option<IpAddr>, port: Option<u16>) -> String {
     match (addr, port) {
         (None, _) => "-".to_string(),
         (Some(a), None) => a.to_string(),
-        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        (Some(a @ IpAddr::V6(_)), Some(p)) => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),
     }
 }
@@ -306,7 +306,7 @@ mod tests {
         let e = Endpoints::of(&t);
         assert_eq!(e.proto, Proto::Number(47));
         assert_eq!(e.src_str(), "[fd00::1]:1");
-        assert_eq!(e.dst.as_deref(), Some("fd00::2"));
+        assert_eq!(e.dst.map(|a| a.to_string()).as_deref(), Some("fd00::2"));
     }
 
     #[test]
