@@ -2,6 +2,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use rustc_hash::FxHashMap;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -75,26 +77,55 @@ impl Namer {
         &mut self,
         flows: impl Iterator<Item = (&'a FlowKey, &'a Counts)>,
     ) -> Vec<FlowRow> {
-        let mut rows: Vec<FlowRow> = flows
+        // Tens of thousands of rows on a handful of devices: sort the devices
+        // by name once, then the rows by the device's rank, so that no
+        // comparison compares names.
+        let mut ranks: FxHashMap<(u64, u32), u32> = FxHashMap::default();
+        let flows: Vec<(&FlowKey, &Counts)> = flows
+            .inspect(|(key, _)| {
+                ranks.entry((key.dev, key.ifindex)).or_default();
+            })
+            .collect();
+        let mut devices: Vec<((u64, u32), (String, String))> = ranks
+            .keys()
+            .map(|&(dev, ifindex)| ((dev, ifindex), self.device(dev, ifindex)))
+            .collect();
+        devices.sort_by(|a, b| a.1.cmp(&b.1));
+        for (rank, (dev, _)) in devices.iter().enumerate() {
+            ranks.insert(*dev, rank as u32);
+        }
+        let dir_name = |dir: u8| {
+            if dir == DIR_INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            }
+        };
+        let mut ordered: Vec<(u32, &'static str, &FlowKey, &Counts)> = flows
+            .into_iter()
             .map(|(key, counts)| {
-                let (netns, iface) = self.device(key.dev, key.ifindex);
+                (
+                    ranks[&(key.dev, key.ifindex)],
+                    dir_name(key.dir),
+                    key,
+                    counts,
+                )
+            })
+            .collect();
+        ordered.sort_unstable_by(|a, b| (a.0, a.1, &a.2.id).cmp(&(b.0, b.1, &b.2.id)));
+        ordered
+            .into_iter()
+            .map(|(rank, dir, key, counts)| {
+                let (netns, iface) = devices[rank as usize].1.clone();
                 FlowRow {
                     netns,
                     iface,
-                    dir: if key.dir == DIR_INGRESS {
-                        "ingress"
-                    } else {
-                        "egress"
-                    },
+                    dir,
                     id: key.id,
                     counts: *counts,
                 }
             })
-            .collect();
-        rows.sort_by(|a, b| {
-            (&a.netns, &a.iface, a.dir, &a.id).cmp(&(&b.netns, &b.iface, b.dir, &b.id))
-        });
-        rows
+            .collect()
     }
 
     /// Named drop rows the filter lets through, by namespace, device, reason, flow.
@@ -220,11 +251,14 @@ impl Namer {
 /// The MTU findings with the flows of `flows` they hit; those no flow hits
 /// only if `all` (the run's totals list every finding).
 fn mtu_rows(findings: &[Finding], flows: &[FlowRow], all: bool) -> Vec<MtuRow> {
+    if findings.is_empty() {
+        return Vec::new();
+    }
     let observed: Vec<FlowObs> = flows
         .iter()
         .map(|f| FlowObs {
-            netns: f.netns.clone(),
-            iface: f.iface.clone(),
+            netns: &f.netns,
+            iface: &f.iface,
             dir: if f.dir == "ingress" {
                 Dir::Ingress
             } else {
@@ -249,6 +283,11 @@ fn mtu_rows(findings: &[Finding], flows: &[FlowRow], all: bool) -> Vec<MtuRow> {
             })
         })
         .collect()
+}
+
+/// `(key, value)` entries as the pairs of references rows are built from.
+fn pairs<K, V>(entries: &[(K, V)]) -> impl Iterator<Item = (&K, &V)> {
+    entries.iter().map(|(k, v)| (k, v))
 }
 
 /// Reads the kernel's counters and keeps interval and run totals.
@@ -423,9 +462,9 @@ impl Collector {
         let drops = self.drops.take_interval();
         let verdicts = self.verdicts.take_interval();
         let icmps = self.icmps.take_interval();
-        let flows = self.namer.flow_rows(flows.iter());
-        let drops = self.namer.drop_rows(&self.filter, drops.iter());
-        let (verdicts, rules) = self.verdict_rows(verdicts.iter(), false);
+        let flows = self.namer.flow_rows(pairs(&flows));
+        let drops = self.namer.drop_rows(&self.filter, pairs(&drops));
+        let (verdicts, rules) = self.verdict_rows(pairs(&verdicts), false);
         Report {
             scope: Scope::Interval,
             elapsed,
@@ -435,7 +474,7 @@ impl Collector {
             drops,
             verdicts,
             rules,
-            icmps: self.namer.icmp_rows(icmps.iter()),
+            icmps: self.namer.icmp_rows(pairs(&icmps)),
             health: self.health_interval,
         }
     }

@@ -180,9 +180,9 @@ pub enum Dir {
 
 /// One observed flow row, as much of it as the MTU arithmetic needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowObs {
-    pub netns: String,
-    pub iface: String,
+pub struct FlowObs<'a> {
+    pub netns: &'a str,
+    pub iface: &'a str,
     pub dir: Dir,
     /// Largest packet, in bytes from the Ethernet header (IP length + 14).
     pub max_len: u32,
@@ -254,7 +254,7 @@ impl Finding {
 /// The kernel lets 4 bytes more through a veth or bridge port than the MTU
 /// (room for a VLAN tag), so a flow up to 4 bytes over the limit may pass.
 #[cfg(test)]
-pub fn affected<'a>(finding: &Finding, flows: &'a [FlowObs]) -> Vec<&'a FlowObs> {
+pub fn affected<'a>(finding: &Finding, flows: &'a [FlowObs<'a>]) -> Vec<&'a FlowObs<'a>> {
     flows.iter().filter(|f| finding.hits(f)).collect()
 }
 
@@ -818,10 +818,16 @@ mod tests {
         }
     }
 
-    fn row(netns: &str, iface: &str, dir: Dir, max_len: u32, vni: Option<u32>) -> FlowObs {
+    fn row<'a>(
+        netns: &'a str,
+        iface: &'a str,
+        dir: Dir,
+        max_len: u32,
+        vni: Option<u32>,
+    ) -> FlowObs<'a> {
         FlowObs {
-            netns: netns.into(),
-            iface: iface.into(),
+            netns,
+            iface,
             dir,
             max_len,
             vni,
