@@ -934,7 +934,10 @@ mod tests {
     fn says_when_statistics_were_on_during_the_loads() {
         let mut r = results(9.9);
         let md = markdown(&r);
-        assert!(md.contains("BPF statistics were off during those loads"), "{md}");
+        assert!(
+            md.contains("BPF statistics were off during those loads"),
+            "{md}"
+        );
         assert!(!md.contains("counted outside the statistics passes"));
         r.samples[1].cost.as_mut().unwrap().runs_outside_stats = 42;
         let md = markdown(&r);
