@@ -193,15 +193,18 @@ fn cost_floor(r: &Results, path: PathKind) -> Option<Floor> {
     })
 }
 
-/// What a profile of the active-flows load showed while the bench was built.
-const CPU_PROFILE: &str = "A perf profile and `strace -c` of this load (tracer at 55d964c) \
-    put a third of tracer's time in writing its output one line per write(2): Rust's \
-    stdout is line-buffered, so ~18k write calls/s, their pipe wake-ups \
-    (anon_pipe_write, ~18% of samples) and the newline search and copy in \
-    StdoutLock::write_all (~16%). Then SipHash and probing of the run totals (~12%), \
-    JSON serialisation (~6%) and the batched lookup-and-delete drain (~7%). Buffering \
-    stdout per report (a BufWriter flushed after each report) and a cheaper hasher for \
-    the totals would remove about half; the drain itself is a small part.";
+/// What a profile of the active-flows load showed (perf, 10,000 flows on
+/// two hops, JSON to a file), written down by hand: a profile is not part of
+/// the bench.
+const CPU_PROFILE: &str = "A perf profile of this load (tracer at 35bc744) puts about 40% of \
+    tracer's time in the kernel's batched lookup-and-delete of the per-CPU flow map \
+    (about 0.6 µs per entry on this VM, so about 1.2% of a core at 20,000 entries a \
+    second by itself), about 20% in the run totals' hash table (one lookup per entry; \
+    20,000 keys of 104 bytes do not stay in cache), about 15% in writing the JSON lines and \
+    about 10% in sorting the rows. Closing the gap needs a drain that does not delete \
+    (read cumulative counters with BPF_MAP_LOOKUP_BATCH, evict only idle keys), which \
+    would also spare the TC programs re-inserting every flow each interval; with today's \
+    drain, a longer --interval or fewer traced hops lower the cost in proportion.";
 
 /// Every floor the results allow to judge.
 pub fn floors(r: &Results) -> Vec<Floor> {
