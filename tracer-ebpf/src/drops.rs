@@ -11,7 +11,7 @@ use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
 use crate::{
     frags, head,
     kernel::{self, Btf, Mem, parse_skb},
-    maps::{Upsert, config, count, double_buffered, traced, upsert},
+    maps::{Upsert, config, copy, count, double_buffered, traced, upsert, zero},
 };
 
 const DROP_MAP_ENTRIES: u32 = 16384;
@@ -53,13 +53,9 @@ fn record(skb: u64, location: u64, reason: u32) {
         return;
     };
     let key = unsafe { &mut *key };
-    *key = DropKey {
-        location,
-        netns_inode,
-        ifindex,
-        reason,
-        ..DropKey::default()
-    };
+    zero(key);
+    (key.location, key.netns_inode, key.ifindex, key.reason) =
+        (location, netns_inode, ifindex, reason);
     let Some(buf) = head::buffer(&head::DROP_HEAD) else {
         return;
     };
@@ -78,11 +74,10 @@ fn record(skb: u64, location: u64, reason: u32) {
                 let _ = DROP_SEEN.insert(&*key, &1, 0);
                 match DROP_EVENTS.reserve::<DropEvent>(0) {
                     Some(mut e) => {
-                        e.write(DropEvent {
-                            key: *key,
-                            len,
-                            _pad: 0,
-                        });
+                        // Field by field: a struct write becomes a byte-wise memmove.
+                        let ev = unsafe { &mut *e.as_mut_ptr() };
+                        copy(&mut ev.key, key);
+                        (ev.len, ev._pad) = (len, 0);
                         e.submit(0);
                     }
                     None => count(counter::DROP_EVENTS_LOST),

@@ -17,7 +17,7 @@ use crate::{
     head::{self, HeadReader},
     icmp,
     kernel::{self, Probe},
-    maps::{Upsert, config, count, double_buffered, upsert},
+    maps::{Upsert, config, count, double_buffered, upsert, zero},
 };
 
 /// Default size of each flow map; userspace resizes it from `--flow-map-size`.
@@ -57,12 +57,8 @@ fn record(ctx: &TcContext, dir: u8) {
     // The context of a TC program is the kernel's `struct sk_buff`: read its
     // device pointer, which names the device across namespaces.
     let dev = kernel::skb_dev::<Probe>(skb as u64);
-    *key = FlowKey {
-        dev,
-        ifindex,
-        dir,
-        ..FlowKey::default()
-    };
+    zero(key);
+    (key.dev, key.ifindex, key.dir) = (dev, ifindex, dir);
     let Some(head) = head::buffer(&head::TC_HEAD) else {
         return;
     };

@@ -3,12 +3,14 @@
 //! first fragment of each datagram is remembered by (src, dst, protocol, id)
 //! with its ports (and, for VXLAN, the VNI and inner flow it carried).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use tracer_ebpf::{
     FlowId, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, TUPLE_PORTS, Tuple, counter, parse::Parsed,
 };
 
-use crate::maps::count;
+use crate::maps::{copy, count, zeroed};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -55,13 +57,11 @@ fn key(t: &Tuple, ip_id: u32) -> DatagramKey {
 pub fn attribute(id: &mut FlowId, p: &Parsed) {
     let outer = id.outer.flags;
     if outer & TUPLE_FRAG_FIRST != 0 && outer & TUPLE_PORTS != 0 {
-        let first = FirstFragment {
-            sport: id.outer.sport,
-            dport: id.outer.dport,
-            vni: id.vni,
-            inner: id.inner,
-        };
-        let _ = FIRST_FRAGMENTS.insert(&key(&id.outer, p.outer_ip_id), &first, 0);
+        let mut slot = MaybeUninit::uninit();
+        let first: &mut FirstFragment = zeroed(&mut slot);
+        (first.sport, first.dport, first.vni) = (id.outer.sport, id.outer.dport, id.vni);
+        copy(&mut first.inner, &id.inner);
+        let _ = FIRST_FRAGMENTS.insert(&key(&id.outer, p.outer_ip_id), first, 0);
     } else if outer & TUPLE_FRAG_REST != 0 {
         match FIRST_FRAGMENTS.get_ptr(&key(&id.outer, p.outer_ip_id)) {
             Some(first) => {
@@ -70,7 +70,7 @@ pub fn attribute(id: &mut FlowId, p: &Parsed) {
                 id.outer.dport = first.dport;
                 id.outer.flags |= TUPLE_PORTS;
                 id.vni = first.vni;
-                id.inner = first.inner;
+                copy(&mut id.inner, &first.inner);
             }
             None => count(counter::FRAG_UNMATCHED),
         }
@@ -79,13 +79,10 @@ pub fn attribute(id: &mut FlowId, p: &Parsed) {
     }
     let inner = id.inner.flags;
     if inner & TUPLE_FRAG_FIRST != 0 && inner & TUPLE_PORTS != 0 {
-        let first = FirstFragment {
-            sport: id.inner.sport,
-            dport: id.inner.dport,
-            vni: 0,
-            inner: Tuple::default(),
-        };
-        let _ = FIRST_FRAGMENTS.insert(&key(&id.inner, p.inner_ip_id), &first, 0);
+        let mut slot = MaybeUninit::uninit();
+        let first: &mut FirstFragment = zeroed(&mut slot);
+        (first.sport, first.dport) = (id.inner.sport, id.inner.dport);
+        let _ = FIRST_FRAGMENTS.insert(&key(&id.inner, p.inner_ip_id), first, 0);
     } else if inner & TUPLE_FRAG_REST != 0 {
         match FIRST_FRAGMENTS.get_ptr(&key(&id.inner, p.inner_ip_id)) {
             Some(first) => {

@@ -17,7 +17,7 @@ use tracer_ebpf::{
 use crate::{
     head,
     kernel::{self, Btf, parse_skb},
-    maps::{Upsert, config, count, double_buffered, traced, upsert},
+    maps::{Upsert, config, count, double_buffered, traced, upsert, zero},
 };
 
 const ICMP_MAP_ENTRIES: u32 = 4096;
@@ -77,16 +77,9 @@ pub fn seen<R: Reader>(
         return;
     };
     let key = unsafe { &mut *key };
-    *key = IcmpKey {
-        netns_inode,
-        ifindex,
-        dir,
-        family,
-        icmp_type,
-        icmp_code: code,
-        mtu,
-        ..IcmpKey::default()
-    };
+    zero(key);
+    (key.netns_inode, key.ifindex, key.dir, key.family) = (netns_inode, ifindex, dir, family);
+    (key.icmp_type, key.icmp_code, key.mtu) = (icmp_type, code, mtu);
     parse_from_l3(
         r,
         p.outer_l4 + 8,
@@ -114,18 +107,12 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let key = unsafe { &mut *key };
-    *key = IcmpKey {
-        netns_inode,
-        ifindex,
-        dir: DIR_SENT,
-        family: FAMILY_IPV4,
-        icmp_type: icmp_type as u8,
-        icmp_code: code as u8,
-        // Not in the tracepoint's arguments; the error itself, seen on a
-        // traced device, carries it.
-        mtu: 0,
-        ..IcmpKey::default()
-    };
+    zero(key);
+    (key.netns_inode, key.ifindex, key.dir, key.family) =
+        (netns_inode, ifindex, DIR_SENT, FAMILY_IPV4);
+    (key.icmp_type, key.icmp_code) = (icmp_type as u8, code as u8);
+    // `mtu` stays 0: not in the tracepoint's arguments; the error itself,
+    // seen on a traced device, carries it.
     let Some(buf) = head::buffer(&head::ICMP_HEAD) else {
         return 0;
     };

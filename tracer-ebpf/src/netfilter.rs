@@ -16,7 +16,7 @@ use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
 use crate::{
     frags, head,
     kernel::{Btf, Mem, parse_skb},
-    maps::{Upsert, config, count, double_buffered, upsert},
+    maps::{Upsert, config, count, double_buffered, upsert, zero},
 };
 
 const VERDICT_MAP_ENTRIES: u32 = 16384;
@@ -126,14 +126,10 @@ fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
         _ => config!(offsets.state_in),
     };
     let dev: u64 = Btf::get(state, dev_off).unwrap_or(0);
-    *key = VerdictKey {
-        netns_inode: Btf::get(net, config!(offsets.net_inum)).unwrap_or(0),
-        ifindex: Btf::get(dev, config!(offsets.dev_ifindex)).unwrap_or(0),
-        family: pf,
-        hook,
-        table,
-        ..VerdictKey::default()
-    };
+    zero(key);
+    key.netns_inode = Btf::get(net, config!(offsets.net_inum)).unwrap_or(0);
+    key.ifindex = Btf::get(dev, config!(offsets.dev_ifindex)).unwrap_or(0);
+    (key.family, key.hook, key.table) = (pf, hook, table);
     let Some(buf) = head::buffer(&head::NF_HEAD) else {
         return;
     };

@@ -99,3 +99,61 @@ pub fn attach_tracepoints(
         .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
     Ok(Some(RingBuf::try_from(ring)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::OBJECT;
+
+    fn words(insns: &[aya_obj::generated::bpf_insn]) -> Vec<u64> {
+        // SAFETY: a bpf_insn is 8 plain bytes.
+        insns
+            .iter()
+            .map(|i| unsafe { std::mem::transmute_copy::<_, u64>(i) })
+            .collect()
+    }
+
+    /// The eBPF target has no fast `memset`/`memmove`: the compiler's own,
+    /// linked into a program as a BPF function when it calls one, write one
+    /// byte per loop turn, hundreds of instructions per packet for a flow
+    /// key. The programs zero and copy their structs word by word
+    /// (`maps::zero`, `maps::copy`); this keeps a `..Default::default()` on
+    /// a per-packet path from bringing them back.
+    #[test]
+    fn no_program_calls_a_byte_wise_memset_or_memmove() {
+        let mut obj = aya_obj::Object::parse(OBJECT).expect("parse the eBPF object");
+        let slow: Vec<(String, Vec<u64>)> = obj
+            .functions
+            .values()
+            .filter(|f| ["memset", "memmove", "memcpy"].contains(&f.name.as_str()))
+            .map(|f| (f.name.clone(), words(&f.instructions)))
+            .collect();
+        assert!(
+            !slow.is_empty(),
+            "the object no longer has compiler memset/memmove"
+        );
+        let text: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        let maps: Vec<(String, aya_obj::Map)> = obj
+            .maps
+            .iter()
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect();
+        obj.relocate_maps(maps.iter().map(|(n, m)| (n.as_str(), 0, m)), &text)
+            .expect("relocate maps");
+        obj.relocate_calls(&text).expect("relocate calls");
+        let mut checked = 0;
+        for (name, prog) in &obj.programs {
+            // After call relocation a program holds every function it calls.
+            let linked = words(&obj.functions[&prog.function_key()].instructions);
+            for (f, body) in &slow {
+                assert!(
+                    !linked.windows(body.len()).any(|w| w == body.as_slice()),
+                    "{name} calls the byte-wise {f}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} programs");
+    }
+}
