@@ -43,8 +43,8 @@ pub fn frag_rows(flows: &[FlowRow], drops: &[DropRow]) -> Vec<FragRow> {
             continue;
         }
         let row = rows.entry(f.id).or_insert_with(|| FragRow {
-            netns: f.netns.clone(),
-            iface: f.iface.clone(),
+            netns: f.netns.to_string(),
+            iface: f.iface.to_string(),
             dir: f.dir,
             id: f.id,
             datagrams: 0,
@@ -56,7 +56,7 @@ pub fn frag_rows(flows: &[FlowRow], drops: &[DropRow]) -> Vec<FragRow> {
         });
         // Every hop sees the same fragments again: the first one saw them all.
         if fragments > row.fragments {
-            (row.netns, row.iface, row.dir) = (f.netns.clone(), f.iface.clone(), f.dir);
+            (row.netns, row.iface, row.dir) = (f.netns.to_string(), f.iface.to_string(), f.dir);
             row.fragments = fragments;
         }
         row.datagrams = row.datagrams.max(c.frags_first);

@@ -35,10 +35,15 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
         self.total.entry(key).or_default().add(&v);
     }
 
-    /// What was added since the last call, which starts a new interval.
-    pub fn take_interval(&mut self) -> Vec<(K, V)> {
-        let next = Vec::with_capacity(self.interval.len());
-        std::mem::replace(&mut self.interval, next)
+    /// What was added since the interval began.
+    pub fn interval(&self) -> &[(K, V)] {
+        &self.interval
+    }
+
+    /// Starts a new interval, keeping the list's memory for the next one
+    /// (tens of thousands of entries every second).
+    pub fn end_interval(&mut self) {
+        self.interval.clear();
     }
 
     pub fn total(&self) -> &HashMap<K, V> {
@@ -64,12 +69,12 @@ mod tests {
         t.add('a', N(1));
         t.add('a', N(2));
         t.add('b', N(5));
-        let first = t.take_interval();
-        assert_eq!(first, [('a', N(1)), ('a', N(2)), ('b', N(5))]);
+        assert_eq!(t.interval(), [('a', N(1)), ('a', N(2)), ('b', N(5))]);
+        t.end_interval();
         t.add('a', N(10));
-        let second = t.take_interval();
-        assert_eq!(second, [('a', N(10))]);
+        assert_eq!(t.interval(), [('a', N(10))]);
+        t.end_interval();
         assert_eq!((t.total()[&'a'], t.total()[&'b']), (N(13), N(5)));
-        assert!(t.take_interval().is_empty());
+        assert!(t.interval().is_empty());
     }
 }

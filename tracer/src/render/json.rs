@@ -355,9 +355,9 @@ fn write_flow(out: &mut impl Write, scope: Scope, row: &FlowRow) -> io::Result<(
     out.write_all(b"{\"type\":\"flow\",\"scope\":\"")?;
     out.write_all(scope.as_str().as_bytes())?;
     out.write_all(b"\",\"netns\":")?;
-    serde_json::to_writer(&mut *out, row.netns.as_str())?;
+    serde_json::to_writer(&mut *out, &*row.netns)?;
     out.write_all(b",\"iface\":")?;
-    serde_json::to_writer(&mut *out, row.iface.as_str())?;
+    serde_json::to_writer(&mut *out, &*row.iface)?;
     out.write_all(b",\"dir\":\"")?;
     out.write_all(row.dir.as_bytes())?;
     out.write_all(b"\",")?;

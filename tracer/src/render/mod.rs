@@ -9,6 +9,7 @@ pub mod text;
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    rc::Rc,
     time::Duration,
 };
 
@@ -42,8 +43,9 @@ impl Scope {
 /// One flow at one hop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRow {
-    pub netns: String,
-    pub iface: String,
+    // Shared: tens of thousands of rows name a handful of devices.
+    pub netns: Rc<str>,
+    pub iface: Rc<str>,
     pub dir: &'static str,
     pub id: FlowId,
     pub counts: Counts,

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
+    rc::Rc,
 };
 
 use tracer_ebpf::FlowId;
@@ -40,12 +41,14 @@ impl Screen for Terminal {
 }
 
 type DropIdent = (String, Option<String>, FlowId, String, String);
+/// A flow row by namespace, device, direction and flow.
+type RowKey = (Rc<str>, Rc<str>, &'static str, FlowId);
 
 pub struct TableSink<W: Write, S: Screen> {
     out: W,
     screen: S,
     /// Run totals per row, for the cumulative columns.
-    totals: HashMap<(String, String, &'static str, FlowId), Counts>,
+    totals: HashMap<RowKey, Counts>,
     drop_totals: HashMap<DropIdent, DropCounts>,
 }
 
@@ -141,8 +144,8 @@ fn cells(row: &FlowRow, rate: &Counts, secs: f64, total: &Counts) -> Vec<String>
     let outer = Endpoints::of(&row.id.outer);
     let inner = inner_cell(&row.id);
     vec![
-        row.netns.clone(),
-        row.iface.clone(),
+        row.netns.to_string(),
+        row.iface.to_string(),
         if row.dir == "ingress" { "in" } else { "out" }.to_string(),
         outer.proto.to_string(),
         outer.src_str(),
