@@ -196,15 +196,17 @@ fn cost_floor(r: &Results, path: PathKind) -> Option<Floor> {
 /// What a profile of the active-flows load showed (perf, 10,000 flows on
 /// two hops, JSON to a file), written down by hand: a profile is not part of
 /// the bench.
-const CPU_PROFILE: &str = "A perf profile of this load (tracer at 35bc744) puts about 40% of \
-    tracer's time in the kernel's batched lookup-and-delete of the per-CPU flow map \
-    (about 0.6 µs per entry on this VM, so about 1.2% of a core at 20,000 entries a \
-    second by itself), about 20% in the run totals' hash table (one lookup per entry; \
-    20,000 keys of 104 bytes do not stay in cache), about 15% in writing the JSON lines and \
-    about 10% in sorting the rows. Closing the gap needs a drain that does not delete \
-    (read cumulative counters with BPF_MAP_LOOKUP_BATCH, evict only idle keys), which \
-    would also spare the TC programs re-inserting every flow each interval; with today's \
-    drain, a longer --interval or fewer traced hops lower the cost in proportion.";
+const CPU_PROFILE: &str = "A perf profile of this load (tracer at 9de4f1b, \
+    10,000 flows, JSON to a file) puts about 55-65% of tracer's time in draining the flow \
+    map: the kernel's batched lookup-and-delete alone is 30-40% (about 0.4 µs per entry: \
+    each entry's 104-byte key and per-CPU values are cache misses), and adding each entry \
+    to the run totals' hash table 15-20% (20,000 keys of 104 bytes do not stay in cache); \
+    sorting the rows takes about 7% and writing the JSON lines about 15%. Deleting is not \
+    the cost: the same drain with BPF_MAP_LOOKUP_BATCH (no delete) measured within noise \
+    (2.5% against 2.7% of a core). What would close the gap is less memory per entry: a \
+    compact IPv4 flow key (about 40 bytes, with the 104-byte key kept for IPv6 and VXLAN) \
+    would cut the cache lines the kernel copy, the totals table and the sort touch by more \
+    than half. With today's layout, a longer --interval lowers the cost in proportion.";
 
 /// Every floor the results allow to judge.
 pub fn floors(r: &Results) -> Vec<Floor> {
