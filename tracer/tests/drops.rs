@@ -3,16 +3,13 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddrV4, TcpStream},
-    time::Duration,
-};
+use std::net::SocketAddrV4;
 
 use common::*;
 use xtask::{
     lab::{Overlay, OverlayOpts, Pair, iptables, netns_inode, sysctl},
     peers::{Bpftrace, bpftrace_counts, iptables_packets, kernel_reason_value, nstat},
-    traffic::{UdpSink, in_netns, send_udp},
+    traffic::{UdpSink, send_udp},
 };
 
 const N: u64 = 12;
@@ -145,16 +142,7 @@ fn nothing_listens() {
     )
     .unwrap();
     let closed = SocketAddrV4::new(server.ip, 7);
-    for _ in 0..N {
-        let refused = in_netns(&client.ns, || {
-            TcpStream::connect_timeout(&closed.into(), Duration::from_secs(2))
-        })
-        .unwrap();
-        assert_eq!(
-            refused.unwrap_err().kind(),
-            std::io::ErrorKind::ConnectionRefused
-        );
-    }
+    connect_refused(&client.ns, closed, N);
     assert!(wait_until(|| nstat(&server.ns, "UdpNoPorts").unwrap()
         - udp_no_ports
         == N));

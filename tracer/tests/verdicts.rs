@@ -3,16 +3,13 @@
 
 mod common;
 
-use std::{
-    net::{SocketAddrV4, TcpStream},
-    time::Duration,
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use common::*;
 use xtask::{
     lab::{Bridged, Overlay, OverlayOpts, Pair, iptables, sysctl},
     peers::{iptables_packets, nstat},
-    traffic::{UdpSink, in_netns, send_udp},
+    traffic::{UdpSink, send_udp},
 };
 
 const N: u64 = 9;
@@ -256,13 +253,7 @@ fn reject_counts_as_dropped_and_its_answer_shows() {
     )
     .unwrap();
     let closed = SocketAddrV4::new(server.ip, 7101);
-    for _ in 0..M {
-        let r = in_netns(&client.ns, || {
-            TcpStream::connect_timeout(&closed.into(), Duration::from_secs(2))
-        })
-        .unwrap();
-        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
-    }
+    connect_refused(&client.ns, closed, M);
     wait_received(&server.ns, before, N + M);
     let f = stop(run);
 

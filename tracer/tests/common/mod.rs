@@ -111,3 +111,15 @@ pub fn wait_received(ns: &str, before: u64, n: u64) {
         "{ns} did not receive {n} packets"
     );
 }
+
+/// Connects `n` times from namespace `ns` to `to`, where nothing listens,
+/// and checks that each connection is refused (the server sent a RST).
+pub fn connect_refused(ns: &str, to: std::net::SocketAddrV4, n: u64) {
+    for _ in 0..n {
+        let r = xtask::traffic::in_netns(ns, || {
+            std::net::TcpStream::connect_timeout(&to.into(), std::time::Duration::from_secs(2))
+        })
+        .unwrap();
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+}
