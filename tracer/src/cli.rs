@@ -79,12 +79,12 @@ pub struct Cli {
 
     /// How the TC programs are attached: tcx links (kernel >= 6.6, owned by
     /// tracer's process) or netlink filters on a clsact qdisc (older kernels).
-    #[arg(long, value_enum, default_value_t = crate::tc::AttachMode::Auto)]
-    pub tc_attach: crate::tc::AttachMode,
+    #[arg(long, value_enum, default_value_t = crate::collectors::flows::tc::AttachMode::Auto)]
+    pub tc_attach: crate::collectors::flows::tc::AttachMode,
 
     /// Kernel BTF to take struct offsets from, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (e.g. a file from BTFHub).
-    #[arg(long, value_name = "PATH", default_value = crate::btf::VMLINUX)]
+    #[arg(long, value_name = "PATH", default_value = crate::sys::btf::VMLINUX)]
     pub kernel_btf: PathBuf,
 
     /// Create this file once every program is attached (for scripts and tests).

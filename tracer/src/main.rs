@@ -1,36 +1,9 @@
 //! tracer: per-flow datapath counters for container overlay networks.
 
-mod attribution;
-mod bpf_sys;
-mod btf;
-mod cli;
-mod collect;
-mod devices;
-mod double_buffer;
-mod drops;
-mod explain;
-mod flows;
-mod fragments;
-mod icmps;
-mod kallsyms;
-mod loader;
-mod mtu;
-mod netfilter;
-mod netns;
-mod nf_chains;
-mod nf_loader;
-mod nft;
-mod reasons;
-mod render;
-mod run;
-mod tally;
-mod targets;
-mod tc;
-mod verdicts;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use tracer::{cli, session};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -48,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run::run(cli) {
+    match session::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracer: {e:#}");

@@ -1,13 +1,16 @@
 //! Choosing what to trace: namespaces, the devices in them, and the VXLAN ports.
 
+pub mod devices;
+pub mod mtu;
+
 use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
 use tracer_ebpf::MAX_VXLAN_PORTS;
 
 use crate::{
-    devices::{Device, Kind},
-    netns::Netns,
+    sys::netns::Netns,
+    topology::devices::{Device, Kind},
 };
 
 /// The standard VXLAN port (RFC 7348), always decoded.
@@ -118,7 +121,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::devices::Vxlan;
+    use crate::topology::devices::Vxlan;
 
     fn ns(name: &str) -> Netns {
         Netns {

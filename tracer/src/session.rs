@@ -15,22 +15,22 @@ use tokio::{
 use tracer_ebpf::{Config, DropEvent};
 
 use crate::{
-    attribution::Attributor,
-    btf,
+    analysis::attribution::Attributor,
+    analysis::explain::{self, Explain},
     cli::{Cli, Output},
-    collect::Collector,
-    devices,
-    explain::{self, Explain},
-    loader,
-    mtu::{self, Topology},
-    netfilter::{self, NfLinks},
-    netns::{self, Netns},
-    nf_loader::NfPrograms,
-    nft::trace::TraceReader,
-    reasons::{ReasonFilter, Reasons, reason_hint},
-    render::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
-    targets::{self, Target},
-    tc,
+    collectors::Collector,
+    collectors::drops::reasons::{ReasonFilter, Reasons, reason_hint},
+    collectors::flows::tc,
+    collectors::loader,
+    collectors::verdicts::bands::{self, NfLinks},
+    collectors::verdicts::nf_loader::NfPrograms,
+    output::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
+    rules::trace::TraceReader,
+    sys::btf,
+    sys::netns::{self, Netns},
+    topology::devices,
+    topology::mtu::{self, Topology},
+    topology::{self, Target},
 };
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -40,7 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         return list_reasons(&reasons);
     }
     let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
-    let bands = netfilter::bands(&cli.nf_tables)?;
+    let bands = bands::bands(&cli.nf_tables)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -57,11 +57,11 @@ pub fn run(cli: Cli) -> Result<()> {
             term: signal(SignalKind::terminate())?,
         }
     };
-    let (targets, topology) = plan(&cli)?;
-    let findings = mtu::findings(&topology);
+    let (targets, topo) = plan(&cli)?;
+    let findings = mtu::findings(&topo);
     let config = Config {
         offsets: btf::offsets(&kernel_btf)?,
-        vxlan_ports: targets::vxlan_ports(&cli.vxlan_ports, &targets)?,
+        vxlan_ports: topology::vxlan_ports(&cli.vxlan_ports, &targets)?,
         reason_consumed: reasons.consumed,
         reason_not_dropped: reasons.not_dropped,
     };
@@ -74,7 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let nf_programs = if cli.no_netfilter {
         None
     } else {
-        match NfPrograms::load(loader::OBJECT, &ebpf, &netfilter::program_names(&bands)) {
+        match NfPrograms::load(loader::OBJECT, &ebpf, &bands::program_names(&bands)) {
             Ok(p) => Some(p),
             Err(e) => {
                 eprintln!(
@@ -124,7 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Output::Auto if io::stdout().is_terminal() => Box::new(TableSink::new(out(), Terminal)),
             Output::Auto => Box::new(TextSink::new(out())),
         };
-        for path in mtu::path_mtu_summary(&topology) {
+        for path in mtu::path_mtu_summary(&topo) {
             eprintln!("tracer: {}", path.summary());
         }
         for f in &findings {
@@ -148,13 +148,13 @@ pub fn run(cli: Cli) -> Result<()> {
 /// (for the MTU arithmetic).
 fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
     let namespaces = netns::resolve(&cli.netns)?;
-    let topology = devices::topology(&namespaces)?;
+    let topo = devices::topology(&namespaces)?;
     let found = namespaces
         .into_iter()
-        .zip(&topology.namespaces)
+        .zip(&topo.namespaces)
         .map(|(ns, t)| (ns, t.devices.clone()))
         .collect();
-    Ok((targets::select(found, &cli.ifaces)?, topology))
+    Ok((topology::select(found, &cli.ifaces)?, topo))
 }
 
 fn list_reasons(reasons: &Reasons) -> Result<()> {

@@ -23,7 +23,7 @@ use aya::{
 };
 use clap::ValueEnum;
 
-use crate::{devices, netns, targets::Target};
+use crate::{sys::netns, topology::Target, topology::devices};
 
 pub const INGRESS: &str = "tc_ingress";
 pub const EGRESS: &str = "tc_egress";

@@ -1,5 +1,13 @@
 //! Reading what the kernel counted, naming it, and keeping interval and run totals.
 
+pub mod double_buffer;
+pub mod drops;
+pub mod flows;
+pub mod icmp;
+pub mod loader;
+pub mod tally;
+pub mod verdicts;
+
 use std::{cmp::Ordering, collections::HashMap, rc::Rc, time::Duration};
 
 use rustc_hash::FxHashMap;
@@ -16,22 +24,22 @@ use tracer_ebpf::{
 };
 
 use crate::{
-    attribution::Attributor,
-    bpf_sys::Barrier,
-    double_buffer::DoubleBuffer,
-    drops::DropCounts,
-    explain::Explain,
-    flows::Counts,
-    fragments::frag_rows,
-    icmps::{IcmpCount, kind},
-    kallsyms::Symbolizer,
-    mtu::{Dir, Finding, FlowObs},
-    netfilter::{family_name, hook_name, table_name},
-    reasons::{ReasonFilter, Reasons},
-    render::{DropRow, FlowRow, Health, IcmpRow, MtuRow, Report, Scope, VerdictRow},
-    tally::Tally,
-    targets::Target,
-    verdicts::VerdictCounts,
+    analysis::attribution::Attributor,
+    analysis::explain::Explain,
+    analysis::fragments::frag_rows,
+    collectors::double_buffer::DoubleBuffer,
+    collectors::drops::DropCounts,
+    collectors::drops::reasons::{ReasonFilter, Reasons},
+    collectors::flows::Counts,
+    collectors::icmp::{IcmpCount, kind},
+    collectors::tally::Tally,
+    collectors::verdicts::VerdictCounts,
+    collectors::verdicts::bands::{family_name, hook_name, table_name},
+    output::{DropRow, FlowRow, Health, IcmpRow, MtuRow, Report, Scope, VerdictRow},
+    sys::bpf::Barrier,
+    sys::kallsyms::Symbolizer,
+    topology::Target,
+    topology::mtu::{Dir, Finding, FlowObs},
 };
 
 /// (namespace, device) names shared by the rows of one device.
@@ -283,7 +291,7 @@ fn mtu_rows(findings: &[Finding], flows: &[FlowRow], all: bool) -> Vec<MtuRow> {
                 Dir::Egress
             },
             max_len: f.counts.max_len,
-            vni: crate::render::vni(&f.id),
+            vni: crate::output::vni(&f.id),
         })
         .collect();
     findings
@@ -395,7 +403,7 @@ impl Collector {
     }
 
     /// Trace events of namespace `ns` (in the order of [`Explain::start`]).
-    pub fn explain_events(&mut self, ns: usize, events: &[crate::nft::trace::TraceEvent]) {
+    pub fn explain_events(&mut self, ns: usize, events: &[crate::rules::trace::TraceEvent]) {
         if let Some(e) = &mut self.explain {
             e.add(ns, events);
         }
@@ -406,7 +414,7 @@ impl Collector {
         &mut self,
         verdicts: impl Iterator<Item = (&'a VerdictKey, &'a VerdictCounts)>,
         total: bool,
-    ) -> (Vec<VerdictRow>, Vec<crate::render::RuleRow>) {
+    ) -> (Vec<VerdictRow>, Vec<crate::output::RuleRow>) {
         let mut rows = self.namer.verdict_rows(verdicts);
         if let Some(a) = &mut self.attributor {
             if total {

@@ -1,8 +1,10 @@
 //! Drop counters, merged over CPUs.
 
+pub mod reasons;
+
 use tracer_ebpf::DropStats;
 
-use crate::tally::Accumulate;
+use crate::collectors::tally::Accumulate;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {

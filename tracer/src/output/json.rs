@@ -13,8 +13,8 @@ use super::{
     DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, RuleRow, Scope, Sink,
     VerdictRow, inner, vni,
 };
-use crate::mtu::Dev;
-use crate::reasons::hint;
+use crate::collectors::drops::reasons::hint;
+use crate::topology::mtu::Dev;
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -481,7 +481,10 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
-    use crate::{drops::DropCounts, flows::Counts, render::Health, verdicts::VerdictCounts};
+    use crate::{
+        collectors::drops::DropCounts, collectors::flows::Counts,
+        collectors::verdicts::VerdictCounts, output::Health,
+    };
 
     fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
         let mut t = Tuple {

@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result};
 use tracer_ebpf::{FlowId, MAX_VXLAN_PORTS, TUPLE_PORTS};
 
 use crate::{
-    netns::{self, Netns},
-    nft::{
+    output::{RuleRow, VerdictRow},
+    rules::{
         rules::{self, Family, Rule},
         trace::{self, TraceEvent, TraceReader, TraceTable, VerdictKey, Verdicts},
     },
-    render::{RuleRow, VerdictRow},
+    sys::netns::{self, Netns},
 };
 
 /// Removes trace tables left by tracer runs that were killed, in every

@@ -1,8 +1,12 @@
 //! Netfilter verdict counters, merged over CPUs.
 
+pub mod bands;
+pub mod chains;
+pub mod nf_loader;
+
 use tracer_ebpf::VerdictStats;
 
-use crate::tally::Accumulate;
+use crate::collectors::tally::Accumulate;
 
 /// Packets that entered a table and that left it (accepted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use tracer_ebpf::FAMILY_IPV4;
 
-use crate::tally::Accumulate;
+use crate::collectors::tally::Accumulate;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IcmpCount(pub u64);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tracer_ebpf::FlowId;
 
-use crate::render::{DropRow, FlowRow};
+use crate::output::{DropRow, FlowRow};
 
 /// Drop reasons that mean "reassembly failed", as opposed to a fragment lost on its way.
 const REASSEMBLY_FAILURES: [&str; 2] = ["FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR"];
@@ -95,7 +95,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, TUPLE_PORTS, Tuple};
 
     use super::*;
-    use crate::{drops::DropCounts, flows::Counts};
+    use crate::{collectors::drops::DropCounts, collectors::flows::Counts};
 
     fn id(dport: u16) -> FlowId {
         FlowId {

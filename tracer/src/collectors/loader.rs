@@ -10,7 +10,7 @@ use aya::{
 };
 use tracer_ebpf::Config;
 
-use crate::targets::Target;
+use crate::topology::Target;
 
 /// The eBPF programs, compiled by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));

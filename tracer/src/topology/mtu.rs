@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::devices::{Device, Kind, OuterDf, Vxlan};
+use crate::topology::devices::{Device, Kind, OuterDf, Vxlan};
 
 pub const ETH_HLEN: u32 = 14;
 pub const VXLAN_HLEN: u32 = 8;

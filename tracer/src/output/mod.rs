@@ -15,8 +15,10 @@ use std::{
 
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
-pub use crate::fragments::FragRow;
-use crate::{drops::DropCounts, flows::Counts, verdicts::VerdictCounts};
+pub use crate::analysis::fragments::FragRow;
+use crate::{
+    collectors::drops::DropCounts, collectors::flows::Counts, collectors::verdicts::VerdictCounts,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
@@ -127,7 +129,7 @@ pub struct RuleRow {
 /// An MTU problem of the traced topology and the flows of the report it hits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtuRow {
-    pub finding: crate::mtu::Finding,
+    pub finding: crate::topology::mtu::Finding,
     pub flows: Vec<FlowRow>,
 }
 

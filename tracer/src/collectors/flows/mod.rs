@@ -1,8 +1,10 @@
 //! Per-hop flow counters, merged over CPUs.
 
+pub mod tc;
+
 use tracer_ebpf::FlowStats;
 
-use crate::tally::Accumulate;
+use crate::collectors::tally::Accumulate;
 
 /// Counters of one flow at one hop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::{
-    mtu::{NsDevices, Topology},
-    netns::{self, Netns},
+    sys::netns::{self, Netns},
+    topology::mtu::{NsDevices, Topology},
 };
 
 /// What kind of device it is, as far as tracer cares.
@@ -442,7 +442,7 @@ mod tests {
     use xtask::lab::{Overlay, OverlayOpts};
 
     use super::*;
-    use crate::mtu::{self, Dev, FindingKind};
+    use crate::topology::mtu::{self, Dev, FindingKind};
 
     fn lab(overlay_mtu: u32, underlay_mtu: u32, docker: bool) -> Overlay {
         Overlay::new(OverlayOpts {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use tracer_ebpf::hook;
 
-use crate::netfilter::{NFPROTO_IPV4, NFPROTO_IPV6};
+use crate::collectors::verdicts::bands::{NFPROTO_IPV4, NFPROTO_IPV6};
 
 /// `NFPROTO_INET`: a chain of an `inet` table sees IPv4 and IPv6.
 pub const NFPROTO_INET: u8 = 1;
@@ -327,8 +327,8 @@ mod tests {
             &["-A", "INPUT", "-p", "udp", "--dport", "1", "-j", "DROP"],
         )
         .unwrap();
-        let ns = crate::netns::resolve(std::slice::from_ref(&p.a.ns)).unwrap();
-        let chains = crate::netns::run_in(&ns[0].path, base_chains)
+        let ns = crate::sys::netns::resolve(std::slice::from_ref(&p.a.ns)).unwrap();
+        let chains = crate::sys::netns::run_in(&ns[0].path, base_chains)
             .unwrap()
             .unwrap();
         assert!(
@@ -337,8 +337,8 @@ mod tests {
                 .any(|c| c.hook == hook::LOCAL_IN && c.priority == 0 && c.sees(NFPROTO_IPV4)),
             "{chains:?}"
         );
-        let other = crate::netns::resolve(std::slice::from_ref(&p.b.ns)).unwrap();
-        let none = crate::netns::run_in(&other[0].path, base_chains)
+        let other = crate::sys::netns::resolve(std::slice::from_ref(&p.b.ns)).unwrap();
+        let none = crate::sys::netns::run_in(&other[0].path, base_chains)
             .unwrap()
             .unwrap();
         assert!(none.is_empty(), "{none:?}");

@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, Map, MapData},
 };
 
-use crate::bpf_sys::{Barrier, drain_percpu_hash};
+use crate::sys::bpf::{Barrier, drain_percpu_hash};
 
 pub struct DoubleBuffer {
     generation: Array<MapData, u32>,

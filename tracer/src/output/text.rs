@@ -8,7 +8,7 @@ use super::{
     DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, RuleRow, Scope, Sink,
     VerdictRow, inner, vni,
 };
-use crate::reasons::hint;
+use crate::collectors::drops::reasons::hint;
 
 pub struct TextSink<W: Write> {
     out: W,
@@ -233,7 +233,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
-    use crate::{drops::DropCounts, flows::Counts, render::Health};
+    use crate::{collectors::drops::DropCounts, collectors::flows::Counts, output::Health};
 
     #[test]
     fn one_line_per_flow_then_health() {

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 
 use crate::{
-    netns::{self, Netns},
-    nft::rules::{self, Family, Rule, Source, Verdict, moved},
-    render::VerdictRow,
+    output::VerdictRow,
+    rules::rules::{self, Family, Rule, Source, Verdict, moved},
+    sys::netns::{self, Netns},
 };
 
 /// The observer band a rule's drops show in: its iptables table, or for
@@ -204,7 +204,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple};
 
     use super::*;
-    use crate::{nft::rules::Hook, verdicts::VerdictCounts};
+    use crate::{collectors::verdicts::VerdictCounts, rules::rules::Hook};
 
     fn row(dport: u16, hook: &'static str, dropped: u64) -> VerdictRow {
         VerdictRow {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Result, anyhow, bail};
 use btf_rs::Btf;
 
-use crate::btf::enum_values;
+use crate::sys::btf::enum_values;
 
 pub struct Reasons {
     /// Value -> name without the `SKB_DROP_REASON_` prefix.
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn running_kernel_values_match_the_kernels_own_table() {
-        let btf = crate::btf::load(std::path::Path::new(crate::btf::VMLINUX)).unwrap();
+        let btf = crate::sys::btf::load(std::path::Path::new(crate::sys::btf::VMLINUX)).unwrap();
         let r = Reasons::from_btf(&btf).unwrap();
         for name in [
             "NETFILTER_DROP",

@@ -14,8 +14,8 @@ use super::{
     VerdictRow, inner, vni,
 };
 use crate::{
-    drops::DropCounts, flows::Counts, reasons::hint, render::text::drop_line,
-    tally::Accumulate as _,
+    collectors::drops::DropCounts, collectors::drops::reasons::hint, collectors::flows::Counts,
+    collectors::tally::Accumulate as _, output::text::drop_line,
 };
 
 /// Size of the terminal, or of the test's pretend one.

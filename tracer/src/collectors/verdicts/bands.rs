@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tracer_ebpf::{hook, table};
 
-use crate::{netns, nf_chains, nf_loader::NfPrograms, targets::Target};
+use crate::{
+    collectors::verdicts::chains, collectors::verdicts::nf_loader::NfPrograms, sys::netns,
+    topology::Target,
+};
 
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
@@ -167,7 +170,7 @@ impl NfLinks {
             let path = t.netns.path.clone();
             let (progs, bands, links) = (&self.progs, &self.bands, &mut self.links);
             netns::run_in(&path, || -> Result<()> {
-                let chains = nf_chains::base_chains()?;
+                let chains = chains::base_chains()?;
                 let mut needed = Vec::new();
                 for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
                     for band in bands.iter() {

@@ -1,0 +1,6 @@
+//! The kernel interfaces tracer uses, each in one place.
+
+pub mod bpf;
+pub mod btf;
+pub mod kallsyms;
+pub mod netns;
