@@ -52,6 +52,8 @@ fn record(skb: u64, location: u64, reason: u32) {
     let Some(key) = DROP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: the map's one slot for this CPU, used by no other program kind,
+    // so nothing else refers to it during this run.
     let key = unsafe { &mut *key };
     zero(key);
     (key.location, key.netns_inode, key.ifindex, key.reason) =
@@ -75,6 +77,7 @@ fn record(skb: u64, location: u64, reason: u32) {
                 match DROP_EVENTS.reserve::<DropEvent>(0) {
                     Some(mut e) => {
                         // Field by field: a struct write becomes a byte-wise memmove.
+                        // SAFETY: the reserved ring buffer entry is ours until submitted.
                         let ev = unsafe { &mut *e.as_mut_ptr() };
                         copy(&mut ev.key, key);
                         (ev.len, ev._pad) = (len, 0);

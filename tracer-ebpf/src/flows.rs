@@ -50,9 +50,12 @@ fn record(ctx: &TcContext, dir: u8) {
     let Some(key) = FLOW_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: the map's one slot for this CPU, used by no other program kind,
+    // so nothing else refers to it during this run.
     let key = unsafe { &mut *key };
     let skb = ctx.skb.skb;
     let (ifindex, gso_segs, gso_size) =
+        // SAFETY: the context of a TC program is a valid `__sk_buff`.
         unsafe { ((*skb).ifindex, (*skb).gso_segs, (*skb).gso_size) };
     // The context of a TC program is the kernel's `struct sk_buff`: read its
     // device pointer, which names the device across namespaces.
@@ -128,6 +131,7 @@ fn record(ctx: &TcContext, dir: u8) {
                 ifindex,
                 netns_inode: kernel::dev_netns_inode::<Probe>(dev),
             };
+            // SAFETY: a value of DEVICES, valid during the program's run.
             if DEVICES.get_ptr(&dev).map(|known| unsafe { *known }) != Some(info) {
                 let _ = DEVICES.insert(&dev, &info, 0);
             }

@@ -65,6 +65,8 @@ pub fn attribute(id: &mut FlowId, p: &Parsed) {
     } else if outer & TUPLE_FRAG_REST != 0 {
         match FIRST_FRAGMENTS.get_ptr(&key(&id.outer, p.outer_ip_id)) {
             Some(first) => {
+                // SAFETY: a value of an LRU map, valid during the program's run (an
+                // eviction at worst makes the copy stale, not invalid).
                 let first = unsafe { &*first };
                 id.outer.sport = first.sport;
                 id.outer.dport = first.dport;
@@ -86,6 +88,8 @@ pub fn attribute(id: &mut FlowId, p: &Parsed) {
     } else if inner & TUPLE_FRAG_REST != 0 {
         match FIRST_FRAGMENTS.get_ptr(&key(&id.inner, p.inner_ip_id)) {
             Some(first) => {
+                // SAFETY: a value of an LRU map, valid during the program's run (an
+                // eviction at worst makes the copy stale, not invalid).
                 let first = unsafe { &*first };
                 id.inner.sport = first.sport;
                 id.inner.dport = first.dport;

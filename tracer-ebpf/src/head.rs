@@ -30,6 +30,7 @@ pub static ICMP_HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 /// This CPU's buffer of `map`.
 #[inline(always)]
 pub fn buffer(map: &'static PerCpuArray<Head>) -> Option<&'static mut Head> {
+    // SAFETY: the map's one slot for this CPU; each program kind has its own map.
     map.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
@@ -45,6 +46,7 @@ impl<'a> HeadReader<'a> {
     pub fn from_skb(ctx: &TcContext, head: &'a mut Head) -> Self {
         let len = (ctx.len() as usize).min(HEAD);
         let ok = len > 0
+            // SAFETY: the helper writes at most `len` <= HEAD bytes into the buffer.
             && unsafe {
                 bpf_skb_load_bytes(
                     ctx.skb.skb.cast(),
@@ -64,6 +66,7 @@ impl<'a> HeadReader<'a> {
     pub fn from_kernel(start: u64, len: u64, head: &'a mut Head) -> Self {
         let len = (len as usize).min(HEAD);
         let ok = len > 0
+            // SAFETY: the helper checks the source address and fails instead of faulting.
             && unsafe { bpf_probe_read_kernel_buf(start as *const u8, &mut head.0[..len]) }.is_ok();
         HeadReader {
             head,

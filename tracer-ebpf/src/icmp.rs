@@ -76,6 +76,8 @@ pub fn seen<R: Reader>(
     let Some(key) = ICMP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: the map's one slot for this CPU, used by no other program kind,
+    // so nothing else refers to it during this run.
     let key = unsafe { &mut *key };
     zero(key);
     (key.netns_inode, key.ifindex, key.dir, key.family) = (netns_inode, ifindex, dir, family);
@@ -106,6 +108,8 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let Some(key) = ICMP_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
+    // SAFETY: the map's one slot for this CPU, used by no other program kind,
+    // so nothing else refers to it during this run.
     let key = unsafe { &mut *key };
     zero(key);
     (key.netns_inode, key.ifindex, key.dir, key.family) =

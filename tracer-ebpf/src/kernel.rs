@@ -33,6 +33,7 @@ impl Mem for Probe {
         if base == 0 {
             return None;
         }
+        // SAFETY: the helper checks the address and fails instead of faulting.
         unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
     }
 }
@@ -47,6 +48,8 @@ impl Mem for Btf {
         if base == 0 {
             return None;
         }
+        // SAFETY: the verifier allows this load only from a BTF-typed pointer at a
+        // constant offset, and turns a fault into a zero read.
         Some(unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) })
     }
 }

@@ -252,6 +252,8 @@ pub struct Config {
 }
 
 #[cfg(feature = "user")]
+// SAFETY: each is `#[repr(C)]` plain integers and arrays with explicit
+// padding fields, so every bit pattern is valid and no byte is uninitialised.
 mod pod {
     unsafe impl aya::Pod for super::Tuple {}
     unsafe impl aya::Pod for super::FlowId {}

@@ -58,6 +58,7 @@ pub static CONFIG: Config = Config {
 /// the compiler reads the loaded value rather than folding the default.
 macro_rules! config {
     ($($field:tt)+) => {
+        // SAFETY: CONFIG is a static: always valid to read.
         unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field)+) }
     };
 }
@@ -87,6 +88,7 @@ fn zero_raw<T>(p: *mut T) {
     let words = p.cast::<u32>();
     for i in 0..size_of::<T>() / 4 {
         // Volatile, or the compiler merges the stores back into a memset.
+        // SAFETY: i < size_of::<T>() / 4 and T is 4-aligned: each word is inside *p.
         unsafe { words.add(i).write_volatile(0) };
     }
 }
@@ -101,6 +103,7 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
         (src as *const T).cast::<u16>(),
     );
     for i in 0..size_of::<T>() / 2 {
+        // SAFETY: i < size_of::<T>() / 2 and T is 2-aligned: inside both structs.
         unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
     }
 }
@@ -108,6 +111,7 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(v) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the map's value for this CPU, valid during the program's run.
         unsafe { *v += 1 };
     }
 }
@@ -158,6 +162,8 @@ pub enum Upsert {
 #[inline(always)]
 pub fn upsert<K, V: Copy>(map: &PerCpuHashMap<K, V>, key: &K, apply: impl Fn(&mut V)) -> Upsert {
     if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: the map's value for this CPU, valid during the program's run;
+        // no other reference to it exists while `apply` runs.
         apply(unsafe { &mut *v });
         return Upsert::Updated;
     }
@@ -170,6 +176,8 @@ pub fn upsert<K, V: Copy>(map: &PerCpuHashMap<K, V>, key: &K, apply: impl Fn(&mu
     // Another CPU may have inserted the key meanwhile; otherwise the map is full.
     match map.get_ptr_mut(key) {
         Some(v) => {
+            // SAFETY: the map's value for this CPU, valid during the program's run;
+            // no other reference to it exists while `apply` runs.
             apply(unsafe { &mut *v });
             Upsert::Updated
         }

@@ -76,6 +76,7 @@ observers! {
 
 #[inline(always)]
 fn observe(ctx: *const NfCtx, table: u8, after: bool) {
+    // SAFETY: a netfilter program's context is a valid `struct bpf_nf_ctx`.
     let (state, skb) = unsafe { ((*ctx).state, (*ctx).skb) };
     let (Some(key), Some(pending)) = (
         VERDICT_SCRATCH.get_ptr_mut(0),
@@ -83,6 +84,8 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     ) else {
         return;
     };
+    // SAFETY: the maps' one slot for this CPU, used by the netfilter observers only,
+    // which do not nest on a CPU.
     let (key, pending) = unsafe { (&mut *key, &mut *pending) };
     let hook: u8 = Btf::get(state, config!(offsets.state_hook)).unwrap_or(0);
     let current = verdict_generation();

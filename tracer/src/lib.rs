@@ -12,6 +12,7 @@
 pub mod analysis;
 pub mod cli;
 pub mod collectors;
+pub mod model;
 pub mod output;
 pub mod rules;
 pub mod session;

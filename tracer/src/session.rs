@@ -2,45 +2,49 @@
 
 use std::{
     io::{self, IsTerminal as _},
+    os::fd::{AsRawFd, RawFd},
     time::Instant,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{MapData, RingBuf};
+use aya::Endianness;
 use tokio::{
     io::unix::AsyncFd,
     runtime::Runtime,
     signal::unix::{Signal, SignalKind, signal},
 };
-use tracer_ebpf::{Config, DropEvent};
+use tracer_ebpf::Config;
 
 use crate::{
-    analysis::attribution::Attributor,
-    analysis::explain::{self, Explain},
+    analysis::{Analysis, attribution::Attributor, explain::Explain},
     cli::{Cli, Output},
-    collectors::Collector,
-    collectors::drops::reasons::{ReasonFilter, Reasons, reason_hint},
-    collectors::flows::tc,
-    collectors::loader,
-    collectors::verdicts::bands::{self, NfLinks},
-    collectors::verdicts::nf_loader::NfPrograms,
-    output::{Report, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink},
+    collectors::{
+        self, Collectors, Setup,
+        drops::reasons::{Reasons, reason_hint},
+        loader,
+    },
+    output::{
+        Report, Scope, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink,
+    },
     rules::trace::TraceReader,
-    sys::btf,
-    sys::netns::{self, Netns},
-    topology::devices,
-    topology::mtu::{self, Topology},
-    topology::{self, Target},
+    sys::{
+        btf,
+        netns::{self, Netns},
+    },
+    topology::{
+        self, Target, devices,
+        mtu::{self, Topology},
+        names::Names,
+    },
 };
 
 pub fn run(cli: Cli) -> Result<()> {
     let kernel_btf = btf::load(&cli.kernel_btf)?;
-    let reasons = Reasons::from_btf(&kernel_btf)?;
     if cli.list_reasons {
-        return list_reasons(&reasons);
+        return list_reasons(&Reasons::from_btf(&kernel_btf)?);
     }
-    let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
-    let bands = bands::bands(&cli.nf_tables)?;
+    // Every option is checked before anything touches the kernel.
+    let registered = collectors::registry(&cli, &kernel_btf)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -58,89 +62,45 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     };
     let (targets, topo) = plan(&cli)?;
-    let findings = mtu::findings(&topo);
-    let config = Config {
+    let mut config = Config {
         offsets: btf::offsets(&kernel_btf)?,
         vxlan_ports: topology::vxlan_ports(&cli.vxlan_ports, &targets)?,
-        reason_consumed: reasons.consumed,
-        reason_not_dropped: reasons.not_dropped,
+        ..Config::default()
     };
+    collectors::configure(&registered, &mut config);
     drop(kernel_btf);
+    let aya_btf = aya::Btf::parse_file(&cli.kernel_btf, Endianness::default())
+        .with_context(|| format!("parse {}", cli.kernel_btf.display()))?;
 
     let mut ebpf = loader::load(&config, cli.flow_map_size)?;
-    loader::load_classifier(&mut ebpf, tc::INGRESS)?;
-    loader::load_classifier(&mut ebpf, tc::EGRESS)?;
-    // Before anything takes maps out of `ebpf`: the netfilter programs use them.
-    let nf_programs = if cli.no_netfilter {
-        None
-    } else {
-        match NfPrograms::load(loader::OBJECT, &ebpf, &bands::program_names(&bands)) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!(
-                    "tracer: netfilter verdicts unavailable ({e:#}); NETFILTER_DROP drops still \
-                     show what netfilter dropped"
-                );
-                None
-            }
-        }
+    loader::set_traced_netns(&mut ebpf, &targets)?;
+    let setup = Setup {
+        cli: &cli,
+        targets: &targets,
+        btf: &aya_btf,
     };
-    let mut links = tc::Links::default();
+    let (mut collectors, notices) = Collectors::start(registered, &mut ebpf, &setup)?;
     let result = (|| {
-        loader::set_traced_netns(&mut ebpf, &targets)?;
-        let drop_events = loader::attach_tracepoints(&mut ebpf, &cli.kernel_btf, !cli.no_drops)?;
-        let mut nf_links = nf_programs.map(|p| NfLinks::new(p, bands.clone()));
-        if let Some(links) = &mut nf_links {
-            links.sync(&targets)?;
+        for n in &notices {
+            eprintln!("tracer: {}: {}", n.collector, n.text);
         }
         let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
-        explain::remove_stale(&namespaces);
-        let (explain, trace_readers) = match &cli.explain {
-            Some(filter) => {
-                let (e, readers) = Explain::start(&namespaces, filter, config.vxlan_ports)?;
-                (Some(e), readers)
-            }
-            None => (None, Vec::new()),
-        };
-        let attributor = nf_links.is_some().then(|| Attributor::new(&namespaces));
-        links.attach(&mut ebpf, &targets, cli.tc_attach)?;
-        announce(
-            &targets,
-            &config,
-            links.len(),
-            drop_events.is_some(),
-            nf_links.as_ref().map_or(0, |l| l.len()),
-        );
+        let (analysis, trace_readers) = analysis(&cli, &namespaces, &topo, &config, &collectors)?;
+        announce(&targets, &config, &collectors);
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
                 .with_context(|| format!("write ready file {}", path.display()))?;
         }
-        // Sinks flush once per report: one write(2) per report, not per row.
-        let out = || io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-        let sink: Box<dyn Sink> = match cli.output {
-            Output::Json => Box::new(JsonSink::new(out())),
-            Output::Text => Box::new(TextSink::new(out())),
-            Output::Table => Box::new(TableSink::new(out(), Terminal)),
-            Output::Auto if io::stdout().is_terminal() => Box::new(TableSink::new(out(), Terminal)),
-            Output::Auto => Box::new(TextSink::new(out())),
-        };
-        for path in mtu::path_mtu_summary(&topo) {
-            eprintln!("tracer: {}", path.summary());
-        }
-        for f in &findings {
-            eprintln!("tracer: MTU problem: {}", f.finding);
-        }
-        let mut collector = Collector::new(&mut ebpf, &targets, reasons, filter, findings)?;
-        collector.with_rules(attributor, explain);
         let inputs = Inputs {
             signals,
-            drop_events,
             trace_readers,
-            nf_links: nf_links.map(|l| (l, targets.clone())),
+            targets: targets.clone(),
+            names: Names::new(&targets),
+            analysis,
         };
-        stream(&cli, &rt, inputs, &mut collector, sink)
+        stream(&cli, &rt, inputs, &mut collectors, sink(cli.output))
     })();
-    links.detach(&mut ebpf);
+    collectors.stop(&mut ebpf);
     result
 }
 
@@ -157,6 +117,47 @@ fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
     Ok((topology::select(found, &cli.ifaces)?, topo))
 }
 
+/// The analysis of the rows, and the nftables trace readers of `--explain`.
+fn analysis(
+    cli: &Cli,
+    namespaces: &[Netns],
+    topo: &Topology,
+    config: &Config,
+    collectors: &Collectors,
+) -> Result<(Analysis, Vec<TraceReader>)> {
+    crate::analysis::explain::remove_stale(namespaces);
+    let (explain, readers) = match &cli.explain {
+        Some(filter) => {
+            let (e, readers) = Explain::start(namespaces, filter, config.vxlan_ports)?;
+            (Some(e), readers)
+        }
+        None => (None, Vec::new()),
+    };
+    let attributor = collectors
+        .active("verdicts")
+        .then(|| Attributor::new(namespaces));
+    for path in mtu::path_mtu_summary(topo) {
+        eprintln!("tracer: {}", path.summary());
+    }
+    let findings = mtu::findings(topo);
+    for f in &findings {
+        eprintln!("tracer: MTU problem: {}", f.finding);
+    }
+    Ok((Analysis::new(findings, attributor, explain), readers))
+}
+
+/// Where reports go. Sinks flush once per report: one write(2) per report, not per row.
+fn sink(output: Output) -> Box<dyn Sink> {
+    let out = || io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    match output {
+        Output::Json => Box::new(JsonSink::new(out())),
+        Output::Text => Box::new(TextSink::new(out())),
+        Output::Table => Box::new(TableSink::new(out(), Terminal)),
+        Output::Auto if io::stdout().is_terminal() => Box::new(TableSink::new(out(), Terminal)),
+        Output::Auto => Box::new(TextSink::new(out())),
+    }
+}
+
 fn list_reasons(reasons: &Reasons) -> Result<()> {
     for (value, name) in reasons.all() {
         match reason_hint(name) {
@@ -167,7 +168,7 @@ fn list_reasons(reasons: &Reasons) -> Result<()> {
     Ok(())
 }
 
-fn announce(targets: &[Target], config: &Config, links: usize, drops: bool, nf_links: usize) {
+fn announce(targets: &[Target], config: &Config, collectors: &Collectors) {
     let per_ns: Vec<String> = targets
         .iter()
         .filter(|t| !t.traced.is_empty())
@@ -183,14 +184,16 @@ fn announce(targets: &[Target], config: &Config, links: usize, drops: bool, nf_l
         .map(|p| p.to_string())
         .collect();
     eprintln!(
-        "tracer: {links} TC hooks on {}; VXLAN ports {}; drops {}; {nf_links} netfilter observers",
+        "tracer: {} TC hooks on {}; VXLAN ports {}; drops {}; {} netfilter observers",
+        collectors.attached("flows"),
         per_ns.join(", "),
         ports.join(","),
-        if drops {
+        if collectors.active("drops") {
             "traced in these namespaces"
         } else {
             "not traced (--no-drops)"
-        }
+        },
+        collectors.attached("verdicts"),
     );
 }
 
@@ -199,41 +202,38 @@ struct Signals {
     term: Signal,
 }
 
-/// What the main loop waits on besides its timers.
+/// What the main loop works with besides the collectors.
 struct Inputs {
     signals: Signals,
-    /// First drops of new keys, from the kfree_skb program.
-    drop_events: Option<RingBuf<MapData>>,
     /// nftables trace events (`--explain`), one reader per namespace.
     trace_readers: Vec<TraceReader>,
-    /// The netfilter observers, kept in step with the namespaces' tables.
-    nf_links: Option<(NfLinks, Vec<Target>)>,
+    targets: Vec<Target>,
+    names: Names,
+    analysis: Analysis,
 }
 
-/// Reads every pending event of the ring buffer.
-fn read_events(ring: &mut RingBuf<MapData>) -> Vec<DropEvent> {
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        if item.len() >= size_of::<DropEvent>() {
-            // SAFETY: the program wrote a whole DropEvent, which is Pod.
-            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
-        }
+/// A collector's event descriptor, polled while the collector owns it.
+struct Polled(RawFd);
+
+impl AsRawFd for Polled {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
-    events
 }
 
 fn stream(
     cli: &Cli,
     rt: &Runtime,
     inputs: Inputs,
-    collector: &mut Collector,
+    collectors: &mut Collectors,
     mut sink: Box<dyn Sink>,
 ) -> Result<()> {
     let Inputs {
         mut signals,
-        drop_events,
         trace_readers,
-        mut nf_links,
+        targets,
+        mut names,
+        mut analysis,
     } = inputs;
     rt.block_on(async {
         // Each trace reader forwards what it reads, tagged with its namespace.
@@ -245,21 +245,26 @@ fn stream(
             let tx = traces_tx.clone();
             tokio::spawn(async move {
                 while let Ok(mut guard) = fd.readable_mut().await {
-                    let events = guard.get_inner_mut().read();
+                    let reader = guard.get_inner_mut();
+                    let events = reader.read();
+                    let lost = reader.overruns();
                     guard.clear_ready();
-                    if tx.send((ns, events)).is_err() {
+                    if tx.send((ns, events, lost)).is_err() {
                         break;
                     }
                 }
             });
         }
-        let mut events = match drop_events {
-            // SAFETY: the ring buffer owns its fd and outlives the registration.
-            Some(ring) => Some(
-                unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("poll ring buffer: {e}"))?,
-            ),
-            None => None,
-        };
+        // The collectors' event descriptors stay open as long as `collectors`,
+        // which outlives this loop.
+        let mut event_fds: Vec<(usize, AsyncFd<Polled>)> = collectors
+            .event_fds()
+            .into_iter()
+            // SAFETY: the collectors own the descriptors and outlive this loop,
+            // the only place they are registered.
+            .map(|(i, fd)| Ok((i, unsafe { AsyncFd::register(Polled(fd.as_raw_fd())) }?)))
+            .collect::<io::Result<_>>()
+            .map_err(|e| anyhow!("poll collector events: {e}"))?;
         let start = Instant::now();
         let mut last = start;
         let mut ticker = tokio::time::interval_at((start + cli.interval).into(), cli.interval);
@@ -272,37 +277,37 @@ fn stream(
         };
         tokio::pin!(until_stop);
         loop {
-            let new_drops = async {
-                match events.as_mut() {
-                    Some(fd) => fd.readable_mut().await.map(Some),
-                    None => std::future::pending().await,
+            let events_ready = async {
+                if event_fds.is_empty() {
+                    return std::future::pending().await;
                 }
+                let waits = event_fds
+                    .iter_mut()
+                    .map(|(i, fd)| Box::pin(async move { (*i, fd.readable_mut().await) }));
+                futures_select_all(waits).await
             };
             tokio::select! {
-                ready = new_drops => {
-                    if let Some(mut guard) = ready? {
-                        let batch = read_events(guard.get_inner_mut());
-                        guard.clear_ready();
-                        let report = collector.first_drops(&batch);
-                        if !report.drops.is_empty() && !emit(&mut *sink, &report)? {
-                            return Ok(());
-                        }
+                (index, ready) = events_ready => {
+                    let mut guard = ready?;
+                    let mut report = Report { scope: Scope::First, ..Report::default() };
+                    collectors.events(index, &mut names, &mut report);
+                    guard.clear_ready();
+                    if !report.drops.is_empty() && !emit(&mut *sink, &report)? {
+                        return Ok(());
                     }
                 }
                 _ = ticker.tick() => {
-                    if let Some((links, targets)) = &mut nf_links {
-                        links.sync(targets)?;
-                    }
-                    collector.collect()?;
+                    collectors.sync(&targets)?;
+                    names.update(&targets);
                     let now = Instant::now();
-                    let report = collector.interval_report(now - last);
+                    let report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
                     last = now;
                     if !emit(&mut *sink, &report)? {
                         return Ok(());
                     }
                 }
-                Some((ns, events)) = traces.recv() => {
-                    collector.explain_events(ns, &events?);
+                Some((ns, events, lost)) = traces.recv() => {
+                    analysis.explain_events(ns, &events?, lost);
                 }
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
@@ -311,17 +316,54 @@ fn stream(
         }
         // Trace events already read but not yet handed over.
         tokio::task::yield_now().await;
-        while let Ok((ns, events)) = traces.try_recv() {
-            collector.explain_events(ns, &events?);
+        while let Ok((ns, events, lost)) = traces.try_recv() {
+            analysis.explain_events(ns, &events?, lost);
         }
-        collector.collect()?;
         let now = Instant::now();
-        let report = collector.interval_report(now - last);
-        if emit(&mut *sink, &report)? {
-            emit(&mut *sink, &collector.total_report(now - start))?;
+        let interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+        if emit(&mut *sink, &interval)? {
+            let total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
+            emit(&mut *sink, &total)?;
         }
         Ok(())
     })
+}
+
+/// Drains the collectors (for an interval) and builds the report of `scope`.
+fn report(
+    collectors: &mut Collectors,
+    names: &mut Names,
+    analysis: &mut Analysis,
+    scope: Scope,
+    elapsed: std::time::Duration,
+) -> Result<Report> {
+    if scope == Scope::Interval {
+        collectors.drain()?;
+    }
+    let mut report = Report {
+        scope,
+        elapsed,
+        ..Report::default()
+    };
+    collectors.report(scope, names, &mut report);
+    analysis.complete(&mut report);
+    Ok(report)
+}
+
+/// The first of `futures` to finish.
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futures: impl Iterator<Item = F>,
+) -> F::Output {
+    let mut futures: Vec<F> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Writes a report; false when the reader went away (a closed pipe ends tracer quietly).

@@ -9,40 +9,20 @@
 use std::collections::HashMap;
 
 use crate::{
+    model::{Hook, IpFamily, Table},
     output::VerdictRow,
-    rules::rules::{self, Family, Rule, Source, Verdict, moved},
+    rules::{self, Rule, Source, Verdict, moved},
     sys::netns::{self, Netns},
 };
 
-/// The observer band a rule's drops show in: its iptables table, or for
-/// nftables the band its chain's priority falls in.
-fn band(rule: &Rule) -> Option<&'static str> {
+/// The table whose observers see a rule's drops: its iptables table, or
+/// for nftables the table whose priority its chain has.
+fn band(rule: &Rule) -> Option<Table> {
     match rule.source {
-        Source::Iptables | Source::IptablesLegacy => match rule.table.as_str() {
-            "filter" => Some("filter"),
-            "raw" => Some("raw"),
-            "mangle" => Some("mangle"),
-            "nat" => Some("nat"),
-            "security" => Some("security"),
-            _ => None,
-        },
+        Source::Iptables | Source::IptablesLegacy => Table::from_name(&rule.table),
         // The observers bracket these priorities exactly (priority - 1 and + 1).
-        Source::Nft => match rule.priority? {
-            0 => Some("filter"),
-            -300 => Some("raw"),
-            -150 => Some("mangle"),
-            -100 | 100 => Some("nat"),
-            50 => Some("security"),
-            _ => None,
-        },
+        Source::Nft => Table::at_priority(rule.priority?, rule.hook?),
     }
-}
-
-fn family_fits(rule: Family, row: &str) -> bool {
-    matches!(
-        (rule, row),
-        (Family::Inet, _) | (Family::Ipv4, "ipv4") | (Family::Ipv6, "ipv6")
-    )
 }
 
 /// Gives rows with drops the rule that dropped them, where `moved` (rules
@@ -54,8 +34,7 @@ pub fn attribute(rows: &mut [&mut VerdictRow], moved: &[(Rule, u64)]) {
         .filter(|(r, _)| matches!(r.verdict, Verdict::Drop | Verdict::Reject))
         .collect();
     // Group the rows by where they were dropped.
-    let mut groups: HashMap<(&'static str, &'static str, &'static str), Vec<usize>> =
-        HashMap::new();
+    let mut groups: HashMap<(IpFamily, Hook, Table), Vec<usize>> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         if row.counts.dropped() > 0 {
             groups
@@ -69,9 +48,7 @@ pub fn attribute(rows: &mut [&mut VerdictRow], moved: &[(Rule, u64)]) {
             .iter()
             .copied()
             .filter(|(r, _)| {
-                family_fits(r.family, family)
-                    && r.hook.is_some_and(|h| h.as_str() == hook)
-                    && band(r) == Some(table)
+                r.family.sees(family) && r.hook == Some(hook) && band(r) == Some(table)
             })
             .collect();
         // One rule dropped exactly what the group lost: it dropped them all.
@@ -103,9 +80,9 @@ pub fn attribute(rows: &mut [&mut VerdictRow], moved: &[(Rule, u64)]) {
 /// A verdict row's identity: namespace, family, hook, table, device, flow.
 type RowKey = (
     String,
-    &'static str,
-    &'static str,
-    &'static str,
+    IpFamily,
+    Hook,
+    Table,
     Option<String>,
     tracer_ebpf::FlowId,
 );
@@ -204,15 +181,15 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple};
 
     use super::*;
-    use crate::{collectors::verdicts::VerdictCounts, rules::rules::Hook};
+    use crate::{collectors::verdicts::VerdictCounts, rules::Family};
 
-    fn row(dport: u16, hook: &'static str, dropped: u64) -> VerdictRow {
+    fn row(dport: u16, hook: Hook, dropped: u64) -> VerdictRow {
         VerdictRow {
             netns: "b".into(),
             iface: Some("v0".into()),
-            family: "ipv4",
+            family: IpFamily::Ipv4,
             hook,
-            table: "filter",
+            table: Table::Filter,
             id: FlowId {
                 outer: Tuple {
                     family: FAMILY_IPV4,
@@ -265,10 +242,10 @@ mod tests {
     #[test]
     fn one_rule_moved_takes_every_dropped_flow_of_its_hook() {
         let mut rows = [
-            row(53, "input", 5),
-            row(54, "input", 2),
-            row(55, "forward", 3),
-            row(56, "input", 0),
+            row(53, Hook::Input, 5),
+            row(54, Hook::Input, 2),
+            row(55, Hook::Forward, 3),
+            row(56, Hook::Input, 0),
         ];
         let moved = [(ipt("-A INPUT -p udp -j DROP", Hook::Input), 7)];
         assert_eq!(
@@ -285,7 +262,7 @@ mod tests {
     #[test]
     fn a_rule_that_dropped_less_than_the_group_lost_is_not_given_to_all() {
         // Something else (a chain policy, another band) dropped the rest.
-        let mut rows = [row(53, "input", 5), row(54, "input", 2)];
+        let mut rows = [row(53, Hook::Input, 5), row(54, Hook::Input, 2)];
         let moved = [(ipt("-A INPUT --dport 54 -j DROP", Hook::Input), 2)];
         assert_eq!(
             attributed(&mut rows, &moved),
@@ -295,7 +272,7 @@ mod tests {
 
     #[test]
     fn several_rules_are_told_apart_by_their_counts() {
-        let mut rows = [row(53, "input", 5), row(54, "input", 10)];
+        let mut rows = [row(53, Hook::Input, 5), row(54, Hook::Input, 10)];
         let moved = [
             (ipt("-A INPUT --dport 54 -j DROP", Hook::Input), 10),
             (ipt("-A INPUT --dport 53 -j DROP", Hook::Input), 5),
@@ -311,7 +288,7 @@ mod tests {
 
     #[test]
     fn equal_counts_are_not_guessed() {
-        let mut rows = [row(53, "input", 5), row(54, "input", 5)];
+        let mut rows = [row(53, Hook::Input, 5), row(54, Hook::Input, 5)];
         let moved = [
             (ipt("-A INPUT --dport 53 -j DROP", Hook::Input), 5),
             (ipt("-A INPUT --dport 54 -j DROP", Hook::Input), 5),
@@ -321,7 +298,7 @@ mod tests {
 
     #[test]
     fn nft_rules_by_priority_and_inet_family() {
-        let mut rows = [row(53, "input", 4)];
+        let mut rows = [row(53, Hook::Input, 4)];
         let other_band = rule(
             "udp dport 53 drop",
             Hook::Input,
@@ -337,7 +314,7 @@ mod tests {
             Some(0),
         );
         assert_eq!(attributed(&mut rows, &[(other_band.clone(), 4)]), [None]);
-        let mut rows = [row(53, "input", 4)];
+        let mut rows = [row(53, Hook::Input, 4)];
         assert_eq!(
             attributed(&mut rows, &[(other_band, 4), (filter, 4)]),
             [Some("udp dport 53 counter drop".into())]
@@ -346,7 +323,7 @@ mod tests {
 
     #[test]
     fn accept_rules_and_other_families_do_not_count() {
-        let mut rows = [row(53, "input", 4)];
+        let mut rows = [row(53, Hook::Input, 4)];
         let mut accept = ipt("-A INPUT -j ACCEPT", Hook::Input);
         accept.verdict = Verdict::Accept;
         let v6 = rule(

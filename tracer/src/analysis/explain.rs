@@ -10,7 +10,7 @@ use tracer_ebpf::{FlowId, MAX_VXLAN_PORTS, TUPLE_PORTS};
 use crate::{
     output::{RuleRow, VerdictRow},
     rules::{
-        rules::{self, Family, Rule},
+        self, Rule,
         trace::{self, TraceEvent, TraceReader, TraceTable, VerdictKey, Verdicts},
     },
     sys::netns::{self, Netns},
@@ -107,10 +107,10 @@ impl Explain {
                 RuleRow {
                     netns: self.namespaces[ns].name.clone(),
                     id: flow_of(&key),
-                    family: key.family.map_or("?", Family::as_str),
+                    family: key.family,
                     table: key.table.clone(),
                     chain: key.chain.clone(),
-                    hook: rule.as_ref().and_then(|r| r.hook).map(|h| h.as_str()),
+                    hook: rule.as_ref().and_then(|r| r.hook),
                     handle: key.rule_handle,
                     rule: rule.map(|r| r.text),
                     verdict: trace::verdict_name(key.verdict),
@@ -154,7 +154,7 @@ impl Explain {
                         && t.netns == row.netns
                         && t.id == row.id
                         && t.hook.is_none_or(|h| h == row.hook)
-                        && family_fits(t.family, row.family)
+                        && t.family.is_some_and(|f| f.sees(row.family))
                 })
                 .filter_map(|t| t.rule.as_deref())
                 .collect();
@@ -164,10 +164,6 @@ impl Explain {
             }
         }
     }
-}
-
-fn family_fits(nft: &str, row: &str) -> bool {
-    matches!((nft, row), ("inet", _) | ("ip", "ipv4") | ("ip6", "ipv6"))
 }
 
 /// A traced packet's flow as flow rows key it: no per-packet flags.

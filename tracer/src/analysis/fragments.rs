@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use tracer_ebpf::FlowId;
 
-use crate::output::{DropRow, FlowRow};
+use crate::{
+    model::Direction,
+    output::{DropRow, FlowRow},
+};
 
 /// Drop reasons that mean "reassembly failed", as opposed to a fragment lost on its way.
 const REASSEMBLY_FAILURES: [&str; 2] = ["FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR"];
@@ -18,7 +21,7 @@ pub struct FragRow {
     /// Where the flow's fragments were counted (the hop that saw the most).
     pub netns: String,
     pub iface: String,
-    pub dir: &'static str,
+    pub dir: Direction,
     pub id: FlowId,
     /// Datagrams sent in fragments (first fragments).
     pub datagrams: u64,
@@ -95,7 +98,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, TUPLE_PORTS, Tuple};
 
     use super::*;
-    use crate::{collectors::drops::DropCounts, collectors::flows::Counts};
+    use crate::{collectors::drops::DropCounts, collectors::flows::Counts, model::Direction};
 
     fn id(dport: u16) -> FlowId {
         FlowId {
@@ -111,6 +114,11 @@ mod tests {
     }
 
     fn hop(ns: &str, dir: &'static str, dport: u16, first: u64, rest: u64) -> FlowRow {
+        let dir = if dir == "ingress" {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
         FlowRow {
             netns: ns.into(),
             iface: "ul0".into(),
@@ -156,7 +164,7 @@ mod tests {
         let rows = frag_rows(&flows, &drops);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.netns.as_str(), r.dir), ("a", "egress"));
+        assert_eq!((r.netns.as_str(), r.dir.as_str()), ("a", "egress"));
         assert_eq!((r.datagrams, r.fragments), (10, 20));
         assert_eq!((r.fragments_lost, r.reassembly_failed), (10, 10));
         assert_eq!((r.datagrams_lost, r.reassembled), (10, 0));

@@ -6,7 +6,7 @@
 //! lookup-and-delete. No update is lost between the read and the delete, which a
 //! single map drained in place cannot promise.
 
-use std::os::fd::AsFd as _;
+use std::{hash::Hash, marker::PhantomData, os::fd::AsFd as _};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -14,7 +14,10 @@ use aya::{
     maps::{Array, Map, MapData},
 };
 
-use crate::sys::bpf::{Barrier, drain_percpu_hash};
+use crate::{
+    collectors::tally::{Accumulate, Tally, sum_percpu},
+    sys::bpf::{Barrier, drain_percpu_hash},
+};
 
 pub struct DoubleBuffer {
     generation: Array<MapData, u32>,
@@ -79,6 +82,7 @@ impl DoubleBuffer {
                 values.clear();
                 for cpu in 0..self.ncpus {
                     let p = v[cpu * stride..].as_ptr().cast::<V>();
+                    // SAFETY: as above, `p` points at `size_of::<V>()` bytes the kernel wrote.
                     values.push(unsafe { std::ptr::read_unaligned(p) });
                 }
                 f(key, &values);
@@ -86,5 +90,38 @@ impl DoubleBuffer {
         )
         .context("drain map")?;
         Ok(n)
+    }
+}
+
+/// A double-buffered kernel map of per-CPU `S` values by key `K`, and the
+/// interval and run totals (`V`) of what was drained from it.
+pub struct Drained<K, S, V> {
+    maps: DoubleBuffer,
+    pub tally: Tally<K, V>,
+    _values: PhantomData<S>,
+}
+
+impl<K, S, V> Drained<K, S, V>
+where
+    K: Pod + Eq + Hash,
+    S: Pod,
+    V: Accumulate + for<'a> From<&'a S>,
+{
+    /// Takes the maps `<prefix>_0`, `<prefix>_1` and `<generation>` out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf, generation: &str, prefix: &str) -> Result<Self> {
+        let names = [format!("{prefix}_0"), format!("{prefix}_1")];
+        Ok(Drained {
+            maps: DoubleBuffer::take(ebpf, generation, [&names[0], &names[1]])?,
+            tally: Tally::default(),
+            _values: PhantomData,
+        })
+    }
+
+    /// Moves what the programs counted since the last drain into the tally.
+    pub fn drain(&mut self, barrier: &Barrier) -> Result<usize> {
+        let tally = &mut self.tally;
+        self.maps.drain::<K, S>(barrier, |key, values| {
+            tally.add(key, sum_percpu(values));
+        })
     }
 }

@@ -1,11 +1,9 @@
 //! Loading the eBPF object with this run's configuration.
 
-use std::path::Path;
-
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{HashMap, MapData, RingBuf},
+    Btf, Ebpf, EbpfLoader,
+    maps::HashMap,
     programs::{BtfTracePoint, ProgramError, SchedClassifier},
 };
 use tracer_ebpf::Config;
@@ -33,7 +31,7 @@ pub fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     prog.load().map_err(|e| explain(name, e))
 }
 
-/// One line for a program the kernel refused, with the verifier's last words.
+/// One line for a program the kernel refused, with the verifier's error.
 pub fn explain(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
@@ -41,14 +39,45 @@ pub fn explain(name: &str, e: ProgramError) -> anyhow::Error {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no verifier log");
-            anyhow!("kernel refused eBPF program {name}: {io_error} (verifier: {last})")
+            anyhow!(
+                "kernel refused eBPF program {name}: {io_error} (verifier: {})",
+                verifier_error(&log)
+            )
         }
         e => anyhow!("load eBPF program {name}: {e}"),
+    }
+}
+
+/// The verifier's error in `log`, with the instruction it was at. The log
+/// ends with statistics; the error is in the lines just before them, after
+/// the last instruction the verifier printed.
+pub fn verifier_error(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let statistics = |l: &str| {
+        [
+            "processed ",
+            "verification time",
+            "stack depth",
+            "max_states_per_insn",
+        ]
+        .iter()
+        .any(|s| l.starts_with(s))
+    };
+    let Some(end) = lines.iter().rposition(|l| !statistics(l)) else {
+        return "no verifier log".to_string();
+    };
+    // `123: (71) r1 = *(u8 *)(r2 +150)`: an instruction as the verifier prints it.
+    let instruction = |l: &str| {
+        l.split_once(": (")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match lines[..=end].iter().rposition(|l| instruction(l)) {
+        Some(at) if at < end => format!("{} at insn {}", lines[at + 1..=end].join("; "), lines[at]),
+        _ => lines[end].to_string(),
     }
 }
 
@@ -65,7 +94,7 @@ pub fn set_traced_netns(ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
 }
 
 /// Loads and attaches BTF tracepoint program `name` on tracepoint `name`.
-fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
+pub fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
@@ -76,35 +105,32 @@ fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Attaches the drop (`kfree_skb`) and ICMP error (`icmp_send`) programs;
-/// returns the ring buffer of first drops.
-pub fn attach_tracepoints(
-    ebpf: &mut Ebpf,
-    btf_path: &Path,
-    drops: bool,
-) -> Result<Option<RingBuf<MapData>>> {
-    let btf = Btf::parse_file(btf_path, Endianness::default())
-        .with_context(|| format!("parse {}", btf_path.display()))?;
-    if let Err(e) = attach_tracepoint(ebpf, &btf, "icmp_send") {
-        // The errors are still counted where they cross a traced device.
-        eprintln!("tracer: ICMP errors sent by the stack are not counted: {e:#}");
-    }
-    if !drops {
-        return Ok(None);
-    }
-    attach_tracepoint(ebpf, &btf, "kfree_skb")
-        .map_err(|e| e.context("drops cannot be traced here (--no-drops skips them)"))?;
-    let ring = ebpf
-        .take_map("DROP_EVENTS")
-        .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
-    Ok(Some(RingBuf::try_from(ring)?))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
-    use super::OBJECT;
+    use super::{OBJECT, verifier_error};
+
+    #[test]
+    fn verifier_error_names_the_error_and_its_instruction() {
+        let log = "func#0 @0\n\
+                   0: R1=ctx() R10=fp0\n\
+                   11: (bf) r4 = r2\n\
+                   12: (71) r1 = *(u8 *)(r4 +150)\n\
+                   invalid access to map value, value_size=128 off=150 size=1\n\
+                   R4 max value is outside of the allowed memory range\n\
+                   processed 123 insns (limit 1000000) max_states_per_insn 0 total_states 10\n";
+        assert_eq!(
+            verifier_error(log),
+            "invalid access to map value, value_size=128 off=150 size=1; R4 max value is \
+             outside of the allowed memory range at insn 12: (71) r1 = *(u8 *)(r4 +150)"
+        );
+        assert_eq!(verifier_error(""), "no verifier log");
+        assert_eq!(
+            verifier_error("unknown func bpf_foo#200\n"),
+            "unknown func bpf_foo#200"
+        );
+    }
 
     fn words(insns: &[aya_obj::generated::bpf_insn]) -> Vec<u64> {
         // SAFETY: a bpf_insn is 8 plain bytes.

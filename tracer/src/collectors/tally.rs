@@ -6,6 +6,8 @@ use std::hash::Hash;
 // cheaper than SipHash, and the keys come from the kernel, not an attacker.
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::output::Scope;
+
 /// A value that accumulates.
 pub trait Accumulate: Default + Copy {
     fn add(&mut self, other: &Self);
@@ -49,6 +51,24 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     pub fn total(&self) -> &HashMap<K, V> {
         &self.total
     }
+
+    /// The entries of `scope`: the interval's (`First` has none here) or the run's.
+    pub fn entries(&self, scope: Scope) -> Vec<(&K, &V)> {
+        match scope {
+            Scope::Total => self.total.iter().collect(),
+            Scope::Interval => self.interval.iter().map(|(k, v)| (k, v)).collect(),
+            Scope::First => Vec::new(),
+        }
+    }
+}
+
+/// Sums the per-CPU values of one kernel map entry.
+pub fn sum_percpu<S, V: Accumulate + for<'a> From<&'a S>>(values: &[S]) -> V {
+    let mut sum = V::default();
+    for v in values {
+        sum.add(&V::from(v));
+    }
+    sum
 }
 
 #[cfg(test)]

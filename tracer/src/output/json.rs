@@ -13,8 +13,8 @@ use super::{
     DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, RuleRow, Scope, Sink,
     VerdictRow, inner, vni,
 };
-use crate::collectors::drops::reasons::hint;
 use crate::topology::mtu::Dev;
+use crate::{collectors::drops::reasons::hint, model::Hook, rules::Family};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -206,6 +206,7 @@ struct JsonHealth {
     verdict_map_full: u64,
     icmp_map_full: u64,
     frag_unmatched: u64,
+    explain_events_lost: u64,
 }
 
 #[cfg(test)]
@@ -216,7 +217,7 @@ fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
             scope,
             &row.netns,
             Some(&row.iface),
-            Some(row.dir),
+            Some(row.dir.as_str()),
             &row.id,
         ),
         packets: row.counts.packets,
@@ -257,9 +258,9 @@ fn verdict(scope: Scope, row: &VerdictRow) -> JsonVerdict<'_> {
             None,
             &row.id,
         ),
-        hook: row.hook,
-        family: row.family,
-        table: row.table,
+        hook: row.hook.as_str(),
+        family: row.family.as_str(),
+        table: row.table.as_str(),
         accepted: row.counts.accepted(),
         dropped: row.counts.dropped(),
         rule: row.rule.as_deref(),
@@ -273,7 +274,7 @@ fn icmp(scope: Scope, row: &IcmpRow) -> JsonIcmp<'_> {
             scope,
             &row.netns,
             row.iface.as_deref(),
-            Some(row.dir),
+            Some(row.dir.as_str()),
             &row.id,
         ),
         kind: row.kind,
@@ -291,7 +292,7 @@ fn frag(scope: Scope, row: &FragRow) -> JsonFrag<'_> {
             scope,
             &row.netns,
             Some(&row.iface),
-            Some(row.dir),
+            Some(row.dir.as_str()),
             &row.id,
         ),
         datagrams: row.datagrams,
@@ -322,7 +323,7 @@ fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
                     scope,
                     &fl.netns,
                     Some(&fl.iface),
-                    Some(fl.dir),
+                    Some(fl.dir.as_str()),
                     &fl.id,
                 ),
                 max_len: fl.counts.max_len,
@@ -335,10 +336,10 @@ fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
 fn rule(scope: Scope, row: &RuleRow) -> JsonRule<'_> {
     JsonRule {
         flow: flow_fields("rule", scope, &row.netns, None, None, &row.id),
-        family: row.family,
+        family: row.family.map_or("?", Family::as_str),
         table: &row.table,
         chain: &row.chain,
-        hook: row.hook,
+        hook: row.hook.map(Hook::as_str),
         handle: row.handle,
         rule: row.rule.as_deref(),
         verdict: row.verdict,
@@ -359,7 +360,7 @@ fn write_flow(out: &mut impl Write, scope: Scope, row: &FlowRow) -> io::Result<(
     out.write_all(b",\"iface\":")?;
     serde_json::to_writer(&mut *out, &*row.iface)?;
     out.write_all(b",\"dir\":\"")?;
-    out.write_all(row.dir.as_bytes())?;
+    out.write_all(row.dir.as_str().as_bytes())?;
     out.write_all(b"\",")?;
     write_endpoints(out, &Endpoints::of(&row.id.outer))?;
     out.write_all(b",\"vni\":")?;
@@ -468,6 +469,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 verdict_map_full: r.health.verdict_map_full,
                 icmp_map_full: r.health.icmp_map_full,
                 frag_unmatched: r.health.frag_unmatched,
+                explain_events_lost: r.health.explain_events_lost,
             })?;
         }
         self.out.flush()
@@ -481,6 +483,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
+    use crate::model::{Direction, Hook, IpFamily, Table};
     use crate::{
         collectors::drops::DropCounts, collectors::flows::Counts,
         collectors::verdicts::VerdictCounts, output::Health,
@@ -539,7 +542,7 @@ mod tests {
                 let row = FlowRow {
                     netns: ["tl1-ha", "4026531840", "a\"b\\c\u{1}é"][i % 3].into(),
                     iface: ["ul0", "vx\tlan"][i % 2].into(),
-                    dir: ["ingress", "egress"][i % 2],
+                    dir: [Direction::Ingress, Direction::Egress][i % 2],
                     id,
                     counts: Counts {
                         packets: i as u64,
@@ -576,7 +579,7 @@ mod tests {
             flows: vec![FlowRow {
                 netns: "hostA".into(),
                 iface: "ul0".into(),
-                dir: "egress",
+                dir: Direction::Egress,
                 id: vxlan_id(),
                 counts: Counts {
                     packets: 3,
@@ -594,6 +597,7 @@ mod tests {
                 verdict_map_full: 3,
                 icmp_map_full: 4,
                 frag_unmatched: 5,
+                explain_events_lost: 6,
             },
             ..Report::default()
         };
@@ -614,7 +618,8 @@ mod tests {
             lines[1],
             serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
                                "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
-                               "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5})
+                               "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5,
+                               "explain_events_lost": 6})
         );
         assert_eq!(lines.len(), 2);
     }
@@ -662,9 +667,9 @@ mod tests {
             verdicts: vec![VerdictRow {
                 netns: "hostB".into(),
                 iface: Some("ul0".into()),
-                family: "ipv4",
-                hook: "input",
-                table: "filter",
+                family: IpFamily::Ipv4,
+                hook: Hook::Input,
+                table: Table::Filter,
                 id: vxlan_id(),
                 counts: VerdictCounts {
                     entered: 10,
@@ -697,7 +702,7 @@ mod tests {
             icmps: vec![IcmpRow {
                 netns: "hostA".into(),
                 iface: Some("vx0".into()),
-                dir: "ingress",
+                dir: Direction::Ingress,
                 kind: "frag_needed",
                 icmp_type: 3,
                 icmp_code: 4,
@@ -711,7 +716,7 @@ mod tests {
             frags: vec![FragRow {
                 netns: "hostA".into(),
                 iface: "ul0".into(),
-                dir: "egress",
+                dir: Direction::Egress,
                 id: vxlan_id(),
                 datagrams: 10,
                 reassembled: 0,
@@ -778,7 +783,7 @@ mod tests {
         let row = FlowRow {
             netns: "4026531840".into(),
             iface: "br0".into(),
-            dir: "ingress",
+            dir: Direction::Ingress,
             id: FlowId {
                 outer: tuple(1, 2, 47, None),
                 ..FlowId::default()

@@ -9,16 +9,18 @@ pub mod text;
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    rc::Rc,
     time::Duration,
 };
 
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
-pub use crate::analysis::fragments::FragRow;
-use crate::{
-    collectors::drops::DropCounts, collectors::flows::Counts, collectors::verdicts::VerdictCounts,
+pub use crate::{
+    analysis::fragments::FragRow,
+    collectors::{
+        drops::DropRow, flows::FlowRow, health::Health, icmp::IcmpRow, verdicts::VerdictRow,
+    },
 };
+use crate::{model::Hook, rules::Family};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
@@ -42,81 +44,18 @@ impl Scope {
     }
 }
 
-/// One flow at one hop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowRow {
-    // Shared: tens of thousands of rows name a handful of devices.
-    pub netns: Rc<str>,
-    pub iface: Rc<str>,
-    pub dir: &'static str,
-    pub id: FlowId,
-    pub counts: Counts,
-}
-
-/// Drops of one flow, for one reason, at one place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DropRow {
-    pub netns: String,
-    /// The skb's device where it was dropped, if it had one.
-    pub iface: Option<String>,
-    pub id: FlowId,
-    /// `NETFILTER_DROP`, ...
-    pub reason: String,
-    /// Kernel function and offset that dropped it.
-    pub location: String,
-    /// `first` or `rest` when the dropped packet was an IP fragment.
-    pub fragment: Option<&'static str>,
-    pub counts: DropCounts,
-}
-
-/// ICMP errors of one kind about one flow, where they were seen or sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IcmpRow {
-    pub netns: String,
-    pub iface: Option<String>,
-    /// `ingress`/`egress` (seen as a packet on `iface`) or `sent` (by this namespace's stack).
-    pub dir: &'static str,
-    /// `frag_needed`, `packet_too_big`, `port_unreachable`, `time_exceeded`, ...
-    pub kind: &'static str,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-    /// The MTU a "fragmentation needed" or "packet too big" announces.
-    pub mtu: Option<u32>,
-    /// The offending packet, from the header the error quotes.
-    pub id: FlowId,
-    pub count: u64,
-}
-
-/// What one netfilter table did with one flow at one hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerdictRow {
-    pub netns: String,
-    /// Input device (prerouting, input, forward) or output device (output, postrouting).
-    pub iface: Option<String>,
-    /// `ipv4` or `ipv6`.
-    pub family: &'static str,
-    /// `prerouting`, `input`, `forward`, `output` or `postrouting`.
-    pub hook: &'static str,
-    /// `filter`, `raw`, `mangle`, `nat` or `security`.
-    pub table: &'static str,
-    pub id: FlowId,
-    pub counts: VerdictCounts,
-    /// The rule that dropped it, as the user wrote it, when known.
-    pub rule: Option<String>,
-}
-
 /// Packets of one flow decided by one rule (or chain policy), from
 /// nftables tracing (`--explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleRow {
     pub netns: String,
     pub id: FlowId,
-    /// nftables family of the table: `ip`, `ip6`, `inet`...
-    pub family: &'static str,
+    /// nftables family of the table (`ip`, `ip6`, `inet`...), if the trace said.
+    pub family: Option<Family>,
     pub table: String,
     pub chain: String,
     /// The hook of the rule's chain, when it is a base chain.
-    pub hook: Option<&'static str>,
+    pub hook: Option<Hook>,
     /// nftables rule handle; `None` when the chain's policy decided.
     pub handle: Option<u64>,
     /// The rule as the user wrote it (iptables or nft syntax), when known.
@@ -131,30 +70,6 @@ pub struct RuleRow {
 pub struct MtuRow {
     pub finding: crate::topology::mtu::Finding,
     pub flows: Vec<FlowRow>,
-}
-
-/// Events the eBPF side could not record, and other signs that counts are incomplete.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Health {
-    /// Packets not counted because the flow map was full.
-    pub flow_map_full: u64,
-    /// Drops not counted because the drop map was full.
-    pub drop_map_full: u64,
-    /// First drops of new keys not announced at once (ring buffer full); they
-    /// are still counted in the interval rows.
-    pub drop_events_lost: u64,
-    /// Netfilter verdicts not counted because the verdict map was full.
-    pub verdict_map_full: u64,
-    /// ICMP errors not counted because the ICMP map was full.
-    pub icmp_map_full: u64,
-    /// Non-first fragments whose first fragment was not seen: counted by addresses only.
-    pub frag_unmatched: u64,
-}
-
-impl Health {
-    pub fn any(&self) -> bool {
-        *self != Health::default()
-    }
 }
 
 /// Everything printed for one interval, or for the whole run.

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     collectors::drops::DropCounts, collectors::drops::reasons::hint, collectors::flows::Counts,
-    collectors::tally::Accumulate as _, output::text::drop_line,
+    collectors::tally::Accumulate as _, model::Direction, output::text::drop_line, rules::Family,
 };
 
 /// Size of the terminal, or of the test's pretend one.
@@ -28,6 +28,7 @@ pub struct Terminal;
 
 impl Screen for Terminal {
     fn size(&self) -> (usize, usize) {
+        // SAFETY: winsize is plain integers; all-zero is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ fills a winsize.
         if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0
@@ -41,8 +42,7 @@ impl Screen for Terminal {
 }
 
 type DropIdent = (String, Option<String>, FlowId, String, String);
-/// A flow row by namespace, device, direction and flow.
-type RowKey = (Rc<str>, Rc<str>, &'static str, FlowId);
+type RowKey = (Rc<str>, Rc<str>, Direction, FlowId);
 
 pub struct TableSink<W: Write, S: Screen> {
     out: W,
@@ -146,7 +146,12 @@ fn cells(row: &FlowRow, rate: &Counts, secs: f64, total: &Counts) -> Vec<String>
     vec![
         row.netns.to_string(),
         row.iface.to_string(),
-        if row.dir == "ingress" { "in" } else { "out" }.to_string(),
+        if row.dir == Direction::Ingress {
+            "in"
+        } else {
+            "out"
+        }
+        .to_string(),
         outer.proto.to_string(),
         outer.src_str(),
         outer.dst_str(),
@@ -346,7 +351,7 @@ fn rule_cells(row: &RuleRow) -> Vec<String> {
     let outer = Endpoints::of(&row.id.outer);
     vec![
         row.netns.clone(),
-        format!("{} {}", row.family, row.table),
+        format!("{} {}", row.family.map_or("?", Family::as_str), row.table),
         row.chain.clone(),
         outer.proto.to_string(),
         outer.src_str(),
@@ -416,6 +421,11 @@ impl<W: Write, S: Screen> Sink for TableSink<W, S> {
                 h.frag_unmatched,
                 "UNMATCHED FRAGMENTS",
                 "counted without ports",
+            ),
+            (
+                h.explain_events_lost,
+                "TRACE EVENTS LOST",
+                "--explain counts are lower bounds",
             ),
         ] {
             if n > 0 {
@@ -505,6 +515,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, TUPLE_PORTS, Tuple};
 
     use super::*;
+    use crate::model::Direction;
 
     struct Fixed(usize, usize);
     impl Screen for Fixed {
@@ -527,7 +538,7 @@ mod tests {
         FlowRow {
             netns: "ns".into(),
             iface: iface.into(),
-            dir: "egress",
+            dir: Direction::Egress,
             id: FlowId {
                 outer: t,
                 ..FlowId::default()

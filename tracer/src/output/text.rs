@@ -8,7 +8,7 @@ use super::{
     DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, RuleRow, Scope, Sink,
     VerdictRow, inner, vni,
 };
-use crate::collectors::drops::reasons::hint;
+use crate::{collectors::drops::reasons::hint, rules::Family};
 
 pub struct TextSink<W: Write> {
     out: W,
@@ -168,7 +168,7 @@ pub fn rule_line(scope: Scope, row: &RuleRow) -> String {
         "rule {} netns={} table={} {} chain={} {} verdict={} count={}",
         scope.as_str(),
         row.netns,
-        row.family,
+        row.family.map_or("?", Family::as_str),
         row.table,
         row.chain,
         packet(&row.id),
@@ -211,7 +211,7 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(
                 self.out,
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
-                 verdict_map_full={} icmp_map_full={} frag_unmatched={}",
+                 verdict_map_full={} icmp_map_full={} frag_unmatched={} explain_events_lost={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
@@ -220,6 +220,7 @@ impl<W: Write> Sink for TextSink<W> {
                 h.verdict_map_full,
                 h.icmp_map_full,
                 h.frag_unmatched,
+                h.explain_events_lost,
             )?;
         }
         self.out.flush()
@@ -233,6 +234,7 @@ mod tests {
     use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
     use super::*;
+    use crate::model::Direction;
     use crate::{collectors::drops::DropCounts, collectors::flows::Counts, output::Health};
 
     #[test]
@@ -263,7 +265,7 @@ mod tests {
             flows: vec![FlowRow {
                 netns: "a".into(),
                 iface: "eth0".into(),
-                dir: "egress",
+                dir: Direction::Egress,
                 id: FlowId {
                     outer,
                     inner,
@@ -302,7 +304,7 @@ mod tests {
              drop total netns=b iface=- 0 - > - reason=NO_SOCKET location=udp_queue_rcv+0x1 \
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
-             verdict_map_full=0 icmp_map_full=0 frag_unmatched=0\n"
+             verdict_map_full=0 icmp_map_full=0 frag_unmatched=0 explain_events_lost=0\n"
         );
     }
 }

@@ -4,23 +4,23 @@
 //! Two independent parts, both working in the calling thread's network
 //! namespace (call them through `netns::run_in`):
 //!
-//! **Passive rule counters** ([`rules`]): cheap, always on. Every rule of the
+//! **Passive rule counters** ([`snapshot`], [`rule`]): cheap, always on. Every rule of the
 //! namespace with its packet and byte counters, from `iptables-save -c`,
 //! `ip6tables-save -c` and `nft -a list ruleset`. Diffing two snapshots tells
 //! which DROP/REJECT rules dropped packets in between, but not of which flow.
 //!
 //! ```ignore
-//! let before = netns::run_in(&ns.path, rules::snapshot_report)??;
+//! let before = netns::run_in(&ns.path, snapshot_report)??;
 //! for u in &before.unavailable { /* tell the user once: "{u.tool}: {u.reason}" */ }
 //! // ... an interval later ...
-//! let after = netns::run_in(&ns.path, rules::snapshot)??;
-//! for (rule, packets) in rules::moved(&before.rules, &after) { /* rule.text dropped `packets` */ }
+//! let after = netns::run_in(&ns.path, snapshot)??;
+//! for (rule, packets) in moved(&before.rules, &after) { /* rule.text dropped `packets` */ }
 //! ```
 //!
-//! - [`rules::snapshot`]`() -> Result<Vec<Rule>>`: every rule with its counters; missing tools are skipped.
-//! - [`rules::snapshot_report`]`() -> Result<Snapshot>`: the same, plus which tools were unavailable.
-//! - [`rules::moved`]`(before, after) -> Vec<(Rule, u64)>`: DROP/REJECT rules whose counter moved, with the delta.
-//! - [`rules::lookup`]`(rules, family, table, chain, handle) -> Option<&Rule>`: the rule a trace event names.
+//! - [`snapshot()`]`() -> Result<Vec<Rule>>`: every rule with its counters; missing tools are skipped.
+//! - [`snapshot_report`]`() -> Result<Snapshot>`: the same, plus which tools were unavailable.
+//! - [`moved`]`(before, after) -> Vec<(Rule, u64)>`: DROP/REJECT rules whose counter moved, with the delta.
+//! - [`lookup`]`(rules, family, table, chain, handle) -> Option<&Rule>`: the rule a trace event names.
 //!
 //! **Exact attribution** ([`trace`]): on demand (`--explain FILTER`), since
 //! it costs a netlink message per traced packet and rule. A [`trace::TraceTable`]
@@ -33,13 +33,13 @@
 //!     trace::remove_stale()?;                       // left by a killed run
 //!     Ok((trace::TraceTable::create(filter)?, trace::TraceReader::open()?))
 //! })??;
-//! let reader = tokio::io::unix::AsyncFd::new(reader)?;
+//! let reader = unsafe { tokio::io::unix::AsyncFd::register(reader) }?;
 //! let mut verdicts = trace::Verdicts::new(vxlan_ports);
 //! loop {
 //!     let mut guard = reader.readable_mut().await?;
 //!     verdicts.add(&guard.get_inner_mut().read()?); // reads until it would block
 //!     guard.clear_ready();
-//!     // each interval: for (key, packets) in verdicts.take() { rules::lookup(...) }
+//!     // each interval: for (key, packets) in verdicts.take() { lookup(...) }
 //! }
 //! drop(table);                                      // deletes it, from any thread
 //! ```
@@ -56,8 +56,8 @@
 //! What the kernel and the tools do that the integration must know:
 //! - iptables-nft rules *are* nftables rules: trace events name them as table
 //!   `filter` of family `ip`/`ip6`, chain `INPUT`, with the nftables handle;
-//!   [`rules::snapshot`] gives iptables-nft rules that handle (matched by
-//!   position in nft's listing), so [`rules::lookup`] turns a trace event into
+//!   [`snapshot()`] gives iptables-nft rules that handle (matched by
+//!   position in nft's listing), so [`lookup`] turns a trace event into
 //!   the `-A INPUT ... -j DROP` text. iptables-legacy rules never appear in traces.
 //! - REJECT (iptables `-j REJECT`, nft `reject`) shows in traces as a rule
 //!   event with verdict `NF_DROP`; only the rule text tells it was a reject.
@@ -75,10 +75,17 @@
 //! - iptables-nft-save 1.8.9 silently misprints rules it cannot translate
 //!   (e.g. a native `ip saddr { a, b } drop` added to `ip filter INPUT` shows
 //!   as `-A INPUT -j DROP`); nothing tells them apart.
-#![allow(dead_code)] // Until integration nothing calls this module; this goes away then.
 
-pub mod rules;
+mod iptables;
+mod nft;
+pub mod rule;
+pub mod snapshot;
 pub mod trace;
+mod words;
 
+pub use rule::{Family, Rule, Source, Verdict, lookup, moved};
+pub use snapshot::{Snapshot, Unavailable, snapshot, snapshot_report};
 #[cfg(test)]
 mod root_tests;
+#[cfg(test)]
+mod tests;

@@ -15,9 +15,10 @@ use xtask::{
 };
 
 use super::{
-    rules::{self, Family, Hook, Source, Verdict},
+    self as rules, Family, Source, Verdict,
     trace::{self, NF_DROP, TraceReader, TraceTable, Verdicts},
 };
+use crate::model::Hook;
 
 fn require_root() {
     // SAFETY: plain syscall.

@@ -1,5 +1,6 @@
 //! The few `bpf(2)` commands aya 0.14 does not offer: batched draining of a
-//! hash map, and a barrier that waits for running BPF programs to finish.
+//! hash map, a barrier that waits for running BPF programs to finish, and
+//! loading and linking netfilter programs.
 
 use std::{
     io,
@@ -8,7 +9,9 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -64,10 +67,102 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn map_create(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
-    let fd = bpf(BPF_MAP_CREATE, attr)?;
+/// A command that returns a new file descriptor.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn map_create(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
+    bpf_fd(BPF_MAP_CREATE, attr)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+pub const BPF_NETFILTER: u32 = 45;
+
+/// Loads a program of `prog_type`; on failure, loads it again with the
+/// verifier's log and returns the error with the log.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    name: &str,
+    insns: &[aya_obj::generated::bpf_insn],
+) -> Result<OwnedFd, (io::Error, String)> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        expected_attach_type,
+        ..Default::default()
+    };
+    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let mut log = vec![0u8; 1 << 20];
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+        let _ = bpf_fd(BPF_PROG_LOAD, &mut attr);
+        let log = String::from_utf8_lossy(&log);
+        (e, log.trim_end_matches('\0').to_string())
+    })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct NfLinkAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    pf: u32,
+    hooknum: u32,
+    priority: i32,
+    nf_flags: u32,
+}
+
+/// Links netfilter program `prog` at (`pf`, `hooknum`, `priority`) in the
+/// calling thread's namespace. The link lives as long as the returned fd.
+pub fn link_netfilter(
+    prog: BorrowedFd<'_>,
+    pf: u8,
+    hooknum: u8,
+    priority: i32,
+) -> io::Result<OwnedFd> {
+    bpf_fd(
+        BPF_LINK_CREATE,
+        &mut NfLinkAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_NETFILTER,
+            pf: pf as u32,
+            hooknum: hooknum as u32,
+            priority,
+            ..Default::default()
+        },
+    )
 }
 
 /// Waits until every BPF program that was running when [`Barrier::wait`] was

@@ -1,12 +1,12 @@
 //! Naming kernel code addresses (drop locations) as `function+0xoffset`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Text symbols of the kernel, read from /proc/kallsyms on first use.
+/// The kernel's symbols (aya reads /proc/kallsyms), loaded on first use.
 #[derive(Default)]
 pub struct Symbolizer {
-    /// Sorted by address; empty if not loaded (or unreadable).
-    symbols: Option<Vec<(u64, String)>>,
+    /// Empty if /proc/kallsyms could not be read.
+    symbols: Option<BTreeMap<u64, String>>,
     cache: HashMap<u64, String>,
 }
 
@@ -15,41 +15,20 @@ impl Symbolizer {
         if let Some(n) = self.cache.get(&addr) {
             return n.clone();
         }
-        let symbols = self.symbols.get_or_insert_with(|| {
-            std::fs::read_to_string("/proc/kallsyms")
-                .map(|s| parse(&s))
-                .unwrap_or_default()
-        });
+        let symbols = self
+            .symbols
+            .get_or_insert_with(|| aya::util::kernel_symbols().unwrap_or_default());
         let name = resolve(symbols, addr);
         self.cache.insert(addr, name.clone());
         name
     }
 }
 
-/// Text symbols (`t`/`T`) with a real address, sorted.
-fn parse(kallsyms: &str) -> Vec<(u64, String)> {
-    let mut v: Vec<(u64, String)> = kallsyms
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-            let kind = it.next()?;
-            let name = it.next()?;
-            (addr != 0 && matches!(kind, "t" | "T")).then(|| (addr, name.to_string()))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn resolve(symbols: &[(u64, String)], addr: u64) -> String {
-    match symbols.partition_point(|(a, _)| *a <= addr) {
-        // Before the first symbol, or addresses hidden by kptr_restrict.
-        0 => format!("{addr:#x}"),
-        i => {
-            let (start, name) = &symbols[i - 1];
-            format!("{name}+{:#x}", addr - start)
-        }
+fn resolve(symbols: &BTreeMap<u64, String>, addr: u64) -> String {
+    match symbols.range(1..=addr).next_back() {
+        Some((start, name)) => format!("{name}+{:#x}", addr - start),
+        // Before the first symbol, or addresses hidden by kptr_restrict (all 0).
+        None => format!("{addr:#x}"),
     }
 }
 
@@ -59,14 +38,12 @@ mod tests {
 
     #[test]
     fn function_plus_offset() {
-        let syms = parse(
-            "ffffffff81000000 T _text\n\
-             ffffffff81200000 t nf_hook_slow\n\
-             ffffffff81200100 T ip_rcv\n\
-             ffffffff81300000 d some_data\n\
-             0000000000000000 T hidden\n",
-        );
-        assert_eq!(syms.len(), 3);
+        let syms = BTreeMap::from([
+            (0xffffffff81000000, "_text".to_string()),
+            (0xffffffff81200000, "nf_hook_slow".to_string()),
+            (0xffffffff81200100, "ip_rcv".to_string()),
+            (0, "hidden".to_string()),
+        ]);
         assert_eq!(resolve(&syms, 0xffffffff8120009a), "nf_hook_slow+0x9a");
         assert_eq!(resolve(&syms, 0xffffffff81200100), "ip_rcv+0x0");
         assert_eq!(resolve(&syms, 0x1234), "0x1234");

@@ -2,9 +2,12 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd as _, AsRawFd as _},
-    os::unix::fs::MetadataExt as _,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::{fs::MetadataExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -130,17 +133,31 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
     let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: plain syscall on a valid fd.
-            if unsafe { libc::setns(file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(anyhow!(
-                    "setns {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                ));
-            }
+            enter(file.as_raw_fd()).map_err(|e| anyhow!("setns {}: {e}", path.display()))?;
             Ok(f())
         })
         .join()
         .map_err(|_| anyhow!("thread in {} panicked", path.display()))?
     })
+}
+
+/// Moves the calling thread into the network namespace open as `fd`.
+fn enter(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: a plain syscall; a bad fd is an error, not undefined behaviour.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `cmd` run in the network namespace open as `netns`: the child
+/// enters it between fork and exec. `netns` must stay open until the child
+/// has started.
+pub fn command_in(cmd: &mut Command, netns: &File) {
+    let fd = netns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe, so it may run between fork and
+    // exec; `fd` is open in the child, which inherits it.
+    unsafe {
+        cmd.pre_exec(move || enter(fd));
+    }
 }

@@ -3,9 +3,6 @@
 use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, bail};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
@@ -13,12 +10,13 @@ use netlink_packet_route::{
         InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, VxlanDf,
     },
     nsid::{NsidAttribute, NsidMessage},
-    tc::{TcAttribute, TcHandle, TcMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::{
-    sys::netns::{self, Netns},
+    sys::{
+        netlink::Netlink,
+        netns::{self, Netns},
+    },
     topology::mtu::{NsDevices, Topology},
 };
 
@@ -120,120 +118,6 @@ impl Device {
             _ => None,
         }
     }
-}
-
-/// A netlink route socket of the calling thread's namespace.
-struct Netlink {
-    socket: Socket,
-    seq: u32,
-}
-
-impl Netlink {
-    fn open() -> Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
-        socket.bind_auto().context("netlink bind")?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .context("netlink connect")?;
-        Ok(Netlink { socket, seq: 0 })
-    }
-
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        self.seq += 1;
-        let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
-        req.header.flags = flags;
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.socket.send(&buf, 0).context("netlink send")?;
-        Ok(())
-    }
-
-    /// Sends a dump request and collects every message of the answer.
-    fn dump(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<Vec<RouteNetlinkMessage>> {
-        self.send(msg, NLM_F_DUMP | NLM_F_REQUEST)?;
-        let mut out = Vec::new();
-        self.recv(what, |m| {
-            out.push(m);
-            false
-        })?;
-        Ok(out)
-    }
-
-    /// Sends a request that has no answer but an acknowledgement.
-    fn ack(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<()> {
-        self.send(msg, NLM_F_REQUEST | NLM_F_ACK)?;
-        self.recv(what, |_| false)
-    }
-
-    /// Sends a request and returns its one answer.
-    fn request(&mut self, msg: RouteNetlinkMessage, what: &str) -> Result<RouteNetlinkMessage> {
-        self.send(msg, NLM_F_REQUEST)?;
-        let mut out = None;
-        self.recv(what, |m| {
-            out = Some(m);
-            true
-        })?;
-        out.with_context(|| format!("netlink {what}: no answer"))
-    }
-
-    /// Receives messages of the current sequence until NLMSG_DONE, or until
-    /// `each` returns true.
-    fn recv(
-        &mut self,
-        what: &str,
-        mut each: impl FnMut(RouteNetlinkMessage) -> bool,
-    ) -> Result<()> {
-        let mut rx = vec![0u8; 1 << 16];
-        loop {
-            let n = self
-                .socket
-                .recv(&mut &mut rx[..], 0)
-                .context("netlink recv")?;
-            let mut off = 0;
-            while off < n {
-                let msg: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&rx[off..n]).context("netlink parse")?;
-                let len = msg.header.length as usize;
-                let stop = msg.header.sequence_number == self.seq
-                    && match msg.payload {
-                        NetlinkPayload::Done(_) => true,
-                        NetlinkPayload::Error(e) if e.code.is_some() => {
-                            bail!("netlink {what}: {}", e.to_io())
-                        }
-                        // An acknowledgement: the request is done.
-                        NetlinkPayload::Error(_) => true,
-                        NetlinkPayload::InnerMessage(m) => each(m),
-                        _ => false,
-                    };
-                if stop {
-                    return Ok(());
-                }
-                if len == 0 {
-                    break;
-                }
-                off += len;
-            }
-        }
-    }
-}
-
-/// Deletes the clsact qdisc of device `ifindex` in the calling thread's
-/// namespace (`tc qdisc del dev X clsact`), with every filter on it.
-pub fn delete_clsact(ifindex: u32) -> Result<()> {
-    let mut msg = TcMessage::default();
-    msg.header.index = ifindex as i32;
-    msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = TcHandle {
-        major: 0xffff,
-        minor: 0,
-    };
-    msg.attributes.push(TcAttribute::Kind("clsact".into()));
-    Netlink::open()?.ack(
-        RouteNetlinkMessage::DelQueueDiscipline(msg),
-        "delete clsact",
-    )
 }
 
 /// Lists the devices of the calling thread's network namespace.

@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod mtu;
+pub mod names;
 
 use std::collections::BTreeSet;
 

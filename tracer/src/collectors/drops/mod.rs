@@ -1,10 +1,28 @@
-//! Drop counters, merged over CPUs.
+//! Drops: every packet the kernel frees as dropped (`skb:kfree_skb`), per
+//! (namespace, device, flow, reason, location), and the first drop of each
+//! such key at once through a ring buffer.
 
 pub mod reasons;
 
-use tracer_ebpf::DropStats;
+use std::os::fd::{AsFd as _, BorrowedFd};
 
-use crate::collectors::tally::Accumulate;
+use anyhow::{Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use tracer_ebpf::{Config, DropEvent, DropKey, DropStats, FlowId};
+
+use crate::{
+    cli::Cli,
+    collectors::{
+        Collector, Notice, Setup, double_buffer::Drained, fragment_of, loader, tally::Accumulate,
+    },
+    output::{Report, Scope},
+    sys::{bpf::Barrier, kallsyms::Symbolizer},
+    topology::names::Names,
+};
+use reasons::{ReasonFilter, Reasons};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {
@@ -19,22 +37,188 @@ impl Accumulate for DropCounts {
     }
 }
 
-impl DropCounts {
-    pub fn from_percpu(values: &[DropStats]) -> Self {
-        let mut c = DropCounts::default();
-        for v in values {
-            c.add(&DropCounts {
-                packets: v.packets,
-                bytes: v.bytes,
-            });
+impl From<&DropStats> for DropCounts {
+    fn from(v: &DropStats) -> Self {
+        DropCounts {
+            packets: v.packets,
+            bytes: v.bytes,
         }
-        c
+    }
+}
+
+/// Drops of one flow, for one reason, at one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropRow {
+    pub netns: String,
+    /// The skb's device where it was dropped, if it had one.
+    pub iface: Option<String>,
+    pub id: FlowId,
+    /// `NETFILTER_DROP`, ...
+    pub reason: String,
+    /// Kernel function and offset that dropped it.
+    pub location: String,
+    /// `first` or `rest` when the dropped packet was an IP fragment.
+    pub fragment: Option<&'static str>,
+    pub counts: DropCounts,
+}
+
+pub struct Drops {
+    enabled: bool,
+    counts: Option<Drained<DropKey, DropStats, DropCounts>>,
+    /// First drops of new keys.
+    events: Option<RingBuf<MapData>>,
+    namer: DropNamer,
+}
+
+/// Turns drop keys into rows: reason names, code locations, the filter.
+struct DropNamer {
+    reasons: Reasons,
+    filter: ReasonFilter,
+    symbols: Symbolizer,
+}
+
+impl Drops {
+    /// Checks `--reason` and `--exclude-reason` against the kernel's reasons.
+    pub fn new(cli: &Cli, btf: &btf_rs::Btf) -> Result<Self> {
+        let reasons = Reasons::from_btf(btf)?;
+        let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
+        Ok(Drops {
+            enabled: !cli.no_drops,
+            counts: None,
+            events: None,
+            namer: DropNamer {
+                reasons,
+                filter,
+                symbols: Symbolizer::default(),
+            },
+        })
+    }
+}
+
+impl DropNamer {
+    /// Named rows the filter lets through, by namespace, device, reason, flow.
+    fn named<'a>(
+        &mut self,
+        names: &Names,
+        drops: impl Iterator<Item = (&'a DropKey, &'a DropCounts)>,
+    ) -> Vec<DropRow> {
+        let mut rows: Vec<DropRow> = drops
+            .filter(|(key, _)| self.filter.allows(key.reason))
+            .map(|(key, counts)| {
+                let (netns, iface) = names.device(key.netns_inode as u64, key.ifindex);
+                let (id, fragment) = fragment_of(key.id);
+                DropRow {
+                    netns,
+                    iface: (key.ifindex != 0).then_some(iface),
+                    id,
+                    reason: self.reasons.name(key.reason),
+                    location: self.symbols.name(key.location),
+                    fragment,
+                    counts: *counts,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (&a.netns, &a.iface, &a.reason, &a.id, &a.location).cmp(&(
+                &b.netns,
+                &b.iface,
+                &b.reason,
+                &b.id,
+                &b.location,
+            ))
+        });
+        rows
+    }
+}
+
+impl Collector for Drops {
+    fn name(&self) -> &'static str {
+        "drops"
+    }
+
+    fn configure(&self, config: &mut Config) {
+        config.reason_consumed = self.namer.reasons.consumed;
+        config.reason_not_dropped = self.namer.reasons.not_dropped;
+    }
+
+    fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
+        if self.enabled {
+            loader::attach_tracepoint(ebpf, setup.btf, "kfree_skb")
+                .map_err(|e| e.context("drops cannot be traced here (--no-drops skips them)"))?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.counts = Some(Drained::take(ebpf, "DROP_GENERATION", "DROPS")?);
+        if self.enabled {
+            let ring = ebpf
+                .take_map("DROP_EVENTS")
+                .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
+            self.events = Some(RingBuf::try_from(ring)?);
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, barrier: &Barrier) -> Result<()> {
+        if let Some(c) = &mut self.counts {
+            c.drain(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
+        let Some(counts) = &mut self.counts else {
+            return;
+        };
+        report.drops = self
+            .namer
+            .named(names, counts.tally.entries(scope).into_iter());
+        if scope == Scope::Interval {
+            counts.tally.end_interval();
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.enabled
+    }
+
+    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.events.as_ref().map(|r| r.as_fd())
+    }
+
+    /// The first drops of keys never seen before, announced by the kernel.
+    fn events(&mut self, names: &mut Names, report: &mut Report) {
+        let Some(ring) = &mut self.events else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<DropEvent>() {
+                // SAFETY: the program wrote a whole DropEvent, which is Pod.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+            }
+        }
+        let counts: Vec<(DropKey, DropCounts)> = events
+            .iter()
+            .map(|e| {
+                let c = DropCounts {
+                    packets: 1,
+                    bytes: e.len as u64,
+                };
+                (e.key, c)
+            })
+            .collect();
+        report
+            .drops
+            .extend(self.namer.named(names, counts.iter().map(|(k, c)| (k, c))));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::tally::sum_percpu;
 
     #[test]
     fn per_cpu_values_are_summed() {
@@ -53,7 +237,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            DropCounts::from_percpu(&v),
+            sum_percpu::<_, DropCounts>(&v),
             DropCounts {
                 packets: 7,
                 bytes: 107

@@ -1,12 +1,28 @@
-//! Per-hop flow counters, merged over CPUs.
+//! Per-hop flow counters: TC programs on ingress and egress of every traced
+//! device count packets, bytes, fragments and the largest packet per flow.
 
 pub mod tc;
 
-use tracer_ebpf::FlowStats;
+use std::{cmp::Ordering, collections::HashMap, rc::Rc};
 
-use crate::collectors::tally::Accumulate;
+use anyhow::{Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+};
+use rustc_hash::FxHashMap;
+use tracer_ebpf::{DeviceInfo, FlowId, FlowKey, FlowStats, Tuple};
 
-/// Counters of one flow at one hop.
+use crate::{
+    cli::Cli,
+    collectors::{Collector, Notice, Setup, double_buffer::Drained, loader, tally::Accumulate},
+    model::Direction,
+    output::{Report, Scope},
+    sys::bpf::Barrier,
+    topology::names::Names,
+};
+
+/// Counts of one flow at one hop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub packets: u64,
@@ -28,27 +44,192 @@ impl Accumulate for Counts {
     }
 }
 
-impl Counts {
-    /// Sums the per-CPU values of one map entry.
-    pub fn from_percpu(values: &[FlowStats]) -> Self {
-        let mut c = Counts::default();
-        for v in values {
-            c.add(&Counts {
-                packets: v.packets,
-                bytes: v.bytes,
-                frags_first: v.frags_first,
-                frags_rest: v.frags_rest,
-                df: v.df,
-                max_len: v.max_len,
-            });
+impl From<&FlowStats> for Counts {
+    fn from(v: &FlowStats) -> Self {
+        Counts {
+            packets: v.packets,
+            bytes: v.bytes,
+            frags_first: v.frags_first,
+            frags_rest: v.frags_rest,
+            df: v.df,
+            max_len: v.max_len,
         }
-        c
     }
+}
+
+/// One flow at one hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRow {
+    // Shared: tens of thousands of rows name a handful of devices.
+    pub netns: Rc<str>,
+    pub iface: Rc<str>,
+    pub dir: Direction,
+    pub id: FlowId,
+    pub counts: Counts,
+}
+
+/// (namespace, device) names shared by the rows of one device.
+type DeviceName = (Rc<str>, Rc<str>);
+
+pub struct Flows {
+    mode: tc::AttachMode,
+    links: tc::Links,
+    counts: Option<Drained<FlowKey, FlowStats, Counts>>,
+    devices: DeviceNames,
+}
+
+/// Names of the devices flow keys name by their `struct net_device` address.
+#[derive(Default)]
+struct DeviceNames {
+    /// Address -> device, filled by the TC programs.
+    map: Option<BpfHashMap<MapData, u64, DeviceInfo>>,
+    /// Address -> (netns name, device name), from `map`.
+    cache: HashMap<u64, (String, String)>,
+}
+
+impl Flows {
+    pub fn new(cli: &Cli) -> Self {
+        Flows {
+            mode: cli.tc_attach,
+            links: tc::Links::default(),
+            counts: None,
+            devices: DeviceNames::default(),
+        }
+    }
+}
+
+impl DeviceNames {
+    /// Names the device at kernel address `dev`.
+    fn device(&mut self, names: &Names, dev: u64, ifindex: u32) -> (String, String) {
+        if let Some(n) = self.cache.get(&dev) {
+            return n.clone();
+        }
+        let info = self.map.as_ref().and_then(|d| d.get(&dev, 0).ok());
+        let Some(info) = info else {
+            return ("?".to_string(), format!("if{ifindex}"));
+        };
+        let name = names.device(info.netns_inode as u64, info.ifindex);
+        self.cache.insert(dev, name.clone());
+        name
+    }
+
+    /// Named rows in a stable order: by namespace, device, direction, flow.
+    fn named(&mut self, names: &Names, flows: Vec<(&FlowKey, &Counts)>) -> Vec<FlowRow> {
+        // Tens of thousands of rows on a handful of devices: sort the devices
+        // by name once, then the rows by the device's rank, so that no
+        // comparison compares names.
+        let mut ranks: FxHashMap<(u64, u32), u32> = FxHashMap::default();
+        for (key, _) in &flows {
+            ranks.entry((key.dev, key.ifindex)).or_default();
+        }
+        let mut devices: Vec<((u64, u32), DeviceName)> = ranks
+            .keys()
+            .map(|&(dev, ifindex)| {
+                let (netns, iface) = self.device(names, dev, ifindex);
+                ((dev, ifindex), (netns.into(), iface.into()))
+            })
+            .collect();
+        devices.sort_by(|a, b| a.1.cmp(&b.1));
+        for (rank, (dev, _)) in devices.iter().enumerate() {
+            ranks.insert(*dev, rank as u32);
+        }
+        let mut ordered: Vec<(u32, Direction, &FlowKey, &Counts)> = flows
+            .into_iter()
+            .map(|(key, counts)| {
+                let dir = Direction::from_raw(key.dir);
+                (ranks[&(key.dev, key.ifindex)], dir, key, counts)
+            })
+            .collect();
+        ordered.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| id_order(&a.2.id, &b.2.id))
+        });
+        ordered
+            .into_iter()
+            .map(|(rank, dir, key, counts)| {
+                let (netns, iface) = devices[rank as usize].1.clone();
+                FlowRow {
+                    netns,
+                    iface,
+                    dir,
+                    id: key.id,
+                    counts: *counts,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Collector for Flows {
+    fn name(&self) -> &'static str {
+        "flows"
+    }
+
+    fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
+        loader::load_classifier(ebpf, tc::INGRESS)?;
+        loader::load_classifier(ebpf, tc::EGRESS)?;
+        self.links.attach(ebpf, setup.targets, self.mode)?;
+        Ok(Vec::new())
+    }
+
+    fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.counts = Some(Drained::take(ebpf, "FLOW_GENERATION", "FLOWS")?);
+        let devices = ebpf
+            .take_map("DEVICES")
+            .ok_or_else(|| anyhow!("eBPF object has no map DEVICES"))?;
+        self.devices.map = Some(BpfHashMap::try_from(devices)?);
+        Ok(())
+    }
+
+    fn drain(&mut self, barrier: &Barrier) -> Result<()> {
+        if let Some(c) = &mut self.counts {
+            c.drain(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
+        let Some(counts) = &mut self.counts else {
+            return;
+        };
+        report.flows = self.devices.named(names, counts.tally.entries(scope));
+        if scope == Scope::Interval {
+            counts.tally.end_interval();
+        }
+    }
+
+    fn stop(&mut self, ebpf: &mut Ebpf) {
+        self.links.detach(ebpf);
+    }
+
+    fn attached(&self) -> usize {
+        self.links.count()
+    }
+}
+
+/// The order of `FlowId`'s derived `Ord`, comparing the 16-byte addresses
+/// as big-endian integers instead of calling `memcmp` twice per tuple: rows
+/// are sorted every interval, and most comparisons reach the ports.
+pub fn id_order(a: &FlowId, b: &FlowId) -> Ordering {
+    fn tuple(a: &Tuple, b: &Tuple) -> Ordering {
+        u128::from_be_bytes(a.src)
+            .cmp(&u128::from_be_bytes(b.src))
+            .then_with(|| u128::from_be_bytes(a.dst).cmp(&u128::from_be_bytes(b.dst)))
+            .then_with(|| {
+                (a.sport, a.dport, a.proto, a.family, a.flags, a._pad)
+                    .cmp(&(b.sport, b.dport, b.proto, b.family, b.flags, b._pad))
+            })
+    }
+    tuple(&a.outer, &b.outer)
+        .then_with(|| tuple(&a.inner, &b.inner))
+        .then_with(|| (a.vni, a._pad).cmp(&(b.vni, b._pad)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::tally::sum_percpu;
 
     fn stats(packets: u64, bytes: u64, max_len: u32) -> FlowStats {
         FlowStats {
@@ -64,7 +245,7 @@ mod tests {
 
     #[test]
     fn per_cpu_values_are_summed_and_max_len_is_the_largest() {
-        let c = Counts::from_percpu(&[stats(3, 300, 100), stats(0, 0, 0), stats(4, 500, 140)]);
+        let c: Counts = sum_percpu(&[stats(3, 300, 100), stats(0, 0, 0), stats(4, 500, 140)]);
         assert_eq!(
             c,
             Counts {
@@ -76,5 +257,50 @@ mod tests {
                 max_len: 140
             }
         );
+    }
+
+    /// Ids whose fields take few values, so that pairs tie on every prefix.
+    fn ids() -> Vec<FlowId> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut pick = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        (0..300)
+            .map(|_| {
+                let mut tuple = || {
+                    let mut t = Tuple::default();
+                    // Differences in the first and last byte of each address.
+                    t.src[0] = pick(2) as u8;
+                    t.src[15] = pick(3) as u8 * 0x7f;
+                    t.dst[8] = pick(2) as u8 * 0x80;
+                    t.sport = pick(3) as u16 * 0x7fff;
+                    t.dport = pick(2) as u16;
+                    t.proto = pick(2) as u8 * 17;
+                    t.family = pick(2) as u8;
+                    t.flags = pick(2) as u8;
+                    t
+                };
+                let (outer, inner) = (tuple(), tuple());
+                FlowId {
+                    outer,
+                    inner,
+                    vni: pick(2) as u32 | (pick(2) as u32) << 31,
+                    _pad: 0,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn id_order_is_the_derived_order() {
+        let ids = ids();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(id_order(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
     }
 }

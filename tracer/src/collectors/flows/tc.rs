@@ -22,8 +22,12 @@ use aya::{
     util::KernelVersion,
 };
 use clap::ValueEnum;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcHandle as NlTcHandle, TcMessage},
+};
 
-use crate::{sys::netns, topology::Target, topology::devices};
+use crate::{sys::netns, topology::Target};
 
 pub const INGRESS: &str = "tc_ingress";
 pub const EGRESS: &str = "tc_egress";
@@ -131,11 +135,28 @@ impl Links {
             let _ = netns::run_in(&link.ns, || prog.detach(link.id));
         }
         for (ns, ifindex) in self.qdiscs.drain(..) {
-            let _ = netns::run_in(&ns, || devices::delete_clsact(ifindex));
+            let _ = netns::run_in(&ns, || delete_clsact(ifindex));
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.links.len()
     }
+}
+
+/// Deletes the clsact qdisc of device `ifindex` in the calling thread's
+/// namespace (`tc qdisc del dev X clsact`), with every filter on it.
+pub fn delete_clsact(ifindex: u32) -> Result<()> {
+    let mut msg = TcMessage::default();
+    msg.header.index = ifindex as i32;
+    msg.header.parent = NlTcHandle::CLSACT;
+    msg.header.handle = NlTcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    crate::sys::netlink::Netlink::open()?.ack(
+        RouteNetlinkMessage::DelQueueDiscipline(msg),
+        "delete clsact",
+    )
 }

@@ -1,8 +1,21 @@
-//! ICMP error counters and what each kind of error is called.
+//! ICMP errors ("fragmentation needed", "packet too big", unreachable, time
+//! exceeded) with the flow they are about: seen as packets by the TC
+//! programs on traced devices, and sent by a traced namespace's stack
+//! (`icmp:icmp_send`).
 
-use tracer_ebpf::FAMILY_IPV4;
+use anyhow::Result;
+use aya::Ebpf;
+use tracer_ebpf::{FAMILY_IPV4, FlowId, IcmpKey};
 
-use crate::collectors::tally::Accumulate;
+use crate::{
+    collectors::{
+        Collector, Notice, Setup, double_buffer::Drained, fragment_of, loader, tally::Accumulate,
+    },
+    model::Direction,
+    output::{Report, Scope},
+    sys::bpf::Barrier,
+    topology::names::Names,
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IcmpCount(pub u64);
@@ -11,6 +24,110 @@ impl Accumulate for IcmpCount {
     fn add(&mut self, o: &Self) {
         self.0 += o.0;
     }
+}
+
+impl From<&u64> for IcmpCount {
+    fn from(v: &u64) -> Self {
+        IcmpCount(*v)
+    }
+}
+
+/// ICMP errors of one kind about one flow, where they were seen or sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpRow {
+    pub netns: String,
+    pub iface: Option<String>,
+    /// Seen as a packet on `iface` (ingress, egress), or sent by this namespace's stack.
+    pub dir: Direction,
+    /// `frag_needed`, `packet_too_big`, `port_unreachable`, `time_exceeded`, ...
+    pub kind: &'static str,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The MTU a "fragmentation needed" or "packet too big" announces.
+    pub mtu: Option<u32>,
+    /// The offending packet, from the header the error quotes.
+    pub id: FlowId,
+    pub count: u64,
+}
+
+#[derive(Default)]
+pub struct Icmp {
+    counts: Option<Drained<IcmpKey, u64, IcmpCount>>,
+}
+
+impl Icmp {
+    pub fn new() -> Self {
+        Icmp::default()
+    }
+}
+
+impl Collector for Icmp {
+    fn name(&self) -> &'static str {
+        "icmp"
+    }
+
+    fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
+        Ok(
+            match loader::attach_tracepoint(ebpf, setup.btf, "icmp_send") {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![Notice {
+                    collector: self.name(),
+                    text: format!(
+                        "ICMP errors sent by the stack are not counted ({e:#}); those that cross a \
+                     traced device still are"
+                    ),
+                }],
+            },
+        )
+    }
+
+    fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.counts = Some(Drained::take(ebpf, "ICMP_GENERATION", "ICMPS")?);
+        Ok(())
+    }
+
+    fn drain(&mut self, barrier: &Barrier) -> Result<()> {
+        if let Some(c) = &mut self.counts {
+            c.drain(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
+        let Some(counts) = &mut self.counts else {
+            return;
+        };
+        report.icmps = named(names, counts.tally.entries(scope));
+        if scope == Scope::Interval {
+            counts.tally.end_interval();
+        }
+    }
+}
+
+/// Named rows, by namespace, device, kind, flow.
+fn named(names: &Names, icmps: Vec<(&IcmpKey, &IcmpCount)>) -> Vec<IcmpRow> {
+    let mut rows: Vec<IcmpRow> = icmps
+        .into_iter()
+        .map(|(key, count)| {
+            let (netns, iface) = names.device(key.netns_inode as u64, key.ifindex);
+            let (id, _) = fragment_of(key.id);
+            IcmpRow {
+                netns,
+                iface: (key.ifindex != 0).then_some(iface),
+                dir: Direction::from_raw(key.dir),
+                kind: kind(key.family, key.icmp_type, key.icmp_code),
+                icmp_type: key.icmp_type,
+                icmp_code: key.icmp_code,
+                mtu: (key.mtu != 0).then_some(key.mtu),
+                id,
+                count: count.0,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.netns, &a.iface, a.dir, a.kind, &a.id).cmp(&(&b.netns, &b.iface, b.dir, b.kind, &b.id))
+    });
+    rows
 }
 
 /// The name of an ICMP (`family` 4) or ICMPv6 error.

@@ -6,27 +6,26 @@
 use std::io::ErrorKind;
 
 use anyhow::{Context as _, Result, bail};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use tracer_ebpf::hook;
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use crate::collectors::verdicts::bands::{NFPROTO_IPV4, NFPROTO_IPV6};
+use crate::{
+    model::{Hook, IpFamily, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, Table},
+    sys::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, attributes, be32, ne32},
+};
 
-/// `NFPROTO_INET`: a chain of an `inet` table sees IPv4 and IPv6.
-pub const NFPROTO_INET: u8 = 1;
-
-/// A chain attached to a netfilter hook.
+/// A chain attached to a netfilter hook of the IP families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BaseChain {
     /// `NFPROTO_*` of its table.
     pub family: u8,
-    pub hook: u8,
+    pub hook: Hook,
     pub priority: i32,
 }
 
 impl BaseChain {
-    /// Runs for packets of `NFPROTO_IPV4`/`NFPROTO_IPV6` family `pf`.
-    pub fn sees(&self, pf: u8) -> bool {
-        self.family == pf || self.family == NFPROTO_INET
+    /// Runs for packets of `family`.
+    pub fn sees(&self, family: IpFamily) -> bool {
+        self.family == family.nfproto() || self.family == NFPROTO_INET
     }
 }
 
@@ -38,9 +37,6 @@ const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// Base chains of the calling thread's namespace.
 pub fn base_chains() -> Result<Vec<BaseChain>> {
@@ -50,11 +46,7 @@ pub fn base_chains() -> Result<Vec<BaseChain>> {
 }
 
 fn nft_base_chains() -> Result<Vec<BaseChain>> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).context("netfilter netlink socket")?;
-    socket.bind_auto().context("netlink bind")?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("netlink connect")?;
+    let socket = netlink::socket(NETLINK_NETFILTER)?;
     // nlmsghdr + nfgenmsg (family AF_UNSPEC: every family, version 0, res_id 0).
     let mut req = Vec::with_capacity(20);
     req.extend(20u32.to_ne_bytes());
@@ -91,73 +83,46 @@ enum Decoded {
     Error(i32),
 }
 
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
-/// Netlink attributes of `b`: (type, payload).
-fn attributes(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        let len = u16_at(b, off)? as usize;
-        let kind = u16_at(b, off + 2)? & NLA_TYPE_MASK;
-        let payload = b.get(off + 4..off + len)?;
-        off += len.div_ceil(4) * 4;
-        Some((kind, payload))
-    })
-}
-
 /// Adds the base chains of the messages in `buf` to `chains`.
 fn decode(buf: &[u8], chains: &mut Vec<BaseChain>) -> Decoded {
-    let mut off = 0;
-    while let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) {
-        let len = len as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        let msg = &buf[off..off + len];
+    for (kind, msg) in netlink::messages(buf) {
         match kind {
             NLMSG_DONE => return Decoded::Done,
             NLMSG_ERROR => {
-                let code = u32_at(msg, 16).unwrap_or(0) as i32;
+                let code = ne32(&msg[16..]).unwrap_or(0) as i32;
                 if code != 0 {
                     return Decoded::Error(code);
                 }
             }
             k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN && msg.len() >= 20 => {
                 let family = msg[16];
-                let hook = attributes(&msg[20..])
-                    .find(|(t, _)| *t == NFTA_CHAIN_HOOK)
-                    .map(|(_, p)| p);
-                if let Some(hook_attrs) = hook {
-                    let mut num = None;
-                    let mut priority = None;
-                    for (t, p) in attributes(hook_attrs) {
-                        let v = p
-                            .get(..4)
-                            .map(|b| u32::from_be_bytes(b.try_into().expect("4")));
-                        match t {
-                            NFTA_HOOK_HOOKNUM => num = v,
-                            NFTA_HOOK_PRIORITY => priority = v.map(|v| v as i32),
-                            _ => {}
-                        }
+                let Some((_, hook_attrs)) =
+                    attributes(&msg[20..]).find(|(t, _)| *t == NFTA_CHAIN_HOOK)
+                else {
+                    continue;
+                };
+                let (mut num, mut priority) = (None, None);
+                for (t, p) in attributes(hook_attrs) {
+                    match t {
+                        NFTA_HOOK_HOOKNUM => num = be32(p),
+                        NFTA_HOOK_PRIORITY => priority = be32(p).map(|v| v as i32),
+                        _ => {}
                     }
-                    if let (Some(hook), Some(priority)) = (num, priority) {
-                        chains.push(BaseChain {
-                            family,
-                            hook: hook as u8,
-                            priority,
-                        });
-                    }
+                }
+                // Only the IP families' hooks: arp, bridge and netdev number theirs apart.
+                let ip = [NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6].contains(&family);
+                if let (true, Some(hook), Some(priority)) =
+                    (ip, num.and_then(|n| Hook::from_raw(n as u8)), priority)
+                {
+                    chains.push(BaseChain {
+                        family,
+                        hook,
+                        priority,
+                    });
                 }
             }
             _ => {}
         }
-        off += len.div_ceil(4) * 4;
     }
     Decoded::More
 }
@@ -173,43 +138,15 @@ fn legacy_base_chains() -> Vec<BaseChain> {
         let Ok(names) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) else {
             continue;
         };
-        for table in names.lines() {
-            chains.extend(
-                legacy_table(table.trim())
-                    .iter()
-                    .map(|&(hook, priority)| BaseChain {
-                        family,
-                        hook,
-                        priority,
-                    }),
-            );
+        for table in names.lines().filter_map(|n| Table::from_name(n.trim())) {
+            chains.extend(table.iptables_hooks().iter().map(|&hook| BaseChain {
+                family,
+                hook,
+                priority: table.priority(hook),
+            }));
         }
     }
     chains
-}
-
-/// The hooks and priority of an iptables-legacy table.
-fn legacy_table(name: &str) -> &'static [(u8, i32)] {
-    use hook::*;
-    match name {
-        "filter" => &[(LOCAL_IN, 0), (FORWARD, 0), (LOCAL_OUT, 0)],
-        "raw" => &[(PRE_ROUTING, -300), (LOCAL_OUT, -300)],
-        "mangle" => &[
-            (PRE_ROUTING, -150),
-            (LOCAL_IN, -150),
-            (FORWARD, -150),
-            (LOCAL_OUT, -150),
-            (POST_ROUTING, -150),
-        ],
-        "nat" => &[
-            (PRE_ROUTING, -100),
-            (LOCAL_OUT, -100),
-            (LOCAL_IN, 100),
-            (POST_ROUTING, 100),
-        ],
-        "security" => &[(LOCAL_IN, 50), (FORWARD, 50), (LOCAL_OUT, 50)],
-        _ => &[],
-    }
 }
 
 #[cfg(test)]
@@ -277,18 +214,18 @@ mod tests {
             [
                 BaseChain {
                     family: NFPROTO_IPV4,
-                    hook: 1,
+                    hook: Hook::Input,
                     priority: 0
                 },
                 BaseChain {
                     family: NFPROTO_INET,
-                    hook: 0,
+                    hook: Hook::Prerouting,
                     priority: -350
                 },
             ]
         );
-        assert!(chains[1].sees(NFPROTO_IPV6) && chains[1].sees(NFPROTO_IPV4));
-        assert!(!chains[0].sees(NFPROTO_IPV6));
+        assert!(chains[1].sees(IpFamily::Ipv6) && chains[1].sees(IpFamily::Ipv4));
+        assert!(!chains[0].sees(IpFamily::Ipv6));
     }
 
     #[test]
@@ -311,13 +248,6 @@ mod tests {
         assert!(chains.is_empty());
     }
 
-    #[test]
-    fn legacy_tables() {
-        assert_eq!(legacy_table("filter").len(), 3);
-        assert!(legacy_table("nat").contains(&(hook::POST_ROUTING, 100)));
-        assert!(legacy_table("broute").is_empty());
-    }
-
     /// The lab's own firewall, read both ways.
     #[test]
     fn running_kernel_sees_an_iptables_nft_chain() {
@@ -334,7 +264,7 @@ mod tests {
         assert!(
             chains
                 .iter()
-                .any(|c| c.hook == hook::LOCAL_IN && c.priority == 0 && c.sees(NFPROTO_IPV4)),
+                .any(|c| c.hook == Hook::Input && c.priority == 0 && c.sees(IpFamily::Ipv4)),
             "{chains:?}"
         );
         let other = crate::sys::netns::resolve(std::slice::from_ref(&p.b.ns)).unwrap();

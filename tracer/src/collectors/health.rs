@@ -1,0 +1,101 @@
+//! What the eBPF programs could not record (full maps, lost events), from
+//! the per-CPU `COUNTERS` array they all share.
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+use tracer_ebpf::counter;
+
+/// Events the eBPF side could not record, and other signs that counts are incomplete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Packets not counted because the flow map was full.
+    pub flow_map_full: u64,
+    /// Drops not counted because the drop map was full.
+    pub drop_map_full: u64,
+    /// First drops of new keys not announced at once (ring buffer full); they
+    /// are still counted in the interval rows.
+    pub drop_events_lost: u64,
+    /// Netfilter verdicts not counted because the verdict map was full.
+    pub verdict_map_full: u64,
+    /// ICMP errors not counted because the ICMP map was full.
+    pub icmp_map_full: u64,
+    /// Non-first fragments whose first fragment was not seen: counted by addresses only.
+    pub frag_unmatched: u64,
+    /// Times the kernel dropped nftables trace events (`--explain`) because
+    /// tracer's socket buffer was full: rule counts are then lower bounds.
+    pub explain_events_lost: u64,
+}
+
+impl Health {
+    pub fn any(&self) -> bool {
+        *self != Health::default()
+    }
+
+    /// Each field as `(self - before)`.
+    fn since(&self, before: &Health) -> Health {
+        Health {
+            flow_map_full: self.flow_map_full - before.flow_map_full,
+            drop_map_full: self.drop_map_full - before.drop_map_full,
+            drop_events_lost: self.drop_events_lost - before.drop_events_lost,
+            verdict_map_full: self.verdict_map_full - before.verdict_map_full,
+            icmp_map_full: self.icmp_map_full - before.icmp_map_full,
+            frag_unmatched: self.frag_unmatched - before.frag_unmatched,
+            explain_events_lost: self.explain_events_lost - before.explain_events_lost,
+        }
+    }
+}
+
+/// The `COUNTERS` map and the last two readings of it.
+pub struct Counters {
+    map: PerCpuArray<MapData, u64>,
+    total: Health,
+    interval: Health,
+}
+
+impl Counters {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map("COUNTERS")
+            .ok_or_else(|| anyhow!("eBPF object has no map COUNTERS"))?;
+        Ok(Counters {
+            map: PerCpuArray::try_from(map)?,
+            total: Health::default(),
+            interval: Health::default(),
+        })
+    }
+
+    /// Reads the counters: what they say since start, and since the last read.
+    pub fn read(&mut self) -> Result<()> {
+        let read = |index: u32| -> Result<u64> {
+            Ok(self
+                .map
+                .get(&index, 0)
+                .context("read COUNTERS")?
+                .iter()
+                .sum())
+        };
+        let now = Health {
+            flow_map_full: read(counter::FLOW_MAP_FULL)?,
+            drop_map_full: read(counter::DROP_MAP_FULL)?,
+            drop_events_lost: read(counter::DROP_EVENTS_LOST)?,
+            verdict_map_full: read(counter::VERDICT_MAP_FULL)?,
+            icmp_map_full: read(counter::ICMP_MAP_FULL)?,
+            frag_unmatched: read(counter::FRAG_UNMATCHED)?,
+            explain_events_lost: 0,
+        };
+        self.interval = now.since(&self.total);
+        self.total = now;
+        Ok(())
+    }
+
+    pub fn total(&self) -> Health {
+        self.total
+    }
+
+    pub fn interval(&self) -> Health {
+        self.interval
+    }
+}

@@ -1,0 +1,148 @@
+//! Where the netfilter observers go: around each counted table's priority
+//! at each hook, in every traced namespace, where a chain of that priority
+//! exists (a table that can decide).
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    os::fd::OwnedFd,
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    collectors::verdicts::{chains, nf_loader::NfPrograms},
+    model::{Hook, IpFamily, Table},
+    sys::netns,
+    topology::Target,
+};
+
+/// The tables named by `--nf-table` (`all` for every one); default filter.
+pub fn tables(names: &[String]) -> Result<Vec<Table>> {
+    if names.is_empty() {
+        return Ok(vec![Table::Filter]);
+    }
+    if names.iter().any(|n| n == "all") {
+        return Ok(Table::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| match Table::from_name(n) {
+            Some(t) => Ok(t),
+            None => bail!("unknown --nf-table '{n}' (filter, raw, mangle, nat, security or all)"),
+        })
+        .collect()
+}
+
+/// The observer programs linked just before and just after `table`.
+pub fn programs(table: Table) -> (&'static str, &'static str) {
+    match table {
+        Table::Filter => ("nf_filter_in", "nf_filter_out"),
+        Table::Raw => ("nf_raw_in", "nf_raw_out"),
+        Table::Mangle => ("nf_mangle_in", "nf_mangle_out"),
+        Table::Nat => ("nf_nat_in", "nf_nat_out"),
+        Table::Security => ("nf_security_in", "nf_security_out"),
+    }
+}
+
+/// Program names of `tables`.
+pub fn program_names(tables: &[Table]) -> Vec<&'static str> {
+    tables
+        .iter()
+        .flat_map(|&t| {
+            let (before, after) = programs(t);
+            [before, after]
+        })
+        .collect()
+}
+
+/// Where a pair of observers is linked.
+type Place = (PathBuf, IpFamily, Hook, Table);
+
+/// The observers of every traced namespace; dropping a pair unlinks it.
+pub struct NfLinks {
+    progs: NfPrograms,
+    tables: Vec<Table>,
+    links: HashMap<Place, [OwnedFd; 2]>,
+}
+
+impl NfLinks {
+    pub fn new(progs: NfPrograms, tables: Vec<Table>) -> Self {
+        NfLinks {
+            progs,
+            tables,
+            links: HashMap::new(),
+        }
+    }
+
+    /// Links the observers around each table at each hook, IPv4 and IPv6,
+    /// where the namespace has a base chain of that priority, and unlinks
+    /// those whose chains are gone. Called at start and every interval: a
+    /// table created later is observed from then on.
+    pub fn sync(&mut self, targets: &[Target]) -> Result<()> {
+        for t in targets {
+            let path = t.netns.path.clone();
+            let (progs, tables, links) = (&self.progs, &self.tables, &mut self.links);
+            netns::run_in(&path, || -> Result<()> {
+                let chains = chains::base_chains()?;
+                let mut needed = Vec::new();
+                for family in IpFamily::BOTH {
+                    for &table in tables.iter() {
+                        for &hook in table.hooks() {
+                            let prio = table.priority(hook);
+                            if chains
+                                .iter()
+                                .any(|c| c.sees(family) && c.hook == hook && c.priority == prio)
+                            {
+                                needed.push((family, hook, table, prio));
+                            }
+                        }
+                    }
+                }
+                links.retain(|(ns, f, h, table), _| {
+                    *ns != path
+                        || needed
+                            .iter()
+                            .any(|(nf, nh, nt, _)| nf == f && nh == h && nt == table)
+                });
+                for (family, hook, table, prio) in needed {
+                    if let Entry::Vacant(e) = links.entry((path.clone(), family, hook, table)) {
+                        let (before, after) = programs(table);
+                        let before = progs.link(before, family, hook, prio - 1)?;
+                        let after = progs.link(after, family, hook, prio + 1)?;
+                        e.insert([before, after]);
+                    }
+                }
+                Ok(())
+            })?
+            .with_context(|| format!("netfilter observers in {}", t.netns.name))?;
+        }
+        Ok(())
+    }
+
+    /// Links held (two per observed table, hook and family).
+    pub fn count(&self) -> usize {
+        2 * self.links.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_selection() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(tables(&[]).unwrap(), [Table::Filter]);
+        assert_eq!(tables(&names(&["all"])).unwrap().len(), 5);
+        let two = tables(&names(&["raw", "nat"])).unwrap();
+        assert_eq!(
+            program_names(&two),
+            ["nf_raw_in", "nf_raw_out", "nf_nat_in", "nf_nat_out"]
+        );
+        assert_eq!(
+            tables(&names(&["filtre"])).unwrap_err().to_string(),
+            "unknown --nf-table 'filtre' (filter, raw, mangle, nat, security or all)"
+        );
+    }
+}
