@@ -16,6 +16,7 @@ use aya::{
 
 use crate::{
     collectors::tally::{Accumulate, Tally, sum_percpu},
+    output::Scope,
     sys::bpf::{Barrier, drain_percpu_hash},
 };
 
@@ -93,12 +94,23 @@ impl DoubleBuffer {
     }
 }
 
-/// A double-buffered kernel map of per-CPU `S` values by key `K`, and the
-/// interval and run totals (`V`) of what was drained from it.
+/// A collector's double-buffered kernel map of per-CPU `S` values by key
+/// `K` (once taken from the object), and the interval and run totals (`V`)
+/// of what was drained from it.
 pub struct Drained<K, S, V> {
-    maps: DoubleBuffer,
-    pub tally: Tally<K, V>,
+    maps: Option<DoubleBuffer>,
+    tally: Tally<K, V>,
     _values: PhantomData<S>,
+}
+
+impl<K, S, V> Default for Drained<K, S, V> {
+    fn default() -> Self {
+        Drained {
+            maps: None,
+            tally: Tally::default(),
+            _values: PhantomData,
+        }
+    }
 }
 
 impl<K, S, V> Drained<K, S, V>
@@ -108,20 +120,35 @@ where
     V: Accumulate + for<'a> From<&'a S>,
 {
     /// Takes the maps `<prefix>_0`, `<prefix>_1` and `<generation>` out of `ebpf`.
-    pub fn take(ebpf: &mut Ebpf, generation: &str, prefix: &str) -> Result<Self> {
+    pub fn take(&mut self, ebpf: &mut Ebpf, generation: &str, prefix: &str) -> Result<()> {
         let names = [format!("{prefix}_0"), format!("{prefix}_1")];
-        Ok(Drained {
-            maps: DoubleBuffer::take(ebpf, generation, [&names[0], &names[1]])?,
-            tally: Tally::default(),
-            _values: PhantomData,
-        })
+        self.maps = Some(DoubleBuffer::take(
+            ebpf,
+            generation,
+            [&names[0], &names[1]],
+        )?);
+        Ok(())
     }
 
     /// Moves what the programs counted since the last drain into the tally.
-    pub fn drain(&mut self, barrier: &Barrier) -> Result<usize> {
+    pub fn drain(&mut self, barrier: &Barrier) -> Result<()> {
+        let Some(maps) = &mut self.maps else {
+            return Ok(());
+        };
         let tally = &mut self.tally;
-        self.maps.drain::<K, S>(barrier, |key, values| {
+        maps.drain::<K, S>(barrier, |key, values| {
             tally.add(key, sum_percpu(values));
-        })
+        })?;
+        Ok(())
+    }
+
+    /// `name`s the entries of `scope` into rows; `Scope::Interval` then
+    /// starts a new interval.
+    pub fn rows<R>(&mut self, scope: Scope, name: impl FnOnce(Vec<(&K, &V)>) -> Vec<R>) -> Vec<R> {
+        let rows = name(self.tally.entries(scope));
+        if scope == Scope::Interval {
+            self.tally.end_interval();
+        }
+        rows
     }
 }

@@ -86,6 +86,4 @@ mod words;
 pub use rule::{Family, Rule, Source, Verdict, lookup, moved};
 pub use snapshot::{Snapshot, Unavailable, snapshot, snapshot_report};
 #[cfg(test)]
-mod root_tests;
-#[cfg(test)]
 mod tests;

@@ -177,11 +177,13 @@ pub fn string(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+/// Builders of netlink messages, for tests of the decoders.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub mod build {
+    use super::align4;
 
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    /// One attribute, padded.
+    pub fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut a = Vec::new();
         a.extend(((4 + payload.len()) as u16).to_ne_bytes());
         a.extend(kind.to_ne_bytes());
@@ -189,6 +191,25 @@ mod tests {
         a.resize(align4(a.len()), 0);
         a
     }
+
+    /// An nfnetlink message of `kind`: nlmsghdr, nfgenmsg of `family`, `attrs`.
+    pub fn nfnl_message(kind: u16, family: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = attrs.concat();
+        let mut m = Vec::new();
+        m.extend(((20 + body.len()) as u32).to_ne_bytes());
+        m.extend(kind.to_ne_bytes());
+        m.extend(2u16.to_ne_bytes());
+        m.extend(1u32.to_ne_bytes());
+        m.extend(0u32.to_ne_bytes());
+        m.extend([family, 0, 0, 0]);
+        m.extend(body);
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{build::attr, *};
 
     #[test]
     fn attributes_are_walked_with_padding_and_flags_masked() {

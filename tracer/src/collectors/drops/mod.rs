@@ -64,7 +64,7 @@ pub struct DropRow {
 
 pub struct Drops {
     enabled: bool,
-    counts: Option<Drained<DropKey, DropStats, DropCounts>>,
+    counts: Drained<DropKey, DropStats, DropCounts>,
     /// First drops of new keys.
     events: Option<RingBuf<MapData>>,
     namer: DropNamer,
@@ -84,7 +84,7 @@ impl Drops {
         let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
         Ok(Drops {
             enabled: !cli.no_drops,
-            counts: None,
+            counts: Drained::default(),
             events: None,
             namer: DropNamer {
                 reasons,
@@ -150,7 +150,7 @@ impl Collector for Drops {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts = Some(Drained::take(ebpf, "DROP_GENERATION", "DROPS")?);
+        self.counts.take(ebpf, "DROP_GENERATION", "DROPS")?;
         if self.enabled {
             let ring = ebpf
                 .take_map("DROP_EVENTS")
@@ -161,22 +161,14 @@ impl Collector for Drops {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        if let Some(c) = &mut self.counts {
-            c.drain(barrier)?;
-        }
-        Ok(())
+        self.counts.drain(barrier)
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
-        let Some(counts) = &mut self.counts else {
-            return;
-        };
+        let namer = &mut self.namer;
         report.drops = self
-            .namer
-            .named(names, counts.tally.entries(scope).into_iter());
-        if scope == Scope::Interval {
-            counts.tally.end_interval();
-        }
+            .counts
+            .rows(scope, |e| namer.named(names, e.into_iter()));
     }
 
     fn active(&self) -> bool {

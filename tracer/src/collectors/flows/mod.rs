@@ -74,7 +74,7 @@ type DeviceName = (Rc<str>, Rc<str>);
 pub struct Flows {
     mode: tc::AttachMode,
     links: tc::Links,
-    counts: Option<Drained<FlowKey, FlowStats, Counts>>,
+    counts: Drained<FlowKey, FlowStats, Counts>,
     devices: DeviceNames,
 }
 
@@ -92,7 +92,7 @@ impl Flows {
         Flows {
             mode: cli.tc_attach,
             links: tc::Links::default(),
-            counts: None,
+            counts: Drained::default(),
             devices: DeviceNames::default(),
         }
     }
@@ -174,7 +174,7 @@ impl Collector for Flows {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts = Some(Drained::take(ebpf, "FLOW_GENERATION", "FLOWS")?);
+        self.counts.take(ebpf, "FLOW_GENERATION", "FLOWS")?;
         let devices = ebpf
             .take_map("DEVICES")
             .ok_or_else(|| anyhow!("eBPF object has no map DEVICES"))?;
@@ -183,20 +183,12 @@ impl Collector for Flows {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        if let Some(c) = &mut self.counts {
-            c.drain(barrier)?;
-        }
-        Ok(())
+        self.counts.drain(barrier)
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
-        let Some(counts) = &mut self.counts else {
-            return;
-        };
-        report.flows = self.devices.named(names, counts.tally.entries(scope));
-        if scope == Scope::Interval {
-            counts.tally.end_interval();
-        }
+        let devices = &mut self.devices;
+        report.flows = self.counts.rows(scope, |e| devices.named(names, e));
     }
 
     fn stop(&mut self, ebpf: &mut Ebpf) {

@@ -52,7 +52,7 @@ pub struct IcmpRow {
 
 #[derive(Default)]
 pub struct Icmp {
-    counts: Option<Drained<IcmpKey, u64, IcmpCount>>,
+    counts: Drained<IcmpKey, u64, IcmpCount>,
 }
 
 impl Icmp {
@@ -82,25 +82,16 @@ impl Collector for Icmp {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts = Some(Drained::take(ebpf, "ICMP_GENERATION", "ICMPS")?);
+        self.counts.take(ebpf, "ICMP_GENERATION", "ICMPS")?;
         Ok(())
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        if let Some(c) = &mut self.counts {
-            c.drain(barrier)?;
-        }
-        Ok(())
+        self.counts.drain(barrier)
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
-        let Some(counts) = &mut self.counts else {
-            return;
-        };
-        report.icmps = named(names, counts.tally.entries(scope));
-        if scope == Scope::Interval {
-            counts.tally.end_interval();
-        }
+        report.icmps = self.counts.rows(scope, |e| named(names, e));
     }
 }
 

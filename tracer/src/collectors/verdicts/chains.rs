@@ -152,28 +152,7 @@ fn legacy_base_chains() -> Vec<BaseChain> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend(((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend(kind.to_ne_bytes());
-        a.extend(payload);
-        a.resize(a.len().div_ceil(4) * 4, 0);
-        a
-    }
-
-    fn message(kind: u16, family: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
-        let body: Vec<u8> = attrs.concat();
-        let mut m = Vec::new();
-        m.extend(((20 + body.len()) as u32).to_ne_bytes());
-        m.extend(kind.to_ne_bytes());
-        m.extend(2u16.to_ne_bytes());
-        m.extend(1u32.to_ne_bytes());
-        m.extend(0u32.to_ne_bytes());
-        m.extend([family, 0, 0, 0]);
-        m.extend(body);
-        m
-    }
+    use crate::sys::netlink::build::{attr, nfnl_message as message};
 
     fn chain(family: u8, hook: u32, priority: i32) -> Vec<u8> {
         let hook_attrs = [

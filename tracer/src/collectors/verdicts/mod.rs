@@ -74,7 +74,7 @@ pub struct Verdicts {
     enabled: bool,
     tables: Vec<Table>,
     links: Option<NfLinks>,
-    counts: Option<Drained<VerdictKey, VerdictStats, VerdictCounts>>,
+    counts: Drained<VerdictKey, VerdictStats, VerdictCounts>,
 }
 
 impl Verdicts {
@@ -84,7 +84,7 @@ impl Verdicts {
             enabled: !cli.no_netfilter,
             tables: links::tables(&cli.nf_tables)?,
             links: None,
-            counts: None,
+            counts: Drained::default(),
         })
     }
 }
@@ -117,7 +117,7 @@ impl Collector for Verdicts {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts = Some(Drained::take(ebpf, "VERDICT_GENERATION", "VERDICTS")?);
+        self.counts.take(ebpf, "VERDICT_GENERATION", "VERDICTS")?;
         Ok(())
     }
 
@@ -129,20 +129,11 @@ impl Collector for Verdicts {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        if let Some(c) = &mut self.counts {
-            c.drain(barrier)?;
-        }
-        Ok(())
+        self.counts.drain(barrier)
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
-        let Some(counts) = &mut self.counts else {
-            return;
-        };
-        report.verdicts = named(names, counts.tally.entries(scope));
-        if scope == Scope::Interval {
-            counts.tally.end_interval();
-        }
+        report.verdicts = self.counts.rows(scope, |e| named(names, e));
     }
 
     fn active(&self) -> bool {

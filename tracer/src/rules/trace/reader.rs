@@ -80,8 +80,7 @@ impl TraceReader {
     }
 
     /// The raw datagrams, for capturing fixtures.
-    #[cfg(test)]
-    pub(crate) fn read_raw(&mut self) -> Result<Vec<Vec<u8>>> {
+    pub fn read_raw(&mut self) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         self.read_with(|buf| out.push(buf.to_vec()))?;
         Ok(out)

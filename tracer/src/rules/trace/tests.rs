@@ -9,7 +9,10 @@ use tracer_ebpf::{
 
 use super::*;
 use super::{event::*, table::*};
-use crate::{rules::Family, sys::netlink::align4};
+use crate::{
+    rules::Family,
+    sys::netlink::build::{attr, nfnl_message},
+};
 
 /// The datagrams of fixtures/trace-events.hex (see its header for how they were made).
 fn datagrams() -> Vec<Vec<u8>> {
@@ -256,19 +259,8 @@ fn flows_from_cut_headers() {
 
 /// A trace message made by hand: `attrs` are (type, payload).
 fn message(family: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut body = vec![family, 0, 0, 0];
-    for (ty, v) in attrs {
-        body.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
-        body.extend_from_slice(&ty.to_ne_bytes());
-        body.extend_from_slice(v);
-        body.resize(align4(body.len()), 0);
-    }
-    let mut m = Vec::new();
-    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&NFT_TRACE_MSG_TYPE.to_ne_bytes());
-    m.extend_from_slice(&[0; 10]);
-    m.extend_from_slice(&body);
-    m
+    let attrs: Vec<Vec<u8>> = attrs.iter().map(|(ty, v)| attr(*ty, v)).collect();
+    nfnl_message(NFT_TRACE_MSG_TYPE, family, &attrs)
 }
 
 #[test]

@@ -1,7 +1,6 @@
-//! Tests that NEED ROOT: they build lab namespaces (`xtask::lab`), install
-//! iptables and nftables rules there and send real traffic. (They are unit
-//! tests of the binary crate rather than tests/*.rs so they can call the
-//! module directly.)
+//! Rule snapshots and nftables tracing on real namespaces: these need root,
+//! build lab namespaces (`xtask::lab`), install iptables and nftables rules
+//! there and send real traffic.
 
 use std::{
     net::SocketAddrV4,
@@ -14,11 +13,13 @@ use xtask::{
     traffic::{in_netns, send_udp},
 };
 
-use super::{
-    self as rules, Family, Source, Verdict,
-    trace::{self, NF_DROP, TraceReader, TraceTable, Verdicts},
+use tracer::{
+    model::Hook,
+    rules::{
+        self, Family, Source, Verdict,
+        trace::{self, NF_DROP, TraceReader, TraceTable, Verdicts},
+    },
 };
-use crate::model::Hook;
 
 fn require_root() {
     // SAFETY: plain syscall.

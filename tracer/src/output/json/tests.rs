@@ -1,0 +1,321 @@
+//! JSON rows against the contract the README documents.
+
+use std::time::Duration;
+
+use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
+
+use super::*;
+use crate::model::{Direction, Hook, IpFamily, Table};
+use crate::{
+    collectors::drops::DropCounts, collectors::flows::Counts,
+    collectors::verdicts::VerdictCounts, output::Health,
+};
+
+fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
+    let mut t = Tuple {
+        family: FAMILY_IPV4,
+        proto,
+        ..Tuple::default()
+    };
+    t.src[..4].copy_from_slice(&[10, 0, 0, src]);
+    t.dst[..4].copy_from_slice(&[10, 0, 0, dst]);
+    if let Some((s, d)) = ports {
+        (t.sport, t.dport) = (s, d);
+        t.flags = TUPLE_PORTS;
+    }
+    t
+}
+
+fn vxlan_id() -> FlowId {
+    FlowId {
+        outer: tuple(1, 2, 17, Some((40000, 4789))),
+        inner: tuple(5, 6, 1, None),
+        vni: VNI_PRESENT | 42,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn hand_written_flow_rows_are_what_serde_writes() {
+    let mut v6 = tuple(1, 2, 6, Some((1, 65535)));
+    v6.family = tracer_ebpf::FAMILY_IPV6;
+    v6.src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    v6.dst = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0, 0, 0, 2];
+    let ids = [
+        vxlan_id(),
+        FlowId {
+            outer: tuple(255, 0, 17, Some((0, 53))),
+            ..FlowId::default()
+        },
+        FlowId {
+            outer: tuple(3, 4, 47, None),
+            ..FlowId::default()
+        },
+        FlowId {
+            outer: v6,
+            inner: tuple(7, 8, 58, None),
+            vni: VNI_PRESENT,
+            _pad: 0,
+        },
+        FlowId::default(),
+    ];
+    for (i, id) in ids.into_iter().enumerate() {
+        for scope in [Scope::Interval, Scope::Total] {
+            let row = FlowRow {
+                netns: ["tl1-ha", "4026531840", "a\"b\\c\u{1}é"][i % 3].into(),
+                iface: ["ul0", "vx\tlan"][i % 2].into(),
+                dir: [Direction::Ingress, Direction::Egress][i % 2],
+                id,
+                counts: Counts {
+                    packets: i as u64,
+                    bytes: u64::MAX - i as u64,
+                    frags_first: 10,
+                    frags_rest: 0,
+                    df: 7,
+                    max_len: u32::MAX,
+                },
+            };
+            let mut ours = Vec::new();
+            write_flow(&mut ours, scope, &row).unwrap();
+            let serde = serde_json::to_string(&flow(scope, &row)).unwrap() + "\n";
+            assert_eq!(String::from_utf8(ours).unwrap(), serde);
+        }
+    }
+}
+
+fn lines(report: &Report) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    JsonSink::new(&mut out).report(report).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn vxlan_flow_row_matches_the_contract() {
+    let report = Report {
+        scope: Scope::Total,
+        elapsed: Duration::from_secs(2),
+        flows: vec![FlowRow {
+            netns: "hostA".into(),
+            iface: "ul0".into(),
+            dir: Direction::Egress,
+            id: vxlan_id(),
+            counts: Counts {
+                packets: 3,
+                bytes: 444,
+                frags_first: 1,
+                frags_rest: 2,
+                df: 0,
+                max_len: 148,
+            },
+        }],
+        health: Health {
+            flow_map_full: 7,
+            drop_map_full: 1,
+            drop_events_lost: 2,
+            verdict_map_full: 3,
+            icmp_map_full: 4,
+            frag_unmatched: 5,
+            explain_events_lost: 6,
+        },
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "type": "flow", "scope": "total", "netns": "hostA", "iface": "ul0",
+            "dir": "egress", "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
+            "sport": 40000, "dport": 4789, "vni": 42,
+            "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                      "sport": null, "dport": null},
+            "packets": 3, "bytes": 444, "frags_first": 1, "frags_rest": 2,
+            "df": 0, "max_len": 148
+        })
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
+                           "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
+                           "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5,
+                           "explain_events_lost": 6})
+    );
+    assert_eq!(lines.len(), 2);
+}
+
+#[test]
+fn drop_row_matches_the_contract() {
+    let report = Report {
+        scope: Scope::Interval,
+        elapsed: Duration::from_secs(1),
+        drops: vec![DropRow {
+            netns: "hostB".into(),
+            iface: Some("ul0".into()),
+            id: vxlan_id(),
+            reason: "NETFILTER_DROP".into(),
+            location: "nf_hook_slow+0x9a".into(),
+            fragment: Some("rest"),
+            counts: DropCounts {
+                packets: 5,
+                bytes: 740,
+            },
+        }],
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "type": "drop", "scope": "interval", "netns": "hostB", "iface": "ul0",
+            "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
+            "sport": 40000, "dport": 4789, "vni": 42,
+            "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                      "sport": null, "dport": null},
+            "reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x9a",
+            "fragment": "rest", "count": 5, "bytes": 740,
+            "hint": "a netfilter (iptables/nftables) rule dropped it"
+        })
+    );
+    assert_eq!(lines[1]["type"], "health");
+}
+
+#[test]
+fn verdict_row_matches_the_contract() {
+    let report = Report {
+        scope: Scope::Total,
+        verdicts: vec![VerdictRow {
+            netns: "hostB".into(),
+            iface: Some("ul0".into()),
+            family: IpFamily::Ipv4,
+            hook: Hook::Input,
+            table: Table::Filter,
+            id: vxlan_id(),
+            counts: VerdictCounts {
+                entered: 10,
+                left: 4,
+            },
+            rule: Some("-A INPUT -p udp -m udp --dport 4789 -j DROP".into()),
+        }],
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "type": "verdict", "scope": "total", "netns": "hostB", "iface": "ul0",
+            "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
+            "sport": 40000, "dport": 4789, "vni": 42,
+            "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+                      "sport": null, "dport": null},
+            "hook": "input", "family": "ipv4", "table": "filter",
+            "accepted": 4, "dropped": 6,
+            "rule": "-A INPUT -p udp -m udp --dport 4789 -j DROP"
+        })
+    );
+}
+
+#[test]
+fn icmp_and_frag_rows_match_the_contract() {
+    let report = Report {
+        scope: Scope::Total,
+        icmps: vec![IcmpRow {
+            netns: "hostA".into(),
+            iface: Some("vx0".into()),
+            dir: Direction::Ingress,
+            kind: "frag_needed",
+            icmp_type: 3,
+            icmp_code: 4,
+            mtu: Some(1450),
+            id: FlowId {
+                outer: tuple(5, 6, 1, None),
+                ..FlowId::default()
+            },
+            count: 2,
+        }],
+        frags: vec![FragRow {
+            netns: "hostA".into(),
+            iface: "ul0".into(),
+            dir: Direction::Egress,
+            id: vxlan_id(),
+            datagrams: 10,
+            reassembled: 0,
+            datagrams_lost: 10,
+            fragments: 20,
+            fragments_lost: 10,
+            reassembly_failed: 10,
+        }],
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "type": "icmp", "scope": "total", "netns": "hostA", "iface": "vx0",
+            "dir": "ingress", "proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
+            "sport": null, "dport": null, "vni": null, "inner": null,
+            "kind": "frag_needed", "icmp_type": 3, "icmp_code": 4, "mtu": 1450, "count": 2
+        })
+    );
+    assert_eq!(lines[1]["type"], "frag");
+    assert_eq!(lines[1]["vni"], 42);
+    assert_eq!(lines[1]["inner"]["proto"], "icmp");
+    for (k, v) in [
+        ("datagrams", 10),
+        ("reassembled", 0),
+        ("datagrams_lost", 10),
+        ("fragments", 20),
+        ("fragments_lost", 10),
+        ("reassembly_failed", 10),
+    ] {
+        assert_eq!(lines[1][k], v, "{k}");
+    }
+}
+
+#[test]
+fn first_drops_have_no_health_row_and_a_device_may_be_missing() {
+    let report = Report {
+        scope: Scope::First,
+        drops: vec![DropRow {
+            netns: "4026531840".into(),
+            iface: None,
+            id: FlowId::default(),
+            reason: "SUBSYS_3:1".into(),
+            location: "0x1234".into(),
+            fragment: None,
+            counts: DropCounts {
+                packets: 1,
+                bytes: 60,
+            },
+        }],
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["scope"], "first");
+    assert_eq!(lines[0]["iface"], serde_json::Value::Null);
+    assert_eq!(lines[0]["hint"], serde_json::Value::Null);
+    assert_eq!(lines[0]["src"], serde_json::Value::Null);
+}
+
+#[test]
+fn plain_flow_has_null_vni_and_inner_and_numeric_unknown_proto() {
+    let row = FlowRow {
+        netns: "4026531840".into(),
+        iface: "br0".into(),
+        dir: Direction::Ingress,
+        id: FlowId {
+            outer: tuple(1, 2, 47, None),
+            ..FlowId::default()
+        },
+        counts: Counts::default(),
+    };
+    let v = serde_json::to_value(flow(Scope::Interval, &row)).unwrap();
+    assert_eq!(v["vni"], serde_json::Value::Null);
+    assert_eq!(v["inner"], serde_json::Value::Null);
+    assert_eq!(v["proto"], 47);
+    assert_eq!(v["sport"], serde_json::Value::Null);
+    assert_eq!(v["scope"], "interval");
+}
