@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use tracer_ebpf::{DropEvent, DropKey, DropStats, counter};
+use tracer_ebpf::{DropEvent, DropKey, DropStats, REASON_NONE, counter};
 
 use crate::{
     frags, head,
@@ -28,21 +28,31 @@ static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MA
 #[map]
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// `kfree_skb(skb, location, reason, rx_sk)`.
+/// `kfree_skb(skb, location, reason[, rx_sk])`: Linux >= 5.17.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: *const u8 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    record(skb as u64, location as u64, reason);
+    if reason != config!(reason_consumed) && reason != config!(reason_not_dropped) {
+        record(skb as u64, location as u64, reason);
+    }
+    0
+}
+
+/// `kfree_skb(skb, location)`: kernels without drop reasons, where the
+/// tracepoint has no third argument (the verifier refuses reading one).
+/// Frees that are not drops go to `consume_skb` there, not to this one.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_noreason(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: *const u8 = ctx.arg(1);
+    record(skb as u64, location as u64, REASON_NONE);
     0
 }
 
 #[inline(always)]
 fn record(skb: u64, location: u64, reason: u32) {
-    if reason == config!(reason_consumed) || reason == config!(reason_not_dropped) {
-        return;
-    }
     let Some((netns_inode, ifindex)) = kernel::skb_place::<Btf>(skb) else {
         return;
     };

@@ -12,9 +12,13 @@ use aya_ebpf::{
 use tracer_ebpf::parse::Reader;
 
 pub const HEAD: usize = 128;
+/// Room past [`HEAD`] for the largest single read (an IPv4 header, 20
+/// bytes): a read at any offset below `HEAD` stays inside the buffer, which
+/// is what older verifiers check (see [`HeadReader::read_into`]).
+const SLACK: usize = 32;
 
 #[repr(C)]
-pub struct Head([u8; HEAD]);
+pub struct Head([u8; HEAD + SLACK]);
 
 // One buffer per kind of program, per CPU: a program may run while another
 // kind is interrupted on the same CPU.
@@ -78,11 +82,19 @@ impl<'a> HeadReader<'a> {
 impl Reader for HeadReader<'_> {
     #[inline(always)]
     fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
+        const { assert!(N <= SLACK) };
         let off = off as usize;
         if off > HEAD - N || off + N > self.len {
             return false;
         }
-        // SAFETY: off + N <= HEAD, checked just above.
+        // The check above bounds `off`, but the compiler may keep the
+        // checked value in one register (or a stack slot) and address with
+        // another, which the verifiers of 6.1 and 6.12 then see as
+        // unbounded. Mask the very value the access uses: the mask cannot
+        // be folded away after an opaque reload, and `HEAD - 1 + N` fits
+        // the buffer.
+        let off = core::hint::black_box(off) & (HEAD - 1);
+        // SAFETY: off < HEAD and N <= SLACK: inside the HEAD + SLACK bytes.
         unsafe {
             core::ptr::copy_nonoverlapping(self.head.0.as_ptr().add(off), dst.as_mut_ptr(), N)
         };

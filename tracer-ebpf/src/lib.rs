@@ -100,11 +100,17 @@ pub struct DropKey {
     pub netns_inode: u32,
     /// The skb's device at the drop; 0 if it had none.
     pub ifindex: u32,
-    /// `enum skb_drop_reason`, named by userspace from the kernel's BTF.
+    /// `enum skb_drop_reason`, named by userspace from the kernel's BTF;
+    /// [`REASON_NONE`] where the kernel has none.
     pub reason: u32,
     pub _pad: u32,
     pub id: FlowId,
 }
+
+/// [`DropKey::reason`] of a drop on a kernel without drop reasons.
+pub const REASON_NONE: u32 = u32::MAX;
+/// A reason value no drop carries: the `Config` value of a reason the kernel lacks.
+pub const REASON_ABSENT: u32 = u32::MAX - 1;
 
 /// Per-CPU counters of one [`DropKey`].
 #[repr(C)]

@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::Endianness;
 use tokio::{
     io::unix::AsyncFd,
     runtime::Runtime,
@@ -20,7 +19,7 @@ use crate::{
     cli::{Cli, Output},
     collectors::{
         self, Collectors, Setup,
-        drops::reasons::{Reasons, reason_hint},
+        drops::reasons::{NO_REASONS, Reasons, reason_hint},
         loader,
     },
     output::{
@@ -29,6 +28,7 @@ use crate::{
     rules::trace::TraceReader,
     sys::{
         btf,
+        kernel::Kernel,
         netns::{self, Netns},
     },
     topology::{
@@ -39,12 +39,12 @@ use crate::{
 };
 
 pub fn run(cli: Cli) -> Result<()> {
-    let kernel_btf = btf::load(&cli.kernel_btf)?;
+    let kernel = Kernel::read(&cli.kernel_btf)?;
     if cli.list_reasons {
-        return list_reasons(&Reasons::from_btf(&kernel_btf)?);
+        return list_reasons(Reasons::from_btf(&kernel.btf).as_ref());
     }
     // Every option is checked before anything touches the kernel.
-    let registered = collectors::registry(&cli, &kernel_btf)?;
+    let registered = collectors::registry(&cli, &kernel)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -62,22 +62,21 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     };
     let (targets, topo) = plan(&cli)?;
+    let (offsets, missing_fields) = btf::offsets(&kernel.btf);
     let mut config = Config {
-        offsets: btf::offsets(&kernel_btf)?,
+        offsets,
         vxlan_ports: topology::vxlan_ports(&cli.vxlan_ports, &targets)?,
         ..Config::default()
     };
     collectors::configure(&registered, &mut config);
-    drop(kernel_btf);
-    let aya_btf = aya::Btf::parse_file(&cli.kernel_btf, Endianness::default())
-        .with_context(|| format!("parse {}", cli.kernel_btf.display()))?;
 
     let mut ebpf = loader::load(&config, cli.flow_map_size)?;
     loader::set_traced_netns(&mut ebpf, &targets)?;
     let setup = Setup {
         cli: &cli,
         targets: &targets,
-        btf: &aya_btf,
+        kernel: &kernel,
+        missing_fields: &missing_fields,
     };
     let (mut collectors, notices) = Collectors::start(registered, &mut ebpf, &setup)?;
     let result = (|| {
@@ -158,7 +157,11 @@ fn sink(output: Output) -> Box<dyn Sink> {
     }
 }
 
-fn list_reasons(reasons: &Reasons) -> Result<()> {
+fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {
+    let Some(reasons) = reasons else {
+        println!("{NO_REASONS}");
+        return Ok(());
+    };
     for (value, name) in reasons.all() {
         match reason_hint(name) {
             Some(h) => println!("{value:>4} {name:<32} {h}"),

@@ -44,17 +44,35 @@ impl Bpftrace {
     }
 
     /// Stops it (SIGINT, which makes bpftrace print its maps) and returns its output.
+    ///
+    /// bpftrace can miss a SIGINT: with no output events to poll it sleeps in
+    /// epoll without a timeout, and a signal that lands just before that sleep
+    /// only sets a flag it has already checked. So the signal is sent again
+    /// until it exits.
     pub fn stop(mut self) -> Result<String> {
-        // SAFETY: plain syscall.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut out)?;
-        self.child.wait()?;
-        Ok(out)
+        let mut stdout = self.child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).map(|_| out)
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let resend = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < resend {
+                if self.child.try_wait()?.is_some() {
+                    return reader
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("bpftrace reader panicked"))?
+                        .context("read bpftrace output");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if Instant::now() > deadline {
+                bail!("bpftrace did not stop on SIGINT within 30 s");
+            }
+        }
     }
 }
 

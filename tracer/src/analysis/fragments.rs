@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use tracer_ebpf::FlowId;
 
 use crate::{
+    collectors::drops::reasons::reassembly_failure,
     model::Direction,
     output::{DropRow, FlowRow},
 };
@@ -72,11 +73,13 @@ pub fn frag_rows(flows: &[FlowRow], drops: &[DropRow]) -> Vec<FragRow> {
             continue;
         };
         let n = d.counts.packets;
-        let reason = d.reason.as_str();
-        if NOT_A_LOSS.contains(&reason) {
-            continue;
-        }
-        if REASSEMBLY_FAILURES.contains(&reason) {
+        let failed = match d.reason.as_deref() {
+            Some(r) if NOT_A_LOSS.contains(&r) => continue,
+            Some(r) => REASSEMBLY_FAILURES.contains(&r),
+            // Kernels without reasons: where it was dropped says it.
+            None => reassembly_failure(&d.location),
+        };
+        if failed {
             row.reassembly_failed += n;
         } else {
             row.fragments_lost += n;
@@ -138,7 +141,7 @@ mod tests {
             netns: ns.into(),
             iface: Some("x".into()),
             id: id(dport),
-            reason: reason.into(),
+            reason: Some(reason.into()),
             location: "f+0x1".into(),
             fragment: Some(fragment),
             counts: DropCounts {

@@ -93,15 +93,21 @@ pub fn set_traced_netns(ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
-/// Loads and attaches BTF tracepoint program `name` on tracepoint `name`.
-pub fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
+/// Loads BTF tracepoint program `program` for tracepoint `tracepoint` and attaches it.
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    program: &str,
+    tracepoint: &str,
+) -> Result<()> {
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("eBPF object has no program {program}"))?
         .try_into()?;
-    prog.load(name, btf).map_err(|e| explain(name, e))?;
+    prog.load(tracepoint, btf)
+        .map_err(|e| explain(program, e))?;
     prog.attach()
-        .map_err(|e| anyhow!("attach to tracepoint {name}: {e}"))?;
+        .map_err(|e| anyhow!("attach to tracepoint {tracepoint}: {e}"))?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use tracer_ebpf::{Config, FlowId, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, TUPLE_PORTS
 use crate::{
     cli::Cli,
     output::{Report, Scope},
-    sys::bpf::Barrier,
+    sys::{bpf::Barrier, kernel::Kernel},
     topology::{Target, names::Names},
 };
 
@@ -31,9 +31,44 @@ use crate::{
 pub struct Setup<'a> {
     pub cli: &'a Cli,
     pub targets: &'a [Target],
-    /// The running kernel's BTF, for programs typed by it (BTF tracepoints).
-    pub btf: &'a aya::Btf,
+    pub kernel: &'a Kernel,
+    /// Struct fields the programs read that this kernel's BTF lacks.
+    pub missing_fields: &'a [String],
 }
+
+impl Setup<'_> {
+    /// An error naming which of `fields` (`struct.member`) this kernel lacks, if any.
+    pub fn require(&self, fields: &[&str]) -> Result<()> {
+        let lacking: Vec<&str> = fields
+            .iter()
+            .copied()
+            .filter(|f| self.missing_fields.iter().any(|m| m == f))
+            .collect();
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!("the kernel's BTF has no {}", lacking.join(", "))
+    }
+}
+
+/// Fields of `struct sk_buff` and what it points to that a program reads to
+/// place and parse a packet outside TC.
+pub const SKB_FIELDS: &[&str] = &[
+    "sk_buff.dev",
+    "sk_buff.sk",
+    "sk_buff.head",
+    "sk_buff.data",
+    "sk_buff.len",
+    "sk_buff.data_len",
+    "sk_buff.network_header",
+    "sk_buff.mac_header",
+    "sk_buff.protocol",
+    "net_device.ifindex",
+    "net_device.nd_net.net",
+    "net.ns.inum",
+    "sock.__sk_common.skc_net.net",
+    "sock.__sk_common.skc_family",
+];
 
 /// Something a collector could not do on this kernel or host, said once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,10 +151,10 @@ pub fn fragment_of(mut id: FlowId) -> (FlowId, Option<&'static str>) {
 /// Every collector, in the order they start and fill reports. Validates the
 /// command line's options for them against the kernel's BTF, but touches
 /// nothing in the kernel.
-pub fn registry(cli: &Cli, btf: &btf_rs::Btf) -> Result<Vec<Box<dyn Collector>>> {
+pub fn registry(cli: &Cli, kernel: &Kernel) -> Result<Vec<Box<dyn Collector>>> {
     Ok(vec![
         Box::new(flows::Flows::new(cli)),
-        Box::new(drops::Drops::new(cli, btf)?),
+        Box::new(drops::Drops::new(cli, kernel)?),
         Box::new(icmp::Icmp::new()),
         Box::new(verdicts::Verdicts::new(cli)?),
     ])

@@ -132,11 +132,13 @@ fn drop_cells(row: &DropRow, secs: f64, total: &DropCounts) -> Vec<String> {
         outer.dst_str(),
         vni(&row.id).map(|v| v.to_string()).unwrap_or_default(),
         inner_cell(&row.id),
-        row.reason.clone(),
+        row.reason.clone().unwrap_or_else(|| "-".into()),
         human(row.counts.packets as f64 / secs),
         total.packets.to_string(),
         row.location.clone(),
-        hint(&row.reason, &row.location).unwrap_or("").to_string(),
+        hint(row.reason.as_deref(), &row.location)
+            .unwrap_or("")
+            .to_string(),
     ]
 }
 
@@ -243,7 +245,7 @@ impl<W: Write, S: Screen> TableSink<W, S> {
                             row.netns.clone(),
                             row.iface.clone(),
                             row.id,
-                            row.reason.clone(),
+                            row.reason.clone().unwrap_or_else(|| "-".into()),
                             row.location.clone(),
                         );
                         let t = self.drop_totals.entry(key).or_default();
@@ -626,7 +628,7 @@ mod tests {
             netns: "hb".into(),
             iface: Some("ul0".into()),
             id: row("x", 0).id,
-            reason: reason.into(),
+            reason: Some(reason.into()),
             location: "nf_hook_slow+0x9a".into(),
             fragment: None,
             counts: DropCounts {

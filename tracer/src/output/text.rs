@@ -62,7 +62,7 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> String {
         row.netns,
         row.iface.as_deref().unwrap_or("-"),
         packet(&row.id),
-        row.reason,
+        row.reason.as_deref().unwrap_or("-"),
         row.location,
         row.counts.packets,
         row.counts.bytes,
@@ -70,7 +70,7 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> String {
     if let Some(f) = row.fragment {
         line.push_str(&format!(" fragment={f}"));
     }
-    if let Some(h) = hint(&row.reason, &row.location) {
+    if let Some(h) = hint(row.reason.as_deref(), &row.location) {
         line.push_str(&format!(" hint=\"{h}\""));
     }
     line
@@ -283,7 +283,7 @@ mod tests {
                 netns: "b".into(),
                 iface: None,
                 id: FlowId::default(),
-                reason: "NO_SOCKET".into(),
+                reason: Some("NO_SOCKET".into()),
                 location: "udp_queue_rcv+0x1".into(),
                 fragment: None,
                 counts: DropCounts {

@@ -23,31 +23,40 @@ pub fn load(path: &Path) -> Result<Btf> {
     Btf::from_file(path).map_err(|e| anyhow!("{} is not usable kernel BTF: {e}", path.display()))
 }
 
-/// Offsets of every field the programs read, from `btf`.
-pub fn offsets(btf: &Btf) -> Result<Offsets> {
-    let f = |s: &str, path: &str| member_offset(btf, s, path);
-    Ok(Offsets {
-        skb_dev: f("sk_buff", "dev")?,
-        skb_sk: f("sk_buff", "sk")?,
-        skb_head: f("sk_buff", "head")?,
-        skb_data: f("sk_buff", "data")?,
-        skb_len: f("sk_buff", "len")?,
-        skb_data_len: f("sk_buff", "data_len")?,
-        skb_network_header: f("sk_buff", "network_header")?,
-        skb_mac_header: f("sk_buff", "mac_header")?,
-        skb_transport_header: f("sk_buff", "transport_header")?,
-        skb_protocol: f("sk_buff", "protocol")?,
-        dev_ifindex: f("net_device", "ifindex")?,
-        dev_nd_net: f("net_device", "nd_net.net")?,
-        net_inum: f("net", "ns.inum")?,
-        sk_net: f("sock", "__sk_common.skc_net.net")?,
-        sk_family: f("sock", "__sk_common.skc_family")?,
-        state_hook: f("nf_hook_state", "hook")?,
-        state_pf: f("nf_hook_state", "pf")?,
-        state_in: f("nf_hook_state", "in")?,
-        state_out: f("nf_hook_state", "out")?,
-        state_net: f("nf_hook_state", "net")?,
-    })
+/// Offsets of every field the programs read, from `btf`, and the fields
+/// this kernel lacks (as `struct.member`; their offsets are left 0, and the
+/// collectors that read them do not start).
+pub fn offsets(btf: &Btf) -> (Offsets, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut f = |s: &str, path: &str| {
+        member_offset(btf, s, path).unwrap_or_else(|_| {
+            missing.push(format!("{s}.{path}"));
+            0
+        })
+    };
+    let offsets = Offsets {
+        skb_dev: f("sk_buff", "dev"),
+        skb_sk: f("sk_buff", "sk"),
+        skb_head: f("sk_buff", "head"),
+        skb_data: f("sk_buff", "data"),
+        skb_len: f("sk_buff", "len"),
+        skb_data_len: f("sk_buff", "data_len"),
+        skb_network_header: f("sk_buff", "network_header"),
+        skb_mac_header: f("sk_buff", "mac_header"),
+        skb_transport_header: f("sk_buff", "transport_header"),
+        skb_protocol: f("sk_buff", "protocol"),
+        dev_ifindex: f("net_device", "ifindex"),
+        dev_nd_net: f("net_device", "nd_net.net"),
+        net_inum: f("net", "ns.inum"),
+        sk_net: f("sock", "__sk_common.skc_net.net"),
+        sk_family: f("sock", "__sk_common.skc_family"),
+        state_hook: f("nf_hook_state", "hook"),
+        state_pf: f("nf_hook_state", "pf"),
+        state_in: f("nf_hook_state", "in"),
+        state_out: f("nf_hook_state", "out"),
+        state_net: f("nf_hook_state", "net"),
+    };
+    (offsets, missing)
 }
 
 /// Follows typedefs and qualifiers to the type they name.
@@ -118,6 +127,25 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, want: &str) -> Result<Option<(u32,
     Ok(None)
 }
 
+/// How many arguments BTF tracepoint `name` passes its programs (the
+/// prototype of `btf_trace_<name>` without its leading context pointer);
+/// `None` if the kernel has no such tracepoint.
+pub fn tracepoint_args(btf: &Btf, name: &str) -> Option<usize> {
+    let typedef = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))?;
+    let mut t = btf.resolve_chained_type(typedef.as_btf_type()?).ok()?;
+    if let Type::Ptr(_) = t {
+        t = btf.resolve_chained_type(t.as_btf_type()?).ok()?;
+    }
+    match t {
+        Type::FuncProto(proto) => Some(proto.parameters.len().saturating_sub(1)),
+        _ => None,
+    }
+}
+
 /// Values of `enum name`, as (name, value).
 pub fn enum_values(btf: &Btf, name: &str) -> Result<Vec<(String, u64)>> {
     for t in btf
@@ -152,7 +180,8 @@ mod tests {
     #[test]
     fn running_kernel_offsets_are_plausible() {
         let btf = load(Path::new(VMLINUX)).unwrap();
-        let o = offsets(&btf).unwrap();
+        let (o, missing) = offsets(&btf);
+        assert!(missing.is_empty(), "{missing:?}");
         // Every sk_buff field lies inside the struct, and distinct fields differ.
         let skb = [
             o.skb_dev,
@@ -177,5 +206,14 @@ mod tests {
             o.skb_dev
         );
         assert!(member_offset(&btf, "sk_buff", "no_such_field").is_err());
+    }
+
+    #[test]
+    fn tracepoint_arguments_from_the_running_kernel() {
+        let btf = load(Path::new(VMLINUX)).unwrap();
+        // kfree_skb(skb, location, reason, rx_sk) since 6.12, without rx_sk before.
+        assert!(tracepoint_args(&btf, "kfree_skb").is_some_and(|n| n >= 3));
+        assert_eq!(tracepoint_args(&btf, "icmp_send"), Some(3));
+        assert_eq!(tracepoint_args(&btf, "no_such_tracepoint"), None);
     }
 }

@@ -3,6 +3,7 @@
 pub mod bpf;
 pub mod btf;
 pub mod kallsyms;
+pub mod kernel;
 pub mod netlink;
 pub mod netns;
 

@@ -11,18 +11,19 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use tracer_ebpf::{Config, DropEvent, DropKey, DropStats, FlowId};
+use tracer_ebpf::{Config, DropEvent, DropKey, DropStats, FlowId, REASON_ABSENT};
 
 use crate::{
     cli::Cli,
     collectors::{
-        Collector, Notice, Setup, double_buffer::Drained, fragment_of, loader, tally::Accumulate,
+        Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, fragment_of, loader,
+        tally::Accumulate,
     },
     output::{Report, Scope},
-    sys::{bpf::Barrier, kallsyms::Symbolizer},
+    sys::{bpf::Barrier, kallsyms::Symbolizer, kernel::Kernel},
     topology::names::Names,
 };
-use reasons::{ReasonFilter, Reasons};
+use reasons::{NO_REASONS, ReasonFilter, Reasons};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {
@@ -53,8 +54,8 @@ pub struct DropRow {
     /// The skb's device where it was dropped, if it had one.
     pub iface: Option<String>,
     pub id: FlowId,
-    /// `NETFILTER_DROP`, ...
-    pub reason: String,
+    /// `NETFILTER_DROP`, ...; `None` on kernels without drop reasons.
+    pub reason: Option<String>,
     /// Kernel function and offset that dropped it.
     pub location: String,
     /// `first` or `rest` when the dropped packet was an IP fragment.
@@ -64,6 +65,8 @@ pub struct DropRow {
 
 pub struct Drops {
     enabled: bool,
+    /// The `kfree_skb` program this kernel takes.
+    program: &'static str,
     counts: Drained<DropKey, DropStats, DropCounts>,
     /// First drops of new keys.
     events: Option<RingBuf<MapData>>,
@@ -72,18 +75,26 @@ pub struct Drops {
 
 /// Turns drop keys into rows: reason names, code locations, the filter.
 struct DropNamer {
-    reasons: Reasons,
+    /// `None` on kernels without drop reasons.
+    reasons: Option<Reasons>,
     filter: ReasonFilter,
     symbols: Symbolizer,
 }
 
 impl Drops {
-    /// Checks `--reason` and `--exclude-reason` against the kernel's reasons.
-    pub fn new(cli: &Cli, btf: &btf_rs::Btf) -> Result<Self> {
-        let reasons = Reasons::from_btf(btf)?;
-        let filter = ReasonFilter::new(&reasons, &cli.reasons, &cli.exclude_reasons)?;
+    /// Checks `--reason` and `--exclude-reason` against the kernel's
+    /// reasons, and picks the program for its `kfree_skb` tracepoint.
+    pub fn new(cli: &Cli, kernel: &Kernel) -> Result<Self> {
+        let reasons = Reasons::from_btf(&kernel.btf);
+        let filter = ReasonFilter::new(reasons.as_ref(), &cli.reasons, &cli.exclude_reasons)?;
+        // Before 5.17 the tracepoint is kfree_skb(skb, location): no reason to read.
+        let program = match kernel.tracepoint_args("kfree_skb") {
+            Some(n) if n >= 3 && reasons.is_some() => "kfree_skb",
+            _ => "kfree_skb_noreason",
+        };
         Ok(Drops {
             enabled: !cli.no_drops,
+            program,
             counts: Drained::default(),
             events: None,
             namer: DropNamer {
@@ -111,7 +122,7 @@ impl DropNamer {
                     netns,
                     iface: (key.ifindex != 0).then_some(iface),
                     id,
-                    reason: self.reasons.name(key.reason),
+                    reason: self.reasons.as_ref().map(|r| r.name(key.reason)),
                     location: self.symbols.name(key.location),
                     fragment,
                     counts: *counts,
@@ -137,16 +148,35 @@ impl Collector for Drops {
     }
 
     fn configure(&self, config: &mut Config) {
-        config.reason_consumed = self.namer.reasons.consumed;
-        config.reason_not_dropped = self.namer.reasons.not_dropped;
+        let reasons = self.namer.reasons.as_ref();
+        config.reason_consumed = reasons.map_or(REASON_ABSENT, |r| r.consumed);
+        config.reason_not_dropped = reasons.map_or(REASON_ABSENT, |r| r.not_dropped);
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
-        if self.enabled {
-            loader::attach_tracepoint(ebpf, setup.btf, "kfree_skb")
-                .map_err(|e| e.context("drops cannot be traced here (--no-drops skips them)"))?;
+        if !self.enabled {
+            return Ok(Vec::new());
         }
-        Ok(Vec::new())
+        let btf = &setup.kernel.aya_btf;
+        let started = setup
+            .require(SKB_FIELDS)
+            .and_then(|()| loader::attach_tracepoint(ebpf, btf, self.program, "kfree_skb"));
+        if let Err(e) = started {
+            self.enabled = false;
+            return Ok(vec![Notice {
+                collector: self.name(),
+                text: format!(
+                    "drops are not traced ({e:#}); NETFILTER drops still show as verdicts"
+                ),
+            }]);
+        }
+        Ok(match self.namer.reasons {
+            Some(_) => Vec::new(),
+            None => vec![Notice {
+                collector: self.name(),
+                text: NO_REASONS.to_string(),
+            }],
+        })
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {

@@ -6,26 +6,36 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Result, anyhow, bail};
 use btf_rs::Btf;
+use tracer_ebpf::REASON_ABSENT;
 
 use crate::sys::btf::enum_values;
 
 pub struct Reasons {
     /// Value -> name without the `SKB_DROP_REASON_` prefix.
     names: BTreeMap<u32, String>,
-    /// `SKB_CONSUMED`: a free that is not a drop.
+    /// `SKB_CONSUMED`: a free that is not a drop ([`REASON_ABSENT`] on
+    /// kernels without it, such as 6.1, where such frees never reach kfree_skb).
     pub consumed: u32,
-    /// `SKB_NOT_DROPPED_YET`.
+    /// `SKB_NOT_DROPPED_YET` ([`REASON_ABSENT`] if absent).
     pub not_dropped: u32,
 }
 
 const PREFIX: &str = "SKB_DROP_REASON_";
 
+/// Why `--reason` cannot work on a kernel without drop reasons.
+pub const NO_REASONS: &str = "this kernel has no drop reasons (no enum skb_drop_reason in its \
+                              BTF; Linux >= 5.17 has them): drops are shown with the kernel \
+                              function that dropped them, and reason null";
+
 impl Reasons {
-    pub fn from_btf(btf: &Btf) -> Result<Self> {
-        Self::from_values(enum_values(btf, "skb_drop_reason")?)
+    /// The kernel's drop reasons; `None` if it has none (before Linux 5.17).
+    pub fn from_btf(btf: &Btf) -> Option<Self> {
+        enum_values(btf, "skb_drop_reason")
+            .ok()
+            .map(Self::from_values)
     }
 
-    pub fn from_values(values: Vec<(String, u64)>) -> Result<Self> {
+    pub fn from_values(values: Vec<(String, u64)>) -> Self {
         let mut names = BTreeMap::new();
         let (mut consumed, mut not_dropped) = (None, None);
         for (name, value) in values {
@@ -41,13 +51,11 @@ impl Reasons {
                 }
             }
         }
-        Ok(Reasons {
+        Reasons {
             names,
-            consumed: consumed
-                .ok_or_else(|| anyhow!("kernel BTF: enum skb_drop_reason has no SKB_CONSUMED"))?,
-            // Absent on some kernels: a value no drop carries.
-            not_dropped: not_dropped.unwrap_or(u32::MAX),
-        })
+            consumed: consumed.unwrap_or(REASON_ABSENT),
+            not_dropped: not_dropped.unwrap_or(REASON_ABSENT),
+        }
     }
 
     /// The name of `value`, e.g. `NETFILTER_DROP`.
@@ -83,7 +91,13 @@ pub struct ReasonFilter {
 }
 
 impl ReasonFilter {
-    pub fn new(reasons: &Reasons, include: &[String], exclude: &[String]) -> Result<Self> {
+    pub fn new(reasons: Option<&Reasons>, include: &[String], exclude: &[String]) -> Result<Self> {
+        let Some(reasons) = reasons else {
+            if include.is_empty() && exclude.is_empty() {
+                return Ok(ReasonFilter::default());
+            }
+            bail!("--reason and --exclude-reason cannot be used: {NO_REASONS}");
+        };
         let resolve = |names: &[String]| -> Result<HashSet<u32>> {
             names
                 .iter()
@@ -114,15 +128,34 @@ impl ReasonFilter {
 }
 
 /// What a drop usually means, for the common reasons; `location` refines
-/// the vague ones.
-pub fn hint(name: &str, location: &str) -> Option<&'static str> {
-    if name == "NOT_SPECIFIED" && location.starts_with("__dev_forward_skb") {
-        return Some(
+/// the vague ones, and is all there is on kernels without reasons.
+pub fn hint(reason: Option<&str>, location: &str) -> Option<&'static str> {
+    let at = |f: &str| location.starts_with(f) && location[f.len()..].starts_with('+');
+    match reason {
+        Some("NOT_SPECIFIED") | None if at("__dev_forward_skb") => Some(
             "a veth (or other forwarding device) refused it: larger than the receiving end's \
              MTU, or that end is down",
-        );
+        ),
+        Some(name) => reason_hint(name),
+        None if at("nf_hook_slow") => reason_hint("NETFILTER_DROP"),
+        None if reassembly_failure(location) => {
+            Some("IP reassembly failed: some fragments never arrived, or came too late")
+        }
+        None => None,
     }
-    reason_hint(name)
+}
+
+/// Kernel functions that free fragments when reassembly fails: what a
+/// FRAG_REASM_TIMEOUT or FRAG_TOO_FAR drop is on kernels without reasons.
+pub fn reassembly_failure(location: &str) -> bool {
+    [
+        "ip_expire",
+        "ip6_frag_expire",
+        "inet_frag_rbtree_purge",
+        "inet_frag_destroy",
+    ]
+    .iter()
+    .any(|f| location.starts_with(f) && location[f.len()..].starts_with('+'))
 }
 
 /// What a drop reason usually means, for the common ones.
@@ -250,26 +283,44 @@ mod tests {
     fn filters() {
         let r = sample();
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let all = ReasonFilter::new(&r, &[], &[]).unwrap();
+        let all = ReasonFilter::new(Some(&r), &[], &[]).unwrap();
         assert!(all.allows(2) && all.allows(77) && all.allows(12345));
-        let quiet = ReasonFilter::new(&r, &[], &s(&["not_specified"])).unwrap();
+        let quiet = ReasonFilter::new(Some(&r), &[], &s(&["not_specified"])).unwrap();
         assert!(!quiet.allows(2) && quiet.allows(77));
-        let only = ReasonFilter::new(&r, &s(&["NETFILTER_DROP", "no_socket"]), &[]).unwrap();
+        let only = ReasonFilter::new(Some(&r), &s(&["NETFILTER_DROP", "no_socket"]), &[]).unwrap();
         assert!(only.allows(77) && only.allows(3) && !only.allows(2));
-        let e = ReasonFilter::new(&r, &s(&["NOPE"]), &[])
+        let e = ReasonFilter::new(Some(&r), &s(&["NOPE"]), &[])
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "unknown drop reason 'NOPE' on this kernel (see --list-reasons)"
         );
-        assert!(ReasonFilter::new(&r, &s(&["no_socket"]), &s(&["no_socket"])).is_err());
+        assert!(ReasonFilter::new(Some(&r), &s(&["no_socket"]), &s(&["no_socket"])).is_err());
     }
 
     #[test]
-    fn missing_enum_is_an_error() {
+    fn a_kernel_without_reasons_has_none_and_refuses_reason_filters() {
         let blob = btf_with_enum("some_other_enum", &[("A", 1)]);
-        assert!(Reasons::from_btf(&Btf::from_bytes(&blob).unwrap()).is_err());
+        assert!(Reasons::from_btf(&Btf::from_bytes(&blob).unwrap()).is_none());
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(ReasonFilter::new(None, &[], &[]).unwrap().allows(7));
+        let e = ReasonFilter::new(None, &s(&["NETFILTER_DROP"]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("this kernel has no drop reasons"), "{e}");
+        assert!(ReasonFilter::new(None, &[], &s(&["NOT_SPECIFIED"])).is_err());
+    }
+
+    /// 6.1 has reasons but no SKB_CONSUMED: nothing is skipped as consumed.
+    #[test]
+    fn a_kernel_without_consumed_skips_nothing() {
+        let r = Reasons::from_values(vec![
+            ("SKB_NOT_DROPPED_YET".into(), 0),
+            ("SKB_DROP_REASON_NOT_SPECIFIED".into(), 2),
+        ]);
+        assert_eq!((r.consumed, r.not_dropped), (REASON_ABSENT, 0));
+        assert_eq!(r.name(2), "NOT_SPECIFIED");
     }
 
     /// The kernel's own table of reason names, in the kfree_skb tracepoint's format.
@@ -290,7 +341,7 @@ mod tests {
     #[test]
     fn running_kernel_values_match_the_kernels_own_table() {
         let btf = crate::sys::btf::load(std::path::Path::new(crate::sys::btf::VMLINUX)).unwrap();
-        let r = Reasons::from_btf(&btf).unwrap();
+        let r = Reasons::from_btf(&btf).expect("this kernel has drop reasons");
         for name in [
             "NETFILTER_DROP",
             "NO_SOCKET",

@@ -167,6 +167,8 @@ impl Collector for Flows {
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
+        // Which device a packet crossed, in which namespace.
+        setup.require(&["sk_buff.dev", "net_device.nd_net.net", "net.ns.inum"])?;
         loader::load_classifier(ebpf, tc::INGRESS)?;
         loader::load_classifier(ebpf, tc::EGRESS)?;
         self.links.attach(ebpf, setup.targets, self.mode)?;

@@ -9,7 +9,8 @@ use tracer_ebpf::{FAMILY_IPV4, FlowId, IcmpKey};
 
 use crate::{
     collectors::{
-        Collector, Notice, Setup, double_buffer::Drained, fragment_of, loader, tally::Accumulate,
+        Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, fragment_of, loader,
+        tally::Accumulate,
     },
     model::Direction,
     output::{Report, Scope},
@@ -67,18 +68,27 @@ impl Collector for Icmp {
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
-        Ok(
-            match loader::attach_tracepoint(ebpf, setup.btf, "icmp_send") {
-                Ok(()) => Vec::new(),
-                Err(e) => vec![Notice {
-                    collector: self.name(),
-                    text: format!(
-                        "ICMP errors sent by the stack are not counted ({e:#}); those that cross a \
+        let text = if setup.kernel.tracepoint_args("icmp_send").is_none() {
+            "this kernel has no icmp:icmp_send tracepoint: ICMP errors its stack sends are \
+             not counted as sent; those that cross a traced device still are"
+                .to_string()
+        } else {
+            let btf = &setup.kernel.aya_btf;
+            let started = setup
+                .require(SKB_FIELDS)
+                .and_then(|()| loader::attach_tracepoint(ebpf, btf, "icmp_send", "icmp_send"));
+            match started {
+                Ok(()) => return Ok(Vec::new()),
+                Err(e) => format!(
+                    "ICMP errors sent by the stack are not counted ({e:#}); those that cross a \
                      traced device still are"
-                    ),
-                }],
-            },
-        )
+                ),
+            }
+        };
+        Ok(vec![Notice {
+            collector: self.name(),
+            text,
+        }])
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {

@@ -12,7 +12,9 @@ use tracer_ebpf::{FlowId, VerdictKey, VerdictStats};
 
 use crate::{
     cli::Cli,
-    collectors::{Collector, Notice, Setup, double_buffer::Drained, loader, tally::Accumulate},
+    collectors::{
+        Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, loader, tally::Accumulate,
+    },
     model::{Hook, IpFamily, Table},
     output::{Report, Scope},
     sys::bpf::Barrier,
@@ -99,7 +101,18 @@ impl Collector for Verdicts {
             return Ok(Vec::new());
         }
         let programs = links::program_names(&self.tables);
-        match NfPrograms::load(loader::OBJECT, ebpf, &programs) {
+        let fields = [
+            "nf_hook_state.hook",
+            "nf_hook_state.pf",
+            "nf_hook_state.in",
+            "nf_hook_state.out",
+            "nf_hook_state.net",
+        ];
+        let loaded = setup
+            .require(&fields)
+            .and_then(|()| setup.require(SKB_FIELDS))
+            .and_then(|()| NfPrograms::load(loader::OBJECT, ebpf, &programs));
+        match loaded {
             Ok(p) => {
                 let mut links = NfLinks::new(p, self.tables.clone());
                 links.sync(setup.targets)?;

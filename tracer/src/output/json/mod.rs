@@ -118,7 +118,7 @@ struct JsonFlow<'a> {
 struct JsonDrop<'a> {
     #[serde(flatten)]
     flow: JsonFlowFields<'a>,
-    reason: &'a str,
+    reason: Option<&'a str>,
     location: &'a str,
     fragment: Option<&'static str>,
     count: u64,
@@ -239,12 +239,12 @@ fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
             None,
             &row.id,
         ),
-        reason: &row.reason,
+        reason: row.reason.as_deref(),
         location: &row.location,
         fragment: row.fragment,
         count: row.counts.packets,
         bytes: row.counts.bytes,
-        hint: hint(&row.reason, &row.location),
+        hint: hint(row.reason.as_deref(), &row.location),
     }
 }
 

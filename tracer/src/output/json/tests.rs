@@ -7,8 +7,8 @@ use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 use super::*;
 use crate::model::{Direction, Hook, IpFamily, Table};
 use crate::{
-    collectors::drops::DropCounts, collectors::flows::Counts,
-    collectors::verdicts::VerdictCounts, output::Health,
+    collectors::drops::DropCounts, collectors::flows::Counts, collectors::verdicts::VerdictCounts,
+    output::Health,
 };
 
 fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
@@ -155,7 +155,7 @@ fn drop_row_matches_the_contract() {
             netns: "hostB".into(),
             iface: Some("ul0".into()),
             id: vxlan_id(),
-            reason: "NETFILTER_DROP".into(),
+            reason: Some("NETFILTER_DROP".into()),
             location: "nf_hook_slow+0x9a".into(),
             fragment: Some("rest"),
             counts: DropCounts {
@@ -282,7 +282,7 @@ fn first_drops_have_no_health_row_and_a_device_may_be_missing() {
             netns: "4026531840".into(),
             iface: None,
             id: FlowId::default(),
-            reason: "SUBSYS_3:1".into(),
+            reason: Some("SUBSYS_3:1".into()),
             location: "0x1234".into(),
             fragment: None,
             counts: DropCounts {
