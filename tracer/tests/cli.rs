@@ -292,3 +292,56 @@ fn netlink_attachment_counts_and_cleans_up() {
         "{after}"
     );
 }
+
+/// Netlink mode on a host with other users of clsact and another tracer:
+/// a killed run's filters and the qdiscs it created go at the next start,
+/// but a qdisc and filter that were there before stay, and so do the
+/// filters of a tracer that is still running, which keeps counting.
+#[test]
+fn netlink_leftovers_go_but_nothing_that_is_not_theirs() {
+    use std::net::SocketAddrV4;
+    let p = xtask::lab::Pair::new(1500).unwrap();
+    let (a, b) = (&p.a, &p.b);
+    let netlink = ["--tc-attach", "netlink"];
+    // Someone else's clsact qdisc and filter on b's end, before any tracer.
+    let tc = |args: &[&str]| xtask::cmd::run("tc", &[&["-n", &b.ns][..], args].concat()).unwrap();
+    tc(&["qdisc", "add", "dev", &b.dev, "clsact"]);
+    tc(&[
+        "filter", "add", "dev", &b.dev, "ingress", "prio", "7", "u32", "match", "u32", "0", "0",
+    ]);
+    let foreign = |state: &str| state.contains("clsact") && state.contains("u32");
+
+    // A tracer that keeps running throughout.
+    let survivor = start(p.namespaces(), &netlink);
+    // Another one, killed: its filters stay, on both devices.
+    start(p.namespaces(), &netlink)
+        .stop_with(libc::SIGKILL)
+        .unwrap();
+    let count = |ns: &str, dev: &str| tc_state(ns, dev).matches("name tc_ingress").count();
+    assert_eq!(count(&a.ns, &a.dev), 2, "{}", tc_state(&a.ns, &a.dev));
+
+    // The next start removes exactly the killed run's.
+    stop(start(p.namespaces(), &netlink));
+    assert_eq!(count(&a.ns, &a.dev), 1, "{}", tc_state(&a.ns, &a.dev));
+    assert_eq!(count(&b.ns, &b.dev), 1, "{}", tc_state(&b.ns, &b.dev));
+    assert!(foreign(&tc_state(&b.ns, &b.dev)));
+
+    // The survivor still counts what crosses a's end.
+    let to = SocketAddrV4::new(b.ip, 6200);
+    let sink = xtask::traffic::UdpSink::start(&b.ns, to).unwrap();
+    xtask::traffic::send_udp(&a.ns, SocketAddrV4::new(a.ip, 6201), to, 5, 10).unwrap();
+    assert!(sink.wait_for(5, std::time::Duration::from_secs(10)));
+    let f = stop(survivor);
+    let rows = flows_at(&f, &a.ns, "v0", "egress");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["packets"], 5);
+
+    // All tracers gone: a's end is as it was, b's keeps what was not theirs.
+    let after_a = tc_state(&a.ns, &a.dev);
+    assert!(
+        !after_a.contains("clsact") && !after_a.contains("tc_"),
+        "{after_a}"
+    );
+    let after_b = tc_state(&b.ns, &b.dev);
+    assert!(foreign(&after_b) && !after_b.contains("tc_"), "{after_b}");
+}

@@ -1,7 +1,7 @@
 //! Netlink: the route socket (devices, addresses, qdiscs, namespace ids)
 //! and the raw message and attribute walking that nfnetlink users share.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -88,7 +88,9 @@ impl Netlink {
                     && match msg.payload {
                         NetlinkPayload::Done(_) => true,
                         NetlinkPayload::Error(e) if e.code.is_some() => {
-                            bail!("netlink {what}: {}", e.to_io())
+                            return Err(
+                                anyhow::Error::new(e.to_io()).context(format!("netlink {what}"))
+                            );
                         }
                         // An acknowledgement: the request is done.
                         NetlinkPayload::Error(_) => true,

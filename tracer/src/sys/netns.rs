@@ -83,6 +83,22 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Netns>> {
     Ok(out)
 }
 
+/// A path that opens the namespace with `inode`: `hint` if it still does,
+/// else a named or Docker namespace, or the initial one; `None` if the
+/// namespace is gone.
+pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
+    let candidates = std::iter::once(hint.to_path_buf())
+        .chain(list_dir(NAMED_DIR))
+        .chain(list_dir(DOCKER_DIR))
+        .chain([
+            PathBuf::from("/proc/1/ns/net"),
+            PathBuf::from("/proc/self/ns/net"),
+        ]);
+    candidates
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
+}
+
 /// Names of every named and Docker namespace, by inode.
 pub fn known_names() -> Vec<(u64, String)> {
     list_dir(NAMED_DIR)

@@ -171,7 +171,9 @@ impl Collector for Flows {
         setup.require(&["sk_buff.dev", "net_device.nd_net.net", "net.ns.inum"])?;
         loader::load_classifier(ebpf, tc::INGRESS)?;
         loader::load_classifier(ebpf, tc::EGRESS)?;
-        self.links.attach(ebpf, setup.targets, self.mode)?;
+        tc::Links::remove_leftovers();
+        self.links = tc::Links::new(self.mode, setup.kernel);
+        self.links.attach(ebpf, setup.targets)?;
         Ok(Vec::new())
     }
 
@@ -193,8 +195,8 @@ impl Collector for Flows {
         report.flows = self.counts.rows(scope, |e| devices.named(names, e));
     }
 
-    fn stop(&mut self, ebpf: &mut Ebpf) {
-        self.links.detach(ebpf);
+    fn stop(&mut self, _ebpf: &mut Ebpf) {
+        self.links.detach();
     }
 
     fn attached(&self) -> usize {

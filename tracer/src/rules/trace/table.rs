@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::sys::{netns, pid_alive};
+use crate::sys::{netns, process};
 
 /// Prefix of the tables tracer creates; rule snapshots never list them.
 pub const TABLE_PREFIX: &str = "tracer_";
@@ -160,7 +160,7 @@ pub fn remove_stale() -> Result<Vec<String>> {
         );
     }
     let mut removed = Vec::new();
-    for name in stale_tables(&String::from_utf8_lossy(&out.stdout), pid_alive) {
+    for name in stale_tables(&String::from_utf8_lossy(&out.stdout), process::alive) {
         let out = nft(&netns, &["delete", "table", "inet", &name], None)?;
         // Someone else may have removed it meanwhile: only a table that is gone counts.
         if out.status.success() {
