@@ -156,13 +156,17 @@ pub struct VerdictKey {
     pub id: FlowId,
 }
 
-/// Packets that reached a table (`entered`) and that came out of it (`left`):
-/// the table accepted `left` and dropped (or stole) `entered - left`.
+/// Packets that reached a table (`entered`) and that came out of it (`left`
+/// minus `unleft`): the table accepted those and dropped (or stole) the rest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictStats {
     pub entered: u64,
     pub left: u64,
+    /// Packets first counted as `left` that a later chain of the same table
+    /// did not let through (fexit on `nft_do_chain` only). Kept apart rather
+    /// than subtracted so that no counter of a report can go below zero.
+    pub unleft: u64,
 }
 
 /// [`IcmpKey::dir`]: the error was sent by this namespace's stack (icmp_send).
@@ -242,6 +246,13 @@ pub struct Offsets {
     pub state_in: u32,
     pub state_out: u32,
     pub state_net: u32,
+    /// `struct nft_pktinfo` (nf_tables' own BTF): its skb, and its hook state
+    /// (`state`, or `xt.state` before 5.13).
+    pub nft_pkt_skb: u32,
+    pub nft_pkt_state: u32,
+    /// `struct nft_base_chain`: where its `chain` is, and its `ops.priority`.
+    pub nft_base_chain: u32,
+    pub nft_base_priority: u32,
 }
 
 /// Load-time configuration of the programs, written into `.rodata` by userspace.
@@ -255,7 +266,16 @@ pub struct Config {
     pub reason_consumed: u32,
     /// `SKB_NOT_DROPPED_YET` on the running kernel.
     pub reason_not_dropped: u32,
+    /// `[hook * NF_TABLES + table]`: the priority of each counted [`table`]
+    /// at each [`hook`] ([`NF_NO_TABLE`] where it is not counted or not
+    /// there). Userspace's one table of priorities, for the fexit programs.
+    pub nf_priority: [i32; 32],
 }
+
+/// Tables in [`Config::nf_priority`]'s rows.
+pub const NF_TABLES: usize = 5;
+/// A priority no chain is counted at.
+pub const NF_NO_TABLE: i32 = i32::MIN;
 
 #[cfg(feature = "user")]
 // SAFETY: each is `#[repr(C)]` plain integers and arrays with explicit
@@ -290,10 +310,13 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<DeviceInfo>(), 8);
-        assert_eq!(size_of::<Offsets>(), 20 * 4);
-        assert_eq!(size_of::<Config>(), 20 * 4 + 2 * MAX_VXLAN_PORTS + 4 + 4);
+        assert_eq!(size_of::<Offsets>(), 24 * 4);
+        assert_eq!(
+            size_of::<Config>(),
+            24 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4
+        );
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
-        assert_eq!(size_of::<VerdictStats>(), 16);
+        assert_eq!(size_of::<VerdictStats>(), 24);
         assert_eq!(size_of::<IcmpKey>(), 4 + 4 + 1 + 1 + 1 + 1 + 4 + 88);
         assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
         assert_eq!(size_of::<DropStats>(), 16);

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
-use tracer_ebpf::{Config, Offsets, counter};
+use tracer_ebpf::{Config, NF_NO_TABLE, Offsets, counter};
 
 /// Per-CPU counts of events the programs could not record (full maps, lost events).
 #[map]
@@ -48,10 +48,15 @@ pub static CONFIG: Config = Config {
         state_in: 0,
         state_out: 0,
         state_net: 0,
+        nft_pkt_skb: 0,
+        nft_pkt_state: 0,
+        nft_base_chain: 0,
+        nft_base_priority: 0,
     },
     vxlan_ports: [4789, 0, 0, 0, 0, 0, 0, 0],
     reason_consumed: 0,
     reason_not_dropped: 0,
+    nf_priority: [NF_NO_TABLE; 32],
 };
 
 /// Reads a field of [`CONFIG`]: `config!(offsets.skb_dev)`. Volatile so that

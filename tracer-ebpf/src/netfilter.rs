@@ -5,18 +5,22 @@
 //! aya 0.14 cannot load this program type, so these are compiled in an ELF
 //! section aya accepts (`classifier`) and loaded by tracer's own loader with
 //! the netfilter type; they never run as TC programs. They always accept.
+//!
+//! Kernels before 6.4 have no netfilter programs: there an fexit program on
+//! nf_tables' `nft_do_chain` sees each base chain's verdict instead (see
+//! [`nft_chain_exit`]), and the same rows come out.
 
 use aya_ebpf::{
-    macros::{classifier, map},
+    macros::{classifier, fexit, map},
     maps::PerCpuArray,
-    programs::TcContext,
+    programs::{FExitContext, TcContext},
 };
-use tracer_ebpf::{VerdictKey, VerdictStats, counter, hook, table};
+use tracer_ebpf::{NF_TABLES, VerdictKey, VerdictStats, counter, hook, table};
 
 use crate::{
     frags, head,
-    kernel::{Btf, Mem, parse_skb},
-    maps::{Upsert, config, count, double_buffered, upsert, zero},
+    kernel::{Btf, Mem, Probe, parse_skb},
+    maps::{Upsert, config, count, double_buffered, traced, upsert, zero},
 };
 
 const VERDICT_MAP_ENTRIES: u32 = 16384;
@@ -37,10 +41,42 @@ static VERDICT_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 
 #[derive(Clone, Copy)]
 struct Pending {
     skb: u64,
+    /// With fexit: the first and the last base chain of the table's band
+    /// this packet met, and whether the last one accepted it.
+    first_chain: u64,
+    last_chain: u64,
     generation: u32,
     hook: u8,
     table: u8,
-    _pad: [u8; 2],
+    accepted: u8,
+    _pad: u8,
+}
+
+impl Pending {
+    /// Starts describing a packet. Field by field: a struct literal with
+    /// zeroes compiles to a byte-wise `memset`.
+    #[inline(always)]
+    fn begin(
+        &mut self,
+        skb: u64,
+        chain: u64,
+        generation: u32,
+        hook: u8,
+        table: u8,
+        accepted: bool,
+    ) {
+        zero(self);
+        self.skb = skb;
+        // Volatile: two constant-zero stores (the observers' `chain`) merge
+        // into a `memset` otherwise.
+        // SAFETY: plain stores to fields of `self`.
+        unsafe {
+            (&raw mut self.first_chain).write_volatile(chain);
+            (&raw mut self.last_chain).write_volatile(chain);
+        }
+        (self.generation, self.hook, self.table) = (generation, hook, table);
+        self.accepted = accepted as u8;
+    }
 }
 
 /// `struct bpf_nf_ctx`.
@@ -98,13 +134,7 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         current
     };
     if !after {
-        *pending = Pending {
-            skb,
-            generation,
-            hook,
-            table,
-            _pad: [0; 2],
-        };
+        pending.begin(skb, 0, generation, hook, table, false);
     }
     let map = verdicts(generation);
     let full = upsert(map, &*key, |v: &mut VerdictStats| {
@@ -139,4 +169,114 @@ fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
     let parsed = parse_skb::<Btf>(skb, &mut key.id, buf);
     frags::attribute(&mut key.id, &parsed);
     frags::strip_packet_flags(&mut key.id);
+}
+
+const NF_VERDICT_MASK: u32 = 0xff;
+const NF_ACCEPT_VERDICT: u32 = 1;
+
+/// `nft_do_chain(pkt, priv)` returned the verdict of one base chain (`priv`)
+/// on one packet. Counted like the observers count a table: a packet
+/// entered the table's band at its first chain there, and left it if the
+/// band's last chain it met accepted it. Several chains of one band (say
+/// iptables-nft's `filter INPUT` and an `inet` table's `input` at priority
+/// 0) are one table, as for the observers.
+#[fexit(function = "nft_do_chain")]
+pub fn nft_chain_exit(ctx: FExitContext) -> i32 {
+    let pkt: *const u8 = ctx.arg(0);
+    let chain: *const u8 = ctx.arg(1);
+    let verdict: u32 = ctx.arg(2);
+    chain_verdict(pkt as u64, chain as u64, verdict);
+    0
+}
+
+#[inline(always)]
+fn chain_verdict(pkt: u64, chain: u64, verdict: u32) {
+    let skb: u64 = Btf::get(pkt, config!(offsets.nft_pkt_skb)).unwrap_or(0);
+    let state: u64 = Btf::get(pkt, config!(offsets.nft_pkt_state)).unwrap_or(0);
+    if skb == 0 || state == 0 {
+        return;
+    }
+    let hook: u8 = Btf::get(state, config!(offsets.state_hook)).unwrap_or(0xff);
+    // `priv` is a `void *` to the base chain's `struct nft_chain`, inside
+    // its `struct nft_base_chain`: not typed, so read with the helper.
+    let base = chain.wrapping_sub(config!(offsets.nft_base_chain) as u64);
+    let Some(priority) = Probe::get::<i32>(base, config!(offsets.nft_base_priority)) else {
+        return;
+    };
+    let Some(table) = table_at(priority, hook) else {
+        return;
+    };
+    let (Some(key), Some(pending)) = (
+        VERDICT_SCRATCH.get_ptr_mut(0),
+        VERDICT_PENDING.get_ptr_mut(0),
+    ) else {
+        return;
+    };
+    // SAFETY: the maps' one slot for this CPU; fexit and the netfilter
+    // observers are never both attached, and nft_do_chain does not nest on a CPU.
+    let (key, pending) = unsafe { (&mut *key, &mut *pending) };
+    let accepted = verdict & NF_VERDICT_MASK == NF_ACCEPT_VERDICT;
+    // The next chain of the same band for the same packet. A later packet
+    // may get the same skb address, but it starts again at the first chain.
+    let same_packet = pending.skb == skb
+        && pending.hook == hook
+        && pending.table == table
+        && chain != pending.first_chain
+        && chain != pending.last_chain;
+    if same_packet {
+        if pending.accepted != 0 && !accepted {
+            // The band's earlier chain accepted it, this one did not: it did not leave.
+            let map = verdicts(pending.generation);
+            if upsert(map, &*key, |v: &mut VerdictStats| v.unleft += 1) == Upsert::Full {
+                count(counter::VERDICT_MAP_FULL);
+            }
+        }
+        (pending.last_chain, pending.accepted) = (chain, accepted as u8);
+        return;
+    }
+    fill_key(key, state, skb, hook, table);
+    if !traced(key.netns_inode) {
+        pending.skb = 0;
+        return;
+    }
+    let generation = verdict_generation();
+    pending.begin(skb, chain, generation, hook, table, accepted);
+    let full = upsert(verdicts(generation), &*key, |v: &mut VerdictStats| {
+        v.entered += 1;
+        if accepted {
+            v.left += 1;
+        }
+    }) == Upsert::Full;
+    if full {
+        count(counter::VERDICT_MAP_FULL);
+    }
+}
+
+/// The counted table whose priority band `priority` at `hook` is, from the
+/// priorities userspace wrote into the configuration.
+#[inline(always)]
+fn table_at(priority: i32, hook: u8) -> Option<u8> {
+    if hook > hook::POST_ROUTING {
+        return None;
+    }
+    let row = hook as usize * NF_TABLES;
+    let mut t = 0;
+    while t < NF_TABLES {
+        // Masked in the register that indexes: older verifiers lose bounds
+        // that are only checked on another one.
+        let i = core::hint::black_box(row + t) & 31;
+        // SAFETY: i < 32, the length of `nf_priority`.
+        let p = unsafe {
+            core::ptr::read_volatile(
+                (&raw const crate::maps::CONFIG.nf_priority)
+                    .cast::<i32>()
+                    .add(i),
+            )
+        };
+        if p == priority {
+            return Some(t as u8);
+        }
+        t += 1;
+    }
+    None
 }

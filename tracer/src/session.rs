@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         return list_reasons(Reasons::from_btf(&kernel.btf).as_ref());
     }
     // Every option is checked before anything touches the kernel.
-    let registered = collectors::registry(&cli, &kernel)?;
+    let mut registered = collectors::registry(&cli, &kernel)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer must run as root: it loads eBPF programs and enters network namespaces");
@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> Result<()> {
         vxlan_ports: topology::vxlan_ports(&cli.vxlan_ports, &targets)?,
         ..Config::default()
     };
-    collectors::configure(&registered, &mut config);
+    collectors::configure(&mut registered, &kernel, &mut config);
 
     let mut ebpf = loader::load(&config, cli.flow_map_size)?;
     loader::set_traced_netns(&mut ebpf, &targets)?;

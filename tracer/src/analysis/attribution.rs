@@ -203,6 +203,7 @@ mod tests {
             counts: VerdictCounts {
                 entered: dropped + 1,
                 left: 1,
+                unleft: 0,
             },
             rule: None,
         }

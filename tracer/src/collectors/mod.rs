@@ -83,8 +83,9 @@ pub trait Collector {
     /// Its name in messages: `flows`, `drops`...
     fn name(&self) -> &'static str;
 
-    /// Sets its part of the programs' load-time configuration.
-    fn configure(&self, _config: &mut Config) {}
+    /// Sets its part of the programs' load-time configuration, from what
+    /// the kernel offers.
+    fn configure(&mut self, _kernel: &Kernel, _config: &mut Config) {}
 
     /// Loads and attaches its programs. The object's maps are all still in
     /// `ebpf`. What it cannot do here it returns as notices; an error stops tracer.
@@ -276,8 +277,8 @@ impl Collectors {
 }
 
 /// The programs' load-time configuration, with every collector's part.
-pub fn configure(list: &[Box<dyn Collector>], config: &mut Config) {
+pub fn configure(list: &mut [Box<dyn Collector>], kernel: &Kernel, config: &mut Config) {
     for c in list {
-        c.configure(config);
+        c.configure(kernel, config);
     }
 }

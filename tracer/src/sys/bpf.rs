@@ -93,16 +93,36 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
 }
 
+pub const BPF_PROG_TYPE_TRACING: u32 = 26;
 pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+pub const BPF_TRACE_FEXIT: u32 = 25;
 pub const BPF_NETFILTER: u32 = 45;
 
-/// Loads a program of `prog_type`; on failure, loads it again with the
-/// verifier's log and returns the error with the log.
+/// What a program is loaded as.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgType<'a> {
+    pub prog_type: u32,
+    pub expected_attach_type: u32,
+    /// For tracing programs: the function's BTF type id, and the BTF object
+    /// it is in (a module's; `None` for vmlinux).
+    pub attach_btf: Option<(u32, Option<BorrowedFd<'a>>)>,
+}
+
+/// Loads a program; on failure, loads it again with the verifier's log and
+/// returns the error with the log.
 pub fn prog_load(
-    prog_type: u32,
-    expected_attach_type: u32,
+    kind: ProgType,
     name: &str,
     insns: &[aya_obj::generated::bpf_insn],
 ) -> Result<OwnedFd, (io::Error, String)> {
@@ -111,13 +131,16 @@ pub fn prog_load(
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
     }
+    let (attach_btf_id, obj) = kind.attach_btf.unwrap_or((0, None));
     let mut attr = ProgLoadAttr {
-        prog_type,
+        prog_type: kind.prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name,
-        expected_attach_type,
+        expected_attach_type: kind.expected_attach_type,
+        attach_btf_id,
+        attach_btf_obj_fd: obj.map_or(0, |fd| fd.as_raw_fd() as u32),
         ..Default::default()
     };
     bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
@@ -211,6 +234,101 @@ impl Barrier {
             },
         )?;
         Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct RawTracepointAttr {
+    name: u64,
+    prog_fd: u32,
+}
+
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+
+/// Attaches a loaded fentry/fexit program to the function it was loaded
+/// for; the attachment lives as long as the returned fd.
+pub fn attach_tracing(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    bpf_fd(
+        BPF_RAW_TRACEPOINT_OPEN,
+        &mut RawTracepointAttr {
+            name: 0,
+            prog_fd: prog.as_raw_fd() as u32,
+        },
+    )
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
+
+#[repr(C)]
+#[derive(Default)]
+struct GetIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BtfInfo {
+    btf: u64,
+    btf_size: u32,
+    id: u32,
+    name: u64,
+    name_len: u32,
+    kernel_btf: u32,
+}
+
+/// The kernel's BTF object named `name` (a module's, such as `nf_tables`),
+/// open; `None` if no loaded BTF has that name (the module is not loaded,
+/// or the kernel, before 5.11, has no module BTF).
+pub fn kernel_btf_by_name(name: &str) -> Option<OwnedFd> {
+    let mut id = 0;
+    loop {
+        let mut next = GetIdAttr {
+            id,
+            ..Default::default()
+        };
+        bpf(BPF_BTF_GET_NEXT_ID, &mut next).ok()?;
+        id = next.next_id;
+        let Ok(fd) = bpf_fd(
+            BPF_BTF_GET_FD_BY_ID,
+            &mut GetIdAttr {
+                id,
+                ..Default::default()
+            },
+        ) else {
+            continue; // gone meanwhile
+        };
+        let mut buf = [0u8; 64];
+        let mut info = BtfInfo {
+            name: buf.as_mut_ptr() as u64,
+            name_len: buf.len() as u32,
+            ..Default::default()
+        };
+        let ok = bpf(
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut InfoAttr {
+                bpf_fd: fd.as_raw_fd() as u32,
+                info_len: size_of::<BtfInfo>() as u32,
+                info: &mut info as *mut BtfInfo as u64,
+            },
+        )
+        .is_ok();
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if ok && info.kernel_btf != 0 && &buf[..end] == name.as_bytes() {
+            return Some(fd);
+        }
     }
 }
 

@@ -55,6 +55,11 @@ pub fn offsets(btf: &Btf) -> (Offsets, Vec<String>) {
         state_in: f("nf_hook_state", "in"),
         state_out: f("nf_hook_state", "out"),
         state_net: f("nf_hook_state", "net"),
+        // In nf_tables' own BTF: filled by the verdicts collector where used.
+        nft_pkt_skb: 0,
+        nft_pkt_state: 0,
+        nft_base_chain: 0,
+        nft_base_priority: 0,
     };
     (offsets, missing)
 }

@@ -147,7 +147,7 @@ impl Collector for Drops {
         "drops"
     }
 
-    fn configure(&self, config: &mut Config) {
+    fn configure(&mut self, _kernel: &Kernel, config: &mut Config) {
         let reasons = self.namer.reasons.as_ref();
         config.reason_consumed = reasons.map_or(REASON_ABSENT, |r| r.consumed);
         config.reason_not_dropped = reasons.map_or(REASON_ABSENT, |r| r.not_dropped);

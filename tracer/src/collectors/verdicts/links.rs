@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    collectors::verdicts::{chains, nf_loader::NfPrograms},
+    collectors::verdicts::{chains, raw::NfPrograms},
     model::{Hook, IpFamily, Table},
     sys::netns,
     topology::Target,

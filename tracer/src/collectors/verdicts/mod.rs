@@ -3,37 +3,43 @@
 //! before and just after the table at each hook.
 
 pub mod chains;
+pub mod fexit;
 pub mod links;
-pub mod nf_loader;
+pub mod raw;
+
+use std::os::fd::OwnedFd;
 
 use anyhow::Result;
 use aya::Ebpf;
-use tracer_ebpf::{FlowId, VerdictKey, VerdictStats};
+use tracer_ebpf::{Config, FlowId, NF_TABLES, VerdictKey, VerdictStats};
 
 use crate::{
     cli::Cli,
-    collectors::{
-        Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, loader, tally::Accumulate,
-    },
+    collectors::{Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, tally::Accumulate},
     model::{Hook, IpFamily, Table},
     output::{Report, Scope},
     sys::bpf::Barrier,
+    sys::kernel::Kernel,
     topology::{Target, names::Names},
 };
+use fexit::NfTables;
 use links::NfLinks;
-use nf_loader::NfPrograms;
+use raw::NfPrograms;
 
-/// Packets that reached a table (`entered`) and that came out of it (`left`).
+/// Packets that reached a table (`entered`) and that came out of it
+/// (`left`, less `unleft`: see [`VerdictStats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VerdictCounts {
     pub entered: u64,
     pub left: u64,
+    pub unleft: u64,
 }
 
 impl Accumulate for VerdictCounts {
     fn add(&mut self, o: &Self) {
         self.entered += o.entered;
         self.left += o.left;
+        self.unleft += o.unleft;
     }
 }
 
@@ -42,18 +48,19 @@ impl From<&VerdictStats> for VerdictCounts {
         VerdictCounts {
             entered: v.entered,
             left: v.left,
+            unleft: v.unleft,
         }
     }
 }
 
 impl VerdictCounts {
     pub fn accepted(&self) -> u64 {
-        self.left
+        self.left.saturating_sub(self.unleft)
     }
 
     /// Dropped or stolen: went in, never came out.
     pub fn dropped(&self) -> u64 {
-        self.entered.saturating_sub(self.left)
+        self.entered.saturating_sub(self.accepted())
     }
 }
 
@@ -72,10 +79,25 @@ pub struct VerdictRow {
     pub rule: Option<String>,
 }
 
+/// How this kernel lets tracer see verdicts.
+enum Hooks {
+    None,
+    /// BPF netfilter programs linked around each table (Linux >= 6.4).
+    Links(NfLinks),
+    /// fexit on nf_tables' `nft_do_chain` (older kernels that allow it);
+    /// program and link, held for their lifetime.
+    Fexit {
+        _program: OwnedFd,
+        _link: OwnedFd,
+    },
+}
+
 pub struct Verdicts {
     enabled: bool,
     tables: Vec<Table>,
-    links: Option<NfLinks>,
+    hooks: Hooks,
+    /// On kernels without netfilter programs: nf_tables' BTF, or why not.
+    nf_tables: Option<Result<NfTables>>,
     counts: Drained<VerdictKey, VerdictStats, VerdictCounts>,
 }
 
@@ -85,22 +107,49 @@ impl Verdicts {
         Ok(Verdicts {
             enabled: !cli.no_netfilter,
             tables: links::tables(&cli.nf_tables)?,
-            links: None,
+            hooks: Hooks::None,
+            nf_tables: None,
             counts: Drained::default(),
         })
     }
+
+    fn notice(&self, text: String) -> Vec<Notice> {
+        vec![Notice {
+            collector: self.name(),
+            text,
+        }]
+    }
 }
+
+/// What is lost without verdicts.
+const WITHOUT: &str = "NETFILTER_DROP drops still show what netfilter dropped";
 
 impl Collector for Verdicts {
     fn name(&self) -> &'static str {
         "verdicts"
     }
 
+    fn configure(&mut self, kernel: &Kernel, config: &mut Config) {
+        for &table in &self.tables {
+            for &hook in table.hooks() {
+                let Some(h) = hook.raw() else { continue };
+                config.nf_priority[h as usize * NF_TABLES + table.raw() as usize] =
+                    table.priority(hook);
+            }
+        }
+        if self.enabled && !kernel.at_least(6, 4) {
+            let nf_tables = NfTables::find(kernel);
+            if let Ok(n) = &nf_tables {
+                n.configure(&mut config.offsets);
+            }
+            self.nf_tables = Some(nf_tables);
+        }
+    }
+
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
-        let programs = links::program_names(&self.tables);
         let fields = [
             "nf_hook_state.hook",
             "nf_hook_state.pf",
@@ -108,24 +157,47 @@ impl Collector for Verdicts {
             "nf_hook_state.out",
             "nf_hook_state.net",
         ];
-        let loaded = setup
+        if let Err(e) = setup
             .require(&fields)
             .and_then(|()| setup.require(SKB_FIELDS))
-            .and_then(|()| NfPrograms::load(loader::OBJECT, ebpf, &programs));
-        match loaded {
-            Ok(p) => {
-                let mut links = NfLinks::new(p, self.tables.clone());
-                links.sync(setup.targets)?;
-                self.links = Some(links);
-                Ok(Vec::new())
+        {
+            return Ok(self.notice(format!("netfilter verdicts unavailable ({e:#}); {WITHOUT}")));
+        }
+        match self.nf_tables.take() {
+            // A kernel with netfilter BPF programs.
+            None => {
+                let programs = links::program_names(&self.tables);
+                match NfPrograms::load(ebpf, &programs) {
+                    Ok(p) => {
+                        let mut links = NfLinks::new(p, self.tables.clone());
+                        links.sync(setup.targets)?;
+                        self.hooks = Hooks::Links(links);
+                        Ok(Vec::new())
+                    }
+                    Err(e) => {
+                        Ok(self
+                            .notice(format!("netfilter verdicts unavailable ({e:#}); {WITHOUT}")))
+                    }
+                }
             }
-            Err(e) => Ok(vec![Notice {
-                collector: self.name(),
-                text: format!(
-                    "netfilter verdicts unavailable ({e:#}); NETFILTER_DROP drops still show \
-                     what netfilter dropped"
-                ),
-            }]),
+            Some(found) => match found.and_then(|n| n.attach(ebpf)) {
+                Ok((prog, link)) => {
+                    self.hooks = Hooks::Fexit {
+                        _program: prog,
+                        _link: link,
+                    };
+                    Ok(self.notice(
+                        "this kernel has no netfilter BPF programs (Linux >= 6.4): verdicts \
+                         come from fexit on nf_tables' nft_do_chain, which sees nftables and \
+                         iptables-nft tables but not iptables-legacy ones"
+                            .to_string(),
+                    ))
+                }
+                Err(e) => Ok(self.notice(format!(
+                    "netfilter verdicts unavailable: this kernel has no netfilter BPF programs \
+                     (Linux >= 6.4) and fexit on nft_do_chain failed ({e:#}); {WITHOUT}"
+                ))),
+            },
         }
     }
 
@@ -135,9 +207,9 @@ impl Collector for Verdicts {
     }
 
     fn sync(&mut self, targets: &[Target]) -> Result<()> {
-        match &mut self.links {
-            Some(l) => l.sync(targets),
-            None => Ok(()),
+        match &mut self.hooks {
+            Hooks::Links(l) => l.sync(targets),
+            _ => Ok(()),
         }
     }
 
@@ -150,11 +222,15 @@ impl Collector for Verdicts {
     }
 
     fn active(&self) -> bool {
-        self.links.is_some()
+        !matches!(self.hooks, Hooks::None)
     }
 
     fn attached(&self) -> usize {
-        self.links.as_ref().map_or(0, |l| l.count())
+        match &self.hooks {
+            Hooks::None => 0,
+            Hooks::Links(l) => l.count(),
+            Hooks::Fexit { .. } => 1,
+        }
     }
 }
 
@@ -194,17 +270,20 @@ mod tests {
             VerdictStats {
                 entered: 5,
                 left: 3,
+                unleft: 0,
             },
             VerdictStats {
                 entered: 4,
-                left: 4,
+                left: 5,
+                unleft: 1,
             },
         ]);
         assert_eq!((c.accepted(), c.dropped()), (7, 2));
         assert_eq!(
             VerdictCounts {
                 entered: 0,
-                left: 1
+                left: 1,
+                unleft: 0,
             }
             .dropped(),
             0

@@ -196,6 +196,7 @@ fn verdict_row_matches_the_contract() {
             counts: VerdictCounts {
                 entered: 10,
                 left: 4,
+                unleft: 0,
             },
             rule: Some("-A INPUT -p udp -m udp --dport 4789 -j DROP".into()),
         }],
