@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -21,8 +22,11 @@ enum Cmd {
     Setup,
     /// Build a VXLAN lab, send known traffic across it and show what tracer sees.
     Demo,
-    /// Set up, then run every test (arguments go to `cargo test`).
+    /// Set up, then run every test (arguments go to `cargo test`); with
+    /// --kernel, on Debian's kernels in VMs too, with a report per kernel.
     Test {
+        #[command(flatten)]
+        vm: vm::Options,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -35,7 +39,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup::setup(),
         Cmd::Demo => setup::setup().and_then(|()| demo::demo()),
-        Cmd::Test { args } => setup::setup().and_then(|()| test(&args)),
+        Cmd::Test { vm, args } if vm.enabled() => setup::setup().and_then(|()| vm::run(&vm, &args)),
+        Cmd::Test { args, .. } => setup::setup().and_then(|()| test(&args)),
         Cmd::Bench(args) => setup::setup().and_then(|()| bench::bench(args)),
     };
     match result {

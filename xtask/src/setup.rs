@@ -41,15 +41,7 @@ pub fn setup() -> Result<()> {
     if !missing.is_empty() {
         eprintln!("setup: installing {}", missing.join(" "));
         run("apt-get", &["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&missing);
-        let status = Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        if !status.success() {
-            bail!("apt-get install {} failed", missing.join(" "));
-        }
+        apt_install(&missing, None)?;
     }
     rust_src()?;
     if !linker_ok {
@@ -58,7 +50,25 @@ pub fn setup() -> Result<()> {
     tracefs()
 }
 
-fn installed(package: &str) -> bool {
+/// `apt-get install` of `packages`, from `release` if given (`-t`).
+pub(crate) fn apt_install(packages: &[&str], release: Option<&str>) -> Result<()> {
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    if let Some(release) = release {
+        args.extend(["-t", release]);
+    }
+    args.extend(packages);
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("run apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", packages.join(" "));
+    }
+    Ok(())
+}
+
+pub(crate) fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
