@@ -3,12 +3,7 @@
 //! Enough for the headers of a VXLAN packet and of the packet it carries;
 //! headers beyond (long IPv6 extension chains) are not parsed.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_buf, bpf_skb_load_bytes},
-    macros::map,
-    maps::PerCpuArray,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_skb_load_bytes, macros::map, maps::PerCpuArray, programs::TcContext};
 use tracer_ebpf::parse::Reader;
 
 pub const HEAD: usize = 128;
@@ -18,7 +13,18 @@ pub const HEAD: usize = 128;
 const SLACK: usize = 32;
 
 #[repr(C)]
-pub struct Head([u8; HEAD + SLACK]);
+pub struct Head {
+    /// How many bytes of the packet `bytes` holds. Kept here, in the map
+    /// value, and read again by every bounds check: the verifier does not
+    /// track map memory, so what a check teaches it about the length does
+    /// not stay in its state. Held in a register or on the stack, every
+    /// path through the parser would carry its own bounds of the length and
+    /// no two could be pruned as equal (the 1M-instruction limit on 6.1).
+    len: u32,
+    /// Where [`Reader::opaque`] sends an offset through memory.
+    scratch: u32,
+    bytes: [u8; HEAD + SLACK],
+}
 
 // One buffer per kind of program, per CPU: a program may run while another
 // kind is interrupted on the same CPU.
@@ -31,6 +37,27 @@ pub static NF_HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static ICMP_HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 
+/// How many bytes of a packet of `len` (> 0) to copy: `min(len, HEAD)`,
+/// computed in the register the helper call takes, where the verifiers of
+/// 6.1 and older want to see it in 1..=HEAD (a bound checked on another
+/// register is lost to them, and they refuse a size that may be 0).
+#[inline(always)]
+fn copy_size(len: usize) -> usize {
+    mask::<{ HEAD - 1 }>(len.min(HEAD) - 1) + 1
+}
+
+/// `x & M`, done where the compiler cannot see it (and so cannot drop it
+/// when it knows `x <= M` already): in the register the next access uses.
+#[inline(always)]
+pub fn mask<const M: usize>(x: usize) -> usize {
+    let mut v = x as u64;
+    // SAFETY: an AND on a register; nothing else is touched.
+    unsafe {
+        core::arch::asm!("{v} &= {m}", v = inout(reg) v, m = const M, options(pure, nomem, nostack));
+    }
+    v as usize
+}
+
 /// This CPU's buffer of `map`.
 #[inline(always)]
 pub fn buffer(map: &'static PerCpuArray<Head>) -> Option<&'static mut Head> {
@@ -41,50 +68,74 @@ pub fn buffer(map: &'static PerCpuArray<Head>) -> Option<&'static mut Head> {
 /// Packet bytes copied into a [`Head`]; reads past them fail.
 pub struct HeadReader<'a> {
     head: &'a Head,
-    len: usize,
 }
 
 impl<'a> HeadReader<'a> {
     /// The start of the packet of a TC program.
     #[inline(always)]
     pub fn from_skb(ctx: &TcContext, head: &'a mut Head) -> Self {
-        let len = (ctx.len() as usize).min(HEAD);
-        let ok = len > 0
-            // SAFETY: the helper writes at most `len` <= HEAD bytes into the buffer.
-            && unsafe {
+        head.len = 0;
+        let len = ctx.len() as usize;
+        if len > 0 {
+            let len = copy_size(len);
+            // SAFETY: the helper writes `len` (1..=HEAD) bytes into the buffer.
+            let ok = unsafe {
                 bpf_skb_load_bytes(
                     ctx.skb.skb.cast(),
                     0,
-                    head.0.as_mut_ptr().cast(),
+                    head.bytes.as_mut_ptr().cast(),
                     len as u32,
                 )
             } == 0;
-        HeadReader {
-            head,
-            len: if ok { len } else { 0 },
+            if ok {
+                head.len = len as u32;
+            }
         }
+        HeadReader { head }
     }
 
     /// `len` bytes of kernel memory at `start` (an skb's linear data).
     #[inline(always)]
     pub fn from_kernel(start: u64, len: u64, head: &'a mut Head) -> Self {
-        let len = (len as usize).min(HEAD);
-        let ok = len > 0
-            // SAFETY: the helper checks the source address and fails instead of faulting.
-            && unsafe { bpf_probe_read_kernel_buf(start as *const u8, &mut head.0[..len]) }.is_ok();
-        HeadReader {
-            head,
-            len: if ok { len } else { 0 },
+        head.len = 0;
+        if len > 0 {
+            let len = copy_size(len as usize);
+            // SAFETY: the helper checks the source address and fails instead
+            // of faulting; it writes `len` (1..=HEAD) bytes into the buffer.
+            let ok = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    head.bytes.as_mut_ptr().cast(),
+                    len as u32,
+                    start as *const aya_ebpf::cty::c_void,
+                )
+            } == 0;
+            if ok {
+                head.len = len as u32;
+            }
         }
+        HeadReader { head }
     }
 }
 
 impl Reader for HeadReader<'_> {
     #[inline(always)]
+    fn opaque(&self, off: u32) -> u32 {
+        let slot = (&raw const self.head.scratch).cast_mut();
+        // SAFETY: this CPU's buffer, which only this program uses now; the
+        // store and load go through memory, which the verifier does not track.
+        unsafe {
+            slot.write_volatile(off);
+            slot.read_volatile()
+        }
+    }
+
+    #[inline(always)]
     fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool {
         const { assert!(N <= SLACK) };
         let off = off as usize;
-        if off > HEAD - N || off + N > self.len {
+        // SAFETY: a plain load of this CPU's buffer.
+        let len = unsafe { core::ptr::read_volatile(&self.head.len) } as usize;
+        if off > HEAD - N || off + N > len {
             return false;
         }
         // The check above bounds `off`, but the compiler may keep the
@@ -93,10 +144,10 @@ impl Reader for HeadReader<'_> {
         // unbounded. Mask the very value the access uses: the mask cannot
         // be folded away after an opaque reload, and `HEAD - 1 + N` fits
         // the buffer.
-        let off = core::hint::black_box(off) & (HEAD - 1);
+        let off = mask::<{ HEAD - 1 }>(off);
         // SAFETY: off < HEAD and N <= SLACK: inside the HEAD + SLACK bytes.
         unsafe {
-            core::ptr::copy_nonoverlapping(self.head.0.as_ptr().add(off), dst.as_mut_ptr(), N)
+            core::ptr::copy_nonoverlapping(self.head.bytes.as_ptr().add(off), dst.as_mut_ptr(), N)
         };
         true
     }

@@ -2,6 +2,8 @@
 //! types they share with userspace live in the library half of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly keeps bounds checks the verifier needs out of the optimiser's reach.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod drops;

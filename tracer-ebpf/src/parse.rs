@@ -34,6 +34,14 @@ pub trait Reader {
     /// false if they are not all there.
     fn read_into<const N: usize>(&self, off: u32, dst: &mut [u8; N]) -> bool;
 
+    /// `off`, with what the verifier knows of it forgotten: it then checks
+    /// the code that follows once for every offset, rather than once per
+    /// path that led to a different one. A no-op outside the kernel.
+    #[inline(always)]
+    fn opaque(&self, off: u32) -> u32 {
+        off
+    }
+
     /// Reads `N` bytes at offset `off`.
     #[inline(always)]
     fn read<const N: usize>(&self, off: u32) -> Option<[u8; N]> {

@@ -64,7 +64,9 @@ impl TracerRun {
             stderr: Some(stderr),
             ready,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A guard against a hung start, not a timing check: under qemu's TCG
+        // loading the programs alone takes tens of seconds.
+        let deadline = Instant::now() + Duration::from_secs(600);
         while !run.ready.exists() {
             if let Some(status) = run.child.try_wait()? {
                 let stderr = run.stderr.take().expect("once").join().unwrap_or_default();
@@ -74,7 +76,7 @@ impl TracerRun {
                 );
             }
             if Instant::now() > deadline {
-                bail!("tracer not ready after 60 s");
+                bail!("tracer not ready after 600 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -89,14 +91,14 @@ impl TracerRun {
     pub fn stop_with(mut self, signal: i32) -> Result<Finished> {
         // SAFETY: plain syscall.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(300);
         let status = loop {
             if let Some(s) = self.child.try_wait()? {
                 break s;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("tracer did not exit within 30 s of signal {signal}");
+                bail!("tracer did not exit within 300 s of signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(10));
         };

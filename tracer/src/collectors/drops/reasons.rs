@@ -132,7 +132,8 @@ impl ReasonFilter {
 pub fn hint(reason: Option<&str>, location: &str) -> Option<&'static str> {
     let at = |f: &str| location.starts_with(f) && location[f.len()..].starts_with('+');
     match reason {
-        Some("NOT_SPECIFIED") | None if at("__dev_forward_skb") => Some(
+        // __dev_forward_skb, or __dev_forward_skb2 where it was split in two.
+        Some("NOT_SPECIFIED") | None if location.starts_with("__dev_forward_skb") => Some(
             "a veth (or other forwarding device) refused it: larger than the receiving end's \
              MTU, or that end is down",
         ),
