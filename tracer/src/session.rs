@@ -33,6 +33,7 @@ use crate::{
     },
     topology::{
         self, Target, devices,
+        links::Links,
         mtu::{self, Topology},
         names::Names,
     },
@@ -83,8 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         for n in &notices {
             eprintln!("tracer: {}: {}", n.collector, n.text);
         }
-        let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
-        let (analysis, trace_readers) = analysis(&cli, &namespaces, &topo, &config, &collectors)?;
+        let (analysis, trace_readers) = analysis(&cli, &targets, &topo, &config, &collectors)?;
         announce(&targets, &config, &collectors);
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
@@ -119,11 +119,13 @@ fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
 /// The analysis of the rows, and the nftables trace readers of `--explain`.
 fn analysis(
     cli: &Cli,
-    namespaces: &[Netns],
+    targets: &[Target],
     topo: &Topology,
     config: &Config,
     collectors: &Collectors,
 ) -> Result<(Analysis, Vec<TraceReader>)> {
+    let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
+    let namespaces = &namespaces[..];
     crate::analysis::explain::remove_stale(namespaces);
     let (explain, readers) = match &cli.explain {
         Some(filter) => {
@@ -142,7 +144,12 @@ fn analysis(
     for f in &findings {
         eprintln!("tracer: MTU problem: {}", f.finding);
     }
-    Ok((Analysis::new(findings, attributor, explain), readers))
+    let links = Links::new(topo, |ns, dev| {
+        targets
+            .iter()
+            .any(|t| t.netns.name == ns && t.traced.iter().any(|d| d.name == dev))
+    });
+    Ok((Analysis::new(findings, links, attributor, explain), readers))
 }
 
 /// Where reports go. Sinks flush once per report: one write(2) per report, not per row.
