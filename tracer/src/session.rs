@@ -245,6 +245,7 @@ fn stream(
         mut names,
         mut analysis,
     } = inputs;
+    let filter = cli.filter.clone();
     rt.block_on(async {
         // Each trace reader forwards what it reads, tagged with its namespace.
         let (traces_tx, mut traces) = tokio::sync::mpsc::unbounded_channel();
@@ -302,6 +303,9 @@ fn stream(
                     let mut report = Report { scope: Scope::First, ..Report::default() };
                     collectors.events(index, &mut names, &mut report);
                     guard.clear_ready();
+                    if let Some(f) = &filter {
+                        f.retain(&mut report);
+                    }
                     if !report.drops.is_empty() && !emit(&mut *sink, &report)? {
                         return Ok(());
                     }
@@ -310,7 +314,10 @@ fn stream(
                     collectors.sync(&targets)?;
                     names.update(&targets);
                     let now = Instant::now();
-                    let report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+                    let mut report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+                    if let Some(f) = &filter {
+                        f.retain(&mut report);
+                    }
                     last = now;
                     if !emit(&mut *sink, &report)? {
                         return Ok(());
@@ -330,9 +337,15 @@ fn stream(
             analysis.explain_events(ns, &events?, lost);
         }
         let now = Instant::now();
-        let interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+        let mut interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+        if let Some(f) = &filter {
+            f.retain(&mut interval);
+        }
         if emit(&mut *sink, &interval)? {
-            let total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
+            let mut total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
+            if let Some(f) = &filter {
+                f.retain(&mut total);
+            }
             emit(&mut *sink, &total)?;
         }
         Ok(())

@@ -212,3 +212,36 @@ fn untraced_namespace_makes_the_path_incomplete() {
         )])
     );
 }
+
+/// `--filter` keeps the rows and paths of one conversation, by its inner
+/// header, whichever hop they were seen at.
+#[test]
+fn filter_keeps_one_conversation_at_every_hop() {
+    let lab = Overlay::new(OverlayOpts::default()).unwrap();
+    let (c1, c2) = (&lab.c1, &lab.c2);
+    let a = SocketAddrV4::new(c2.ip, 5001);
+    let b = SocketAddrV4::new(c2.ip, 5002);
+    let sink_a = UdpSink::start(&c2.ns, a).unwrap();
+    let sink_b = UdpSink::start(&c2.ns, b).unwrap();
+    let run = start(lab.namespaces(), &["--filter", "inner udp dst port 5002"]);
+    let from = SocketAddrV4::new(c1.ip, 41000);
+    send_udp(&c1.ns, from, a, 7, 50).unwrap();
+    send_udp(&c1.ns, from, b, N as u32, 50).unwrap();
+    assert!(sink_a.wait_for(7, Duration::from_secs(10)));
+    assert!(sink_b.wait_for(N, Duration::from_secs(10)));
+    let f = stop(run);
+    let paths = f.totals("path");
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    assert_eq!(hops(paths[0]), full_path(&lab));
+    assert_eq!(paths[0]["arrived"], N);
+    let flows = f.totals("flow");
+    assert_eq!(flows.len(), 8, "{flows:#?}");
+    for r in flows {
+        let inner = if r["inner"].is_null() { r } else { &r["inner"] };
+        assert_eq!(
+            (&inner["dport"], &r["packets"]),
+            (&5002.into(), &N.into()),
+            "{r}"
+        );
+    }
+}

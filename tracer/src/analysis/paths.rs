@@ -37,6 +37,8 @@ pub struct PathRow {
     pub incomplete: Vec<String>,
     /// MTU findings and ICMP errors about this flow where nothing was lost.
     pub notes: Vec<String>,
+    /// The outer headers of the VXLAN packets that carried it (for filters).
+    pub carriers: Vec<Tuple>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +174,7 @@ pub fn conversation(id: &FlowId) -> Tuple {
 #[derive(Default)]
 struct Group<'a> {
     vni: u32,
+    carriers: Vec<Tuple>,
     /// Merged per (netns, iface, dir, encapsulated); the VXLAN UDP port of
     /// encapsulated ones.
     hops: Vec<(Hop, Option<u16>)>,
@@ -194,6 +197,9 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
         let vxlan = f.id.inner.family != 0;
         if vxlan && g.vni == 0 {
             g.vni = f.id.vni;
+        }
+        if vxlan && !g.carriers.contains(&f.id.outer) {
+            g.carriers.push(f.id.outer);
         }
         let port = (vxlan && f.id.outer.flags & TUPLE_PORTS != 0).then_some(f.id.outer.dport);
         match g.hops.iter_mut().find(|(h, _)| {
@@ -529,6 +535,7 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
         lost,
         incomplete,
         notes,
+        carriers: g.carriers,
     }
 }
 

@@ -360,6 +360,7 @@ fn lost_path() -> crate::output::PathRow {
         }],
         incomplete: vec![],
         notes: vec!["none of what passed hb/ul0 in was seen at hb/vx0 in".into()],
+        carriers: vec![],
     }
 }
 
