@@ -16,7 +16,7 @@ use xtask::{
 const N: u64 = 12;
 
 /// The total path row of the flow `src` -> `dst` (the container's flow).
-fn path_of<'a>(f: &'a xtask::tracer::Finished, src: SocketAddrV4, dst: SocketAddrV4) -> &'a Value {
+fn path_of(f: &xtask::tracer::Finished, src: SocketAddrV4, dst: SocketAddrV4) -> &Value {
     let paths = f.totals("path");
     only(
         &paths,

@@ -3,7 +3,7 @@
 //! capture exactly what a user would see.
 
 pub mod json;
-pub mod table;
+pub mod live;
 pub mod text;
 
 use std::{

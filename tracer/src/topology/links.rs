@@ -142,3 +142,61 @@ impl Links {
         out
     }
 }
+
+#[cfg(test)]
+mod fixture {
+    use super::*;
+
+    fn test_veth(peer: (&str, &str)) -> Link {
+        Link {
+            kind: LinkKind::Veth,
+            hooked: true,
+            peer: Some(Ok((peer.0.into(), peer.1.into()))),
+            ..Link::default()
+        }
+    }
+
+    fn test_port(l: Link) -> Link {
+        Link {
+            master: Some("br0".into()),
+            ..l
+        }
+    }
+
+    impl Links {
+        /// Two hosts (bridge, VXLAN device and underlay in the host namespace) and a
+        /// container on each, as `xtask::lab::Overlay` builds them.
+        pub fn test_overlay() -> Links {
+            let mut l = Links::default();
+            for (c, h, vc, other) in [("c1", "ha", "vc1", "hb"), ("c2", "hb", "vc2", "ha")] {
+                l.insert(c, "eth0", test_veth((h, vc)));
+                l.insert(h, vc, test_port(test_veth((c, "eth0"))));
+                l.insert(
+                    h,
+                    "br0",
+                    Link {
+                        kind: LinkKind::Bridge,
+                        hooked: true,
+                        ..Link::default()
+                    },
+                );
+                l.insert(
+                    h,
+                    "vx0",
+                    test_port(Link {
+                        kind: LinkKind::Vxlan,
+                        hooked: true,
+                        vxlan: Some(VxlanLink {
+                            vni: Some(4242),
+                            port: 4789,
+                            underlay: Ok((h.into(), "ul0".into())),
+                        }),
+                        ..Link::default()
+                    }),
+                );
+                l.insert(h, "ul0", test_veth((other, "ul0")));
+            }
+            l
+        }
+    }
+}

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     collectors::{drops::DropCounts, verdicts::VerdictCounts},
     model::{IpFamily, Table},
-    topology::links::{Link, VxlanLink},
+    topology::links::Link,
 };
 
 fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Tuple {
@@ -43,55 +43,8 @@ fn encapsulated() -> FlowId {
     }
 }
 
-fn veth(peer: (&str, &str)) -> Link {
-    Link {
-        kind: LinkKind::Veth,
-        hooked: true,
-        peer: Some(Ok((peer.0.into(), peer.1.into()))),
-        ..Link::default()
-    }
-}
-
-fn port(l: Link) -> Link {
-    Link {
-        master: Some("br0".into()),
-        ..l
-    }
-}
-
-/// Two hosts (bridge, VXLAN device and underlay in the host namespace) and a
-/// container on each, as `xtask::lab::Overlay` builds them.
 fn overlay() -> Links {
-    let mut l = Links::default();
-    for (c, h, vc, other) in [("c1", "ha", "vc1", "hb"), ("c2", "hb", "vc2", "ha")] {
-        l.insert(c, "eth0", veth((h, vc)));
-        l.insert(h, vc, port(veth((c, "eth0"))));
-        l.insert(
-            h,
-            "br0",
-            Link {
-                kind: LinkKind::Bridge,
-                hooked: true,
-                ..Link::default()
-            },
-        );
-        l.insert(
-            h,
-            "vx0",
-            port(Link {
-                kind: LinkKind::Vxlan,
-                hooked: true,
-                vxlan: Some(VxlanLink {
-                    vni: Some(4242),
-                    port: 4789,
-                    underlay: Ok((h.into(), "ul0".into())),
-                }),
-                ..Link::default()
-            }),
-        );
-        l.insert(h, "ul0", veth((other, "ul0")));
-    }
-    l
+    Links::test_overlay()
 }
 
 fn flow(ns: &str, iface: &str, dir: Direction, id: FlowId, packets: u64) -> FlowRow {
