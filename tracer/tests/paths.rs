@@ -8,9 +8,9 @@ use std::{net::SocketAddrV4, time::Duration};
 use common::*;
 use serde_json::Value;
 use xtask::{
-    lab::{Overlay, OverlayOpts, iptables},
-    peers::nstat,
-    traffic::{UdpSink, send_udp},
+    lab::{Bridged, Overlay, OverlayOpts, iptables, sysctl},
+    peers::{iptables_packets, nstat},
+    traffic::{Df, UdpSink, send_udp, send_udp_df},
 };
 
 const N: u64 = 12;
@@ -244,4 +244,111 @@ fn filter_keeps_one_conversation_at_every_hop() {
             "{r}"
         );
     }
+}
+
+/// Scenario 4: DF set on an overlay whose MTU does not fit the underlay.
+/// The path stops at the VXLAN device, with the MTU finding and the
+/// "fragmentation needed" it answered with.
+#[test]
+fn df_set_path_stops_at_the_vxlan_device_with_the_mtu_and_the_icmp() {
+    let lab = Overlay::new(OverlayOpts {
+        overlay_mtu: 1500,
+        underlay_mtu: 1500,
+        ..OverlayOpts::default()
+    })
+    .unwrap();
+    let (c1, c2) = (&lab.c1, &lab.c2);
+    let (from, to) = (
+        SocketAddrV4::new(c1.ip, 41004),
+        SocketAddrV4::new(c2.ip, 5004),
+    );
+    let run = start(lab.namespaces(), &[]);
+    send_udp_df(&c1.ns, from, to, N as u32, 1472, Df::Probe).unwrap();
+    assert!(wait_until(
+        || nstat(&c1.ns, "IcmpInDestUnreachs").unwrap() == N
+    ));
+    let f = stop(run);
+    let p = path_of(&f, from, to);
+    assert_eq!(hops(p), full_path(&lab)[..3], "{p:#}");
+    assert_eq!(
+        (p["sent"].as_u64(), p["arrived"].as_u64()),
+        (Some(N), Some(0))
+    );
+    let lost = p["lost"].as_array().unwrap();
+    let total: u64 = lost.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, N, "{p:#}");
+    let l = &lost[0];
+    assert_eq!(l["after"], 2, "{l}");
+    assert_eq!(
+        l["icmp"],
+        format!("frag_needed mtu 1450 x{N}").as_str(),
+        "{l}"
+    );
+    assert!(
+        l["mtu"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("overlay MTU 1500 + 50 VXLAN > underlay MTU 1500")),
+        "{l}"
+    );
+}
+
+/// Scenario 6: bridged traffic dropped by iptables FORWARD (br_netfilter):
+/// lost after the bridge port it came in by, with the rule.
+#[test]
+fn bridged_flow_dropped_at_forward_is_lost_inside_the_bridge() {
+    let b = Bridged::new(1500).unwrap();
+    sysctl(&b.bridge_ns, "net.bridge.bridge-nf-call-iptables=1").unwrap();
+    iptables(
+        &b.bridge_ns,
+        &[
+            "-A", "FORWARD", "-p", "udp", "--dport", "7000", "-j", "DROP",
+        ],
+    )
+    .unwrap();
+    let (c1, c2) = (&b.c1, &b.c2);
+    let ok = SocketAddrV4::new(c2.ip, 7001);
+    let blocked = SocketAddrV4::new(c2.ip, 7000);
+    let sink = UdpSink::start(&c2.ns, ok).unwrap();
+    let run = start(b.namespaces(), &[]);
+    let from = SocketAddrV4::new(c1.ip, 40700);
+    send_udp(&c1.ns, from, blocked, N as u32, 50).unwrap();
+    send_udp(&c1.ns, from, ok, 3, 50).unwrap();
+    assert!(sink.wait_for(3, Duration::from_secs(10)));
+    assert!(wait_until(|| iptables_packets(
+        &b.bridge_ns,
+        "FORWARD",
+        "dpt:7000"
+    )
+    .unwrap()
+        == N));
+    let f = stop(run);
+    let hop = |ns: &str, dev: &str, dir: &str| (format!("{ns}/{dev} {dir}"), false);
+    let through = vec![
+        hop(&c1.ns, &c1.dev, "egress"),
+        hop(&b.bridge_ns, &c1.bridge_port, "ingress"),
+        hop(&b.bridge_ns, &c2.bridge_port, "egress"),
+        hop(&c2.ns, &c2.dev, "ingress"),
+    ];
+    let p = path_of(&f, from, ok);
+    assert_eq!(hops(p), through, "{p:#}");
+    assert_eq!(
+        (p["sent"].as_u64(), p["arrived"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    let p = path_of(&f, from, blocked);
+    assert_eq!(hops(p), through[..2], "{p:#}");
+    let lost = p["lost"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{p:#}");
+    let l = &lost[0];
+    assert_eq!((&l["after"], &l["count"]), (&1.into(), &N.into()), "{l}");
+    assert_eq!(
+        (&l["hook"], &l["reason"]),
+        (&"forward".into(), &"NETFILTER_DROP".into()),
+        "{l}"
+    );
+    assert_eq!(
+        l["rule"], "-A FORWARD -p udp -m udp --dport 7000 -j DROP",
+        "{l}"
+    );
 }

@@ -421,11 +421,25 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
         p.verdicts
             .push((v.hook, v.rule.clone(), v.counts.dropped(), v.iface.clone()));
     }
+    // An ICMP error travels back along the path and shows at every hop it
+    // passes: it belongs where it was sent, the furthest place along the path.
+    let mut icmps: Vec<(usize, &IcmpRow)> = Vec::new();
     for i in &g.icmps {
-        let p = &mut at[slot(place(&i.netns, i.iface.as_deref()))];
+        let s = slot(place(&i.netns, i.iface.as_deref()));
+        match icmps
+            .iter_mut()
+            .find(|(_, x)| x.kind == i.kind && x.mtu == i.mtu)
+        {
+            Some(e) if e.0 < s => *e = (s, i),
+            Some(_) => {}
+            None => icmps.push((s, i)),
+        }
+    }
+    for (s, i) in icmps {
         let mtu = i.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
-        p.notes_icmp
-            .push(format!("{} {}{mtu} x{}", i.dir, i.kind, i.count));
+        at[s]
+            .notes_icmp
+            .push(format!("{}{mtu} x{}", i.kind, i.count));
     }
     for (ns, iface, dir, finding) in &g.mtu {
         if let Some(i) = hops
