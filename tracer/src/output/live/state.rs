@@ -147,8 +147,9 @@ pub struct State {
     pub help: bool,
     /// Show IPv6 link-local and multicast noise.
     pub show_noise: bool,
-    /// The latest one-line news (a new drop).
+    /// The latest one-line news (a new drop), and the interval it came in.
     pub status: Option<String>,
+    status_tick: u64,
     pub quit: bool,
 }
 
@@ -183,6 +184,7 @@ impl State {
             help: false,
             show_noise: false,
             status: None,
+            status_tick: 0,
             quit: false,
         }
     }
@@ -192,6 +194,7 @@ impl State {
         if r.scope == Scope::First {
             // Counted again in the next interval: only news.
             if let Some(d) = r.drops.first() {
+                self.status_tick = self.tick;
                 self.status = Some(format!(
                     "new drop: {} in {}{}",
                     d.reason.as_deref().unwrap_or("?"),
@@ -216,6 +219,10 @@ impl State {
 
     fn apply(&mut self, r: &Report) {
         self.tick += 1;
+        // News stays a few intervals; the drop itself stays in the rows.
+        if self.tick > self.status_tick + 5 {
+            self.status = None;
+        }
         self.elapsed += r.elapsed;
         let (secs, tick) = (rate_secs(r), self.tick);
         add_health(&mut self.health, &r.health);

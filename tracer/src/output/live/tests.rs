@@ -268,6 +268,29 @@ fn sort_pause_help_and_quit() {
 }
 
 #[test]
+fn news_of_a_new_drop_shows_for_a_few_intervals() {
+    let mut s = state(0);
+    let mut first = interval(0, 1);
+    first.scope = Scope::First;
+    s.report(first);
+    assert_eq!(
+        s.status.as_deref(),
+        Some("new drop: NETFILTER_DROP in hb/ul0")
+    );
+    let screen = draw(&s, 120, 6).backend().to_string();
+    assert!(
+        screen.contains("new drop: NETFILTER_DROP in hb/ul0"),
+        "{screen}"
+    );
+    for _ in 0..5 {
+        s.report(interval(0, 0));
+    }
+    assert!(s.status.is_some());
+    s.report(interval(0, 0));
+    assert!(s.status.is_none());
+}
+
+#[test]
 fn any_terminal_size_draws() {
     let mut s = state(2);
     for (w, h) in [(1, 1), (10, 3), (40, 4), (300, 80)] {
