@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::filter::Filter;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tracer",
@@ -37,7 +39,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub duration: Option<Duration>,
 
-    /// Output format. `auto`: a live table on a terminal, text lines otherwise.
+    /// Show only the rows and paths that match this expression, pcap-filter style on
+    /// outer and inner headers: e.g. "inner udp port 53", "host 10.0.0.2", "vni 4097",
+    /// "netns c1 and not reason NO_SOCKET". In the live view it is the initial filter.
+    #[arg(long, value_name = "EXPR", value_parser = filter_expr)]
+    pub filter: Option<Filter>,
+
+    /// Output format. `auto`: the live view on a terminal, text lines otherwise.
     #[arg(long, value_enum, default_value_t = Output::Auto)]
     pub output: Output,
 
@@ -100,6 +108,10 @@ pub enum Output {
     Json,
 }
 
+fn filter_expr(s: &str) -> Result<Filter, String> {
+    Filter::parse(s).map_err(|e| format!("bad filter: {e}"))
+}
+
 fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
@@ -160,6 +172,10 @@ mod tests {
             (&["--interval", "0"][..], "positive"),
             (&["--duration", "soon"][..], "not a number"),
             (&["--flow-map-size", "0"][..], "0"),
+            (
+                &["--filter", "udp port x"][..],
+                "bad filter: column 10: 'x' is not a port",
+            ),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

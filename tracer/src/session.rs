@@ -23,7 +23,10 @@ use crate::{
         loader,
     },
     output::{
-        Report, Scope, Sink, json::JsonSink, table::TableSink, table::Terminal, text::TextSink,
+        Report, Scope, Sink,
+        json::JsonSink,
+        live::{Events, LiveSink},
+        text::TextSink,
     },
     rules::trace::TraceReader,
     sys::{
@@ -33,6 +36,7 @@ use crate::{
     },
     topology::{
         self, Target, devices,
+        links::Links,
         mtu::{self, Topology},
         names::Names,
     },
@@ -83,8 +87,13 @@ pub fn run(cli: Cli) -> Result<()> {
         for n in &notices {
             eprintln!("tracer: {}: {}", n.collector, n.text);
         }
-        let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
-        let (analysis, trace_readers) = analysis(&cli, &namespaces, &topo, &config, &collectors)?;
+        let links = Links::new(&topo, |ns, dev| {
+            targets
+                .iter()
+                .any(|t| t.netns.name == ns && t.traced.iter().any(|d| d.name == dev))
+        });
+        let (analysis, trace_readers) =
+            analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
         announce(&targets, &config, &collectors);
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
@@ -97,7 +106,7 @@ pub fn run(cli: Cli) -> Result<()> {
             names: Names::new(&targets),
             analysis,
         };
-        stream(&cli, &rt, inputs, &mut collectors, sink(cli.output))
+        stream(&cli, &rt, inputs, &mut collectors, sink(&cli, links)?)
     })();
     collectors.stop(&mut ebpf);
     result
@@ -119,11 +128,14 @@ fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
 /// The analysis of the rows, and the nftables trace readers of `--explain`.
 fn analysis(
     cli: &Cli,
-    namespaces: &[Netns],
+    targets: &[Target],
     topo: &Topology,
+    links: Links,
     config: &Config,
     collectors: &Collectors,
 ) -> Result<(Analysis, Vec<TraceReader>)> {
+    let namespaces: Vec<Netns> = targets.iter().map(|t| t.netns.clone()).collect();
+    let namespaces = &namespaces[..];
     crate::analysis::explain::remove_stale(namespaces);
     let (explain, readers) = match &cli.explain {
         Some(filter) => {
@@ -142,18 +154,38 @@ fn analysis(
     for f in &findings {
         eprintln!("tracer: MTU problem: {}", f.finding);
     }
-    Ok((Analysis::new(findings, attributor, explain), readers))
+    Ok((Analysis::new(findings, links, attributor, explain), readers))
 }
 
-/// Where reports go. Sinks flush once per report: one write(2) per report, not per row.
-fn sink(output: Output) -> Box<dyn Sink> {
+/// Where reports go, and for the live view, where its quit key arrives.
+/// Sinks flush once per report: one write(2) per report, not per row.
+fn sink(cli: &Cli, links: Links) -> Result<(Out, Option<Events>)> {
     let out = || io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    match output {
-        Output::Json => Box::new(JsonSink::new(out())),
-        Output::Text => Box::new(TextSink::new(out())),
-        Output::Table => Box::new(TableSink::new(out(), Terminal)),
-        Output::Auto if io::stdout().is_terminal() => Box::new(TableSink::new(out(), Terminal)),
-        Output::Auto => Box::new(TextSink::new(out())),
+    let lines = |s: Box<dyn Sink>| (Out::Lines(s), None);
+    Ok(match cli.output {
+        Output::Json => lines(Box::new(JsonSink::new(out()))),
+        Output::Text => lines(Box::new(TextSink::new(out()))),
+        Output::Auto if !io::stdout().is_terminal() => lines(Box::new(TextSink::new(out()))),
+        Output::Table | Output::Auto => {
+            let (live, events) = LiveSink::start(links, cli.filter.clone())
+                .context("start the live view (is stdout a terminal?)")?;
+            (Out::Live(Box::new(live)), Some(events))
+        }
+    })
+}
+
+/// Lines for pipes and scripts, or the live view.
+enum Out {
+    Lines(Box<dyn Sink>),
+    Live(Box<LiveSink>),
+}
+
+impl Sink for Out {
+    fn report(&mut self, report: &Report) -> io::Result<()> {
+        match self {
+            Out::Lines(s) => s.report(report),
+            Out::Live(l) => l.report(report),
+        }
     }
 }
 
@@ -229,8 +261,13 @@ fn stream(
     rt: &Runtime,
     inputs: Inputs,
     collectors: &mut Collectors,
-    mut sink: Box<dyn Sink>,
+    (mut sink, mut events): (Out, Option<Events>),
 ) -> Result<()> {
+    // The live view applies its filter itself, and the user may change it.
+    let filter = match sink {
+        Out::Lines(_) => cli.filter.clone(),
+        Out::Live(_) => None,
+    };
     let Inputs {
         mut signals,
         trace_readers,
@@ -295,7 +332,10 @@ fn stream(
                     let mut report = Report { scope: Scope::First, ..Report::default() };
                     collectors.events(index, &mut names, &mut report);
                     guard.clear_ready();
-                    if !report.drops.is_empty() && !emit(&mut *sink, &report)? {
+                    if let Some(f) = &filter {
+                        f.retain(&mut report);
+                    }
+                    if !report.drops.is_empty() && !emit(&mut sink, &report)? {
                         return Ok(());
                     }
                 }
@@ -303,14 +343,27 @@ fn stream(
                     collectors.sync(&targets)?;
                     names.update(&targets);
                     let now = Instant::now();
-                    let report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+                    let mut report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+                    if let Some(f) = &filter {
+                        f.retain(&mut report);
+                    }
                     last = now;
-                    if !emit(&mut *sink, &report)? {
+                    if !emit(&mut sink, &report)? {
                         return Ok(());
                     }
                 }
                 Some((ns, events, lost)) = traces.recv() => {
                     analysis.explain_events(ns, &events?, lost);
+                }
+                Some(ev) = async {
+                    match &mut events {
+                        Some(e) => e.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Out::Live(l) = &mut sink && l.input(ev).context("draw the live view")? {
+                        break;
+                    }
                 }
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
@@ -323,10 +376,16 @@ fn stream(
             analysis.explain_events(ns, &events?, lost);
         }
         let now = Instant::now();
-        let interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
-        if emit(&mut *sink, &interval)? {
-            let total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
-            emit(&mut *sink, &total)?;
+        let mut interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+        if let Some(f) = &filter {
+            f.retain(&mut interval);
+        }
+        if emit(&mut sink, &interval)? {
+            let mut total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
+            if let Some(f) = &filter {
+                f.retain(&mut total);
+            }
+            emit(&mut sink, &total)?;
         }
         Ok(())
     })

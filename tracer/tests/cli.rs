@@ -72,6 +72,10 @@ fn bad_values() {
         (&["--interval", "0"][..], "positive"),
         (&["--output", "xml"][..], "xml"),
         (&["--no-such-flag"][..], "--no-such-flag"),
+        (
+            &["--filter", "inner udp port x53"][..],
+            "bad filter: column 16: 'x53' is not a port",
+        ),
     ] {
         assert_one_line_error(&tracer(args), 2, needle);
     }

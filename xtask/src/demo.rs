@@ -108,10 +108,13 @@ pub fn demo() -> Result<()> {
         "\n{} of 50 datagrams arrived; the totals above count them at every hop: container veth, \
          bridge port, VXLAN device, and the underlay with VNI {} and the container flow inside.\n\
          The 10 datagrams to port 5353 are NETFILTER_DROP drops in {} and 'dropped' verdicts \
-         at its input hook.",
+         at its input hook.\nThe path lines put each flow's hops in the order of travel: the \
+         second passed all 8 and was lost after {}/{} in, with the rule that dropped it.",
         sink.received(),
         lab.opts.vni,
-        c2.ns
+        c2.ns,
+        c2.ns,
+        c2.dev
     );
     if !status.success() {
         bail!("tracer failed: {status}");

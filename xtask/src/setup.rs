@@ -17,6 +17,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "bpftrace",
+    // The live view's test drives the real binary in a terminal.
+    "tmux",
 ];
 /// What building bpf-linker against the nightly's LLVM 22 needs.
 const LINKER_BUILD_PACKAGES: &[&str] = &[

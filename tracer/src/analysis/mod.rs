@@ -1,14 +1,19 @@
 //! What rows of several kinds say together: fragments lost per flow, the
-//! MTU findings flows hit, and which rule dropped a flow.
+//! MTU findings flows hit, which rule dropped a flow, and the path of each
+//! conversation along its hops.
 
 pub mod attribution;
 pub mod explain;
 pub mod fragments;
+pub mod paths;
 
 use crate::{
     output::{FlowRow, MtuRow, Report, Scope},
     rules::trace::TraceEvent,
-    topology::mtu::{Finding, FlowObs},
+    topology::{
+        links::Links,
+        mtu::{Finding, FlowObs},
+    },
 };
 use attribution::Attributor;
 use explain::Explain;
@@ -16,6 +21,8 @@ use explain::Explain;
 /// Completes the collectors' rows of a report.
 pub struct Analysis {
     findings: Vec<Finding>,
+    /// How the traced devices connect, to order the hops of paths.
+    links: Links,
     /// Rule text for dropped verdicts, from rule counters.
     attributor: Option<Attributor>,
     /// Exact rule verdicts from nftables tracing (`--explain`).
@@ -29,11 +36,13 @@ pub struct Analysis {
 impl Analysis {
     pub fn new(
         findings: Vec<Finding>,
+        links: Links,
         attributor: Option<Attributor>,
         explain: Option<Explain>,
     ) -> Self {
         Analysis {
             findings,
+            links,
             attributor,
             explain,
             explain_lost: Vec::new(),
@@ -81,6 +90,7 @@ impl Analysis {
         };
         report.frags = fragments::frag_rows(&report.flows, &report.drops);
         report.mtu = mtu_rows(&self.findings, &report.flows, total);
+        report.paths = paths::paths(&self.links, paths::Rows::of(report));
     }
 }
 

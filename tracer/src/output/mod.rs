@@ -3,7 +3,7 @@
 //! capture exactly what a user would see.
 
 pub mod json;
-pub mod table;
+pub mod live;
 pub mod text;
 
 use std::{
@@ -15,7 +15,7 @@ use std::{
 use tracer_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
 pub use crate::{
-    analysis::fragments::FragRow,
+    analysis::{fragments::FragRow, paths::PathRow},
     collectors::{
         drops::DropRow, flows::FlowRow, health::Health, icmp::IcmpRow, verdicts::VerdictRow,
     },
@@ -85,6 +85,8 @@ pub struct Report {
     pub frags: Vec<FragRow>,
     pub mtu: Vec<MtuRow>,
     pub rules: Vec<RuleRow>,
+    /// Each conversation along its hops, from the rows above.
+    pub paths: Vec<PathRow>,
     pub health: Health,
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Report, RuleRow, Scope, Sink,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Report, RuleRow, Scope, Sink,
     VerdictRow, inner, vni,
 };
 use crate::{collectors::drops::reasons::hint, rules::Family};
@@ -183,6 +183,57 @@ pub fn rule_line(scope: Scope, row: &RuleRow) -> String {
     line
 }
 
+/// `path total netns=c1 udp a:1 > b:2 vni=42 sent=5 arrived=0 lost=5 hops=[c1/eth0 out 5; ...] lost=[...]`
+pub fn path_line(scope: Scope, row: &PathRow) -> String {
+    let mut line = format!(
+        "path {} netns={} {} sent={} arrived={} lost={}",
+        scope.as_str(),
+        row.origin().0,
+        packet(&row.id),
+        row.sent(),
+        row.arrived(),
+        row.lost_total()
+    );
+    let hops: Vec<String> = row
+        .hops
+        .iter()
+        .map(|h| {
+            let vxlan = if h.vxlan { " vxlan" } else { "" };
+            format!("{}{vxlan} {}", h.label(), h.counts.packets)
+        })
+        .collect();
+    line.push_str(&format!(" hops=[{}]", hops.join("; ")));
+    for l in &row.lost {
+        line.push_str(&format!(" lost=[{}: {}", row.place(l), l.count));
+        if let Some(r) = &l.reason {
+            line.push_str(&format!(" reason={r}"));
+        }
+        if let Some(loc) = &l.location {
+            line.push_str(&format!(" location={loc}"));
+        }
+        if let Some(h) = l.hook {
+            line.push_str(&format!(" hook={h}"));
+        }
+        if let Some(r) = &l.rule {
+            line.push_str(&format!(" rule=\"{r}\""));
+        }
+        if let Some(m) = &l.mtu {
+            line.push_str(&format!(" mtu=\"{m}\""));
+        }
+        if let Some(i) = &l.icmp {
+            line.push_str(&format!(" icmp=\"{i}\""));
+        }
+        line.push(']');
+    }
+    for i in &row.incomplete {
+        line.push_str(&format!(" incomplete=\"{i}\""));
+    }
+    for n in &row.notes {
+        line.push_str(&format!(" note=\"{n}\""));
+    }
+    line
+}
+
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         for row in &r.flows {
@@ -205,6 +256,9 @@ impl<W: Write> Sink for TextSink<W> {
         }
         for row in &r.rules {
             writeln!(self.out, "{}", rule_line(r.scope, row))?;
+        }
+        for row in &r.paths {
+            writeln!(self.out, "{}", path_line(r.scope, row))?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;

@@ -1,6 +1,7 @@
 //! Choosing what to trace: namespaces, the devices in them, and the VXLAN ports.
 
 pub mod devices;
+pub mod links;
 pub mod mtu;
 pub mod names;
 

@@ -10,8 +10,8 @@ use serde::Serialize;
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, Proto, Report, RuleRow, Scope, Sink,
-    VerdictRow, inner, vni,
+    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Proto, Report, RuleRow, Scope,
+    Sink, VerdictRow, inner, vni,
 };
 use crate::topology::mtu::Dev;
 use crate::{collectors::drops::reasons::hint, model::Hook, rules::Family};
@@ -196,6 +196,46 @@ struct JsonRule<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonHop<'a> {
+    netns: &'a str,
+    iface: &'a str,
+    dir: &'static str,
+    vxlan: bool,
+    packets: u64,
+    bytes: u64,
+    frags_first: u64,
+    frags_rest: u64,
+    max_len: u32,
+}
+
+#[derive(Serialize)]
+struct JsonLost<'a> {
+    after: Option<usize>,
+    netns: &'a str,
+    iface: Option<&'a str>,
+    count: u64,
+    reason: Option<&'a str>,
+    location: Option<&'a str>,
+    hook: Option<&'static str>,
+    rule: Option<&'a str>,
+    hint: Option<&'static str>,
+    mtu: Option<&'a str>,
+    icmp: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonPath<'a> {
+    #[serde(flatten)]
+    flow: JsonFlowFields<'a>,
+    sent: u64,
+    arrived: u64,
+    hops: Vec<JsonHop<'a>>,
+    lost: Vec<JsonLost<'a>>,
+    incomplete: &'a [String],
+    notes: &'a [String],
+}
+
+#[derive(Serialize)]
 struct JsonHealth {
     r#type: &'static str,
     scope: &'static str,
@@ -347,6 +387,56 @@ fn rule(scope: Scope, row: &RuleRow) -> JsonRule<'_> {
     }
 }
 
+fn path(scope: Scope, row: &PathRow) -> JsonPath<'_> {
+    let (netns, iface, dir) = row.origin();
+    JsonPath {
+        flow: flow_fields(
+            "path",
+            scope,
+            netns,
+            iface,
+            dir.map(|d| d.as_str()),
+            &row.id,
+        ),
+        sent: row.sent(),
+        arrived: row.arrived(),
+        hops: row
+            .hops
+            .iter()
+            .map(|h| JsonHop {
+                netns: &h.netns,
+                iface: &h.iface,
+                dir: h.dir.as_str(),
+                vxlan: h.vxlan,
+                packets: h.counts.packets,
+                bytes: h.counts.bytes,
+                frags_first: h.counts.frags_first,
+                frags_rest: h.counts.frags_rest,
+                max_len: h.counts.max_len,
+            })
+            .collect(),
+        lost: row
+            .lost
+            .iter()
+            .map(|l| JsonLost {
+                after: l.after,
+                netns: &l.netns,
+                iface: l.iface.as_deref(),
+                count: l.count,
+                reason: l.reason.as_deref(),
+                location: l.location.as_deref(),
+                hook: l.hook.map(Hook::as_str),
+                rule: l.rule.as_deref(),
+                hint: l.hint(),
+                mtu: l.mtu.as_deref(),
+                icmp: l.icmp.as_deref(),
+            })
+            .collect(),
+        incomplete: &row.incomplete,
+        notes: &row.notes,
+    }
+}
+
 /// Writes a flow row as [`JsonFlow`] would, without serde. Flow rows are
 /// most of the output (one per flow, hop and direction every interval, tens
 /// of thousands a second on a busy host), and serde's generic path escapes
@@ -457,6 +547,9 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         for row in &r.rules {
             self.line(&rule(r.scope, row))?;
+        }
+        for row in &r.paths {
+            self.line(&path(r.scope, row))?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {

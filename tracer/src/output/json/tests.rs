@@ -320,3 +320,93 @@ fn plain_flow_has_null_vni_and_inner_and_numeric_unknown_proto() {
     assert_eq!(v["sport"], serde_json::Value::Null);
     assert_eq!(v["scope"], "interval");
 }
+
+fn lost_path() -> crate::output::PathRow {
+    use crate::analysis::paths::{Hop, Lost};
+    let hop = |ns: &str, iface: &str, dir, vxlan, packets| Hop {
+        netns: ns.into(),
+        iface: iface.into(),
+        dir,
+        vxlan,
+        counts: Counts {
+            packets,
+            bytes: packets * 100,
+            max_len: 100,
+            ..Counts::default()
+        },
+    };
+    crate::output::PathRow {
+        id: FlowId {
+            outer: tuple(5, 6, 17, Some((41000, 5001))),
+            vni: VNI_PRESENT | 42,
+            ..FlowId::default()
+        },
+        hops: vec![
+            hop("c1", "eth0", Direction::Egress, false, 7),
+            hop("ha", "ul0", Direction::Egress, true, 7),
+            hop("hb", "ul0", Direction::Ingress, true, 7),
+        ],
+        lost: vec![Lost {
+            after: Some(2),
+            netns: "hb".into(),
+            iface: Some("ul0".into()),
+            count: 7,
+            reason: Some("NETFILTER_DROP".into()),
+            location: Some("nft_do_chain+0x3e8".into()),
+            hook: Some(Hook::Input),
+            rule: Some("-A INPUT -p udp -m udp --dport 4789 -j DROP".into()),
+            mtu: None,
+            icmp: None,
+        }],
+        incomplete: vec![],
+        notes: vec!["none of what passed hb/ul0 in was seen at hb/vx0 in".into()],
+        carriers: vec![],
+    }
+}
+
+#[test]
+fn path_row_matches_the_contract() {
+    let report = Report {
+        scope: Scope::Total,
+        paths: vec![lost_path()],
+        ..Report::default()
+    };
+    let lines = lines(&report);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({
+            "type": "path", "scope": "total", "netns": "c1", "iface": "eth0", "dir": "egress",
+            "proto": "udp", "src": "10.0.0.5", "dst": "10.0.0.6", "sport": 41000, "dport": 5001,
+            "vni": 42, "inner": null, "sent": 7, "arrived": 0,
+            "hops": [
+                {"netns": "c1", "iface": "eth0", "dir": "egress", "vxlan": false, "packets": 7,
+                 "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
+                {"netns": "ha", "iface": "ul0", "dir": "egress", "vxlan": true, "packets": 7,
+                 "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
+                {"netns": "hb", "iface": "ul0", "dir": "ingress", "vxlan": true, "packets": 7,
+                 "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
+            ],
+            "lost": [{
+                "after": 2, "netns": "hb", "iface": "ul0", "count": 7, "reason": "NETFILTER_DROP",
+                "location": "nft_do_chain+0x3e8", "hook": "input",
+                "rule": "-A INPUT -p udp -m udp --dport 4789 -j DROP",
+                "hint": "a netfilter (iptables/nftables) rule dropped it", "mtu": null, "icmp": null,
+            }],
+            "incomplete": [],
+            "notes": ["none of what passed hb/ul0 in was seen at hb/vx0 in"],
+        })
+    );
+}
+
+#[test]
+fn path_text_line_says_where_and_why() {
+    let line = crate::output::text::path_line(Scope::Total, &lost_path());
+    assert_eq!(
+        line,
+        "path total netns=c1 udp 10.0.0.5:41000 > 10.0.0.6:5001 vni=42 sent=7 arrived=0 lost=7 \
+         hops=[c1/eth0 out 7; ha/ul0 out vxlan 7; hb/ul0 in vxlan 7] lost=[after hb/ul0 in: 7 \
+         reason=NETFILTER_DROP location=nft_do_chain+0x3e8 hook=input \
+         rule=\"-A INPUT -p udp -m udp --dport 4789 -j DROP\"] \
+         note=\"none of what passed hb/ul0 in was seen at hb/vx0 in\""
+    );
+}

@@ -255,17 +255,17 @@ pub fn affected<'a>(finding: &Finding, flows: &'a [FlowObs<'a>]) -> Vec<&'a Flow
 }
 
 /// (namespace index, device index) in a [`Topology`].
-type At = (usize, usize);
+pub(crate) type At = (usize, usize);
 
 /// Where a veth's peer is.
-enum Peer {
+pub(crate) enum Peer {
     Traced(At),
     /// In a namespace that is not traced (`nsid` as the veth's namespace numbers it).
     Untraced(Option<i32>),
 }
 
 impl Topology {
-    fn dev(&self, at: At) -> &Device {
+    pub(crate) fn dev(&self, at: At) -> &Device {
         &self.namespaces[at.0].devices[at.1]
     }
 
@@ -278,7 +278,7 @@ impl Topology {
         }
     }
 
-    fn by_ifindex(&self, ns: usize, ifindex: u32) -> Option<At> {
+    pub(crate) fn by_ifindex(&self, ns: usize, ifindex: u32) -> Option<At> {
         self.namespaces[ns]
             .devices
             .iter()
@@ -302,7 +302,7 @@ impl Topology {
 
     /// The other end of the veth at `at`; `None` if it is not a veth or its
     /// peer is gone.
-    fn peer(&self, at: At) -> Option<Peer> {
+    pub(crate) fn peer(&self, at: At) -> Option<Peer> {
         let (ifindex, netnsid) = self.dev(at).veth_peer()?;
         match self.ns_of(at.0, netnsid) {
             Err(id) => Some(Peer::Untraced(Some(id))),
@@ -316,7 +316,7 @@ impl Topology {
     }
 
     /// Every device, in order.
-    fn all(&self) -> impl Iterator<Item = At> + '_ {
+    pub(crate) fn all(&self) -> impl Iterator<Item = At> + '_ {
         self.namespaces
             .iter()
             .enumerate()
@@ -332,7 +332,7 @@ impl Topology {
     }
 
     /// The underlay of the VXLAN device at `at`, or why it is unknown.
-    fn underlay(&self, at: At, v: &Vxlan) -> Result<(At, String), String> {
+    pub(crate) fn underlay(&self, at: At, v: &Vxlan) -> Result<(At, String), String> {
         let dev = self.dev(at);
         let sock_ns = self.ns_of(at.0, dev.link_netnsid).map_err(|id| {
             format!(

@@ -1,0 +1,654 @@
+//! Paths: the per-hop flow rows of one conversation (the container's flow,
+//! and the VXLAN packets that carry it, by VNI and inner flow) put in the
+//! order its packets cross them, with how many went missing between two
+//! hops and why, from the drop, verdict, ICMP and MTU rows of that place.
+//!
+//! A path is one direction of travel: a reply is a path of its own. Hops
+//! are ordered by the topology ([`Links`]): a veth's egress is followed by
+//! its peer's ingress, a bridge port's ingress by another port's egress, a
+//! VXLAN device's egress by its underlay's (encapsulated), an underlay's
+//! encapsulated ingress by the VXLAN device that decapsulates it, and within
+//! a namespace an ingress by an egress. Where the topology cannot say (a
+//! device or namespace that is not traced), the path says so in
+//! `incomplete` rather than guess.
+
+use std::{collections::HashMap, rc::Rc};
+
+use tracer_ebpf::{FlowId, TUPLE_PORTS, Tuple};
+
+use crate::{
+    collectors::{drops::reasons::hint, flows::Counts, tally::Accumulate as _},
+    model::{Direction, Hook},
+    output::{DropRow, FlowRow, IcmpRow, MtuRow, VerdictRow, vni},
+    topology::links::{LinkKind, Links},
+};
+
+/// One conversation along its hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRow {
+    /// The conversation: `outer` is the container's packet, `vni` the VNI it
+    /// crossed the overlay with (if it did); `inner` is unused.
+    pub id: FlowId,
+    /// In the order the packets cross them.
+    pub hops: Vec<Hop>,
+    /// Where packets went missing, in path order.
+    pub lost: Vec<Lost>,
+    /// Why the path may not be whole: parts of it are not traced.
+    pub incomplete: Vec<String>,
+    /// MTU findings and ICMP errors about this flow where nothing was lost.
+    pub notes: Vec<String>,
+    /// The outer headers of the VXLAN packets that carried it (for filters).
+    pub carriers: Vec<Tuple>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub netns: Rc<str>,
+    pub iface: Rc<str>,
+    pub dir: Direction,
+    /// Seen encapsulated (the VXLAN packet carrying the flow).
+    pub vxlan: bool,
+    pub counts: Counts,
+}
+
+impl Hop {
+    /// `hb/ul0 in`
+    pub fn label(&self) -> String {
+        let dir = match self.dir {
+            Direction::Ingress => "in",
+            Direction::Egress => "out",
+            Direction::Sent => "sent",
+        };
+        format!("{}/{} {dir}", self.netns, self.iface)
+    }
+}
+
+/// Packets of a path that went missing at one place, for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// Index of the last hop they passed; `None`: before the first.
+    pub after: Option<usize>,
+    /// Where they were dropped, or the last hop's namespace if not seen dropped.
+    pub netns: String,
+    pub iface: Option<String>,
+    pub count: u64,
+    /// The kernel's drop reason; `None` when no drop was seen for them.
+    pub reason: Option<String>,
+    pub location: Option<String>,
+    /// The netfilter hook and rule that dropped them, when a verdict says.
+    pub hook: Option<Hook>,
+    pub rule: Option<String>,
+    /// An MTU finding that bites here.
+    pub mtu: Option<String>,
+    /// ICMP errors sent about the flow here (e.g. fragmentation needed).
+    pub icmp: Option<String>,
+}
+
+impl Lost {
+    /// The drop reason in plain words.
+    pub fn hint(&self) -> Option<&'static str> {
+        hint(
+            self.reason.as_deref(),
+            self.location.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+impl PathRow {
+    /// Packets at the first hop.
+    pub fn sent(&self) -> u64 {
+        self.hops.first().map_or(0, |h| h.counts.packets)
+    }
+
+    /// Packets at the last hop less those lost after it.
+    pub fn arrived(&self) -> u64 {
+        let Some(last) = self.hops.last() else {
+            return 0;
+        };
+        let after_last: u64 = self
+            .lost
+            .iter()
+            .filter(|l| l.after == Some(self.hops.len() - 1))
+            .map(|l| l.count)
+            .sum();
+        last.counts.packets.saturating_sub(after_last)
+    }
+
+    pub fn lost_total(&self) -> u64 {
+        self.lost.iter().map(|l| l.count).sum()
+    }
+
+    /// Where the path starts: (netns, iface, dir) of its first hop, else of
+    /// its first loss.
+    pub fn origin(&self) -> (&str, Option<&str>, Option<Direction>) {
+        match (self.hops.first(), self.lost.first()) {
+            (Some(h), _) => (&h.netns, Some(&h.iface), Some(h.dir)),
+            (None, Some(l)) => (&l.netns, l.iface.as_deref(), None),
+            (None, None) => ("", None, None),
+        }
+    }
+
+    /// Where a loss happened, in words: `after hb/ul0 in` or `before c1/eth0 out`.
+    pub fn place(&self, l: &Lost) -> String {
+        match (l.after, self.hops.first()) {
+            (Some(i), _) => format!("after {}", self.hops[i].label()),
+            (None, Some(first)) => format!("before {}", first.label()),
+            (None, None) => format!("in {}", l.netns),
+        }
+    }
+}
+
+/// The rows a path is made of.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub flows: &'a [FlowRow],
+    pub drops: &'a [DropRow],
+    pub verdicts: &'a [VerdictRow],
+    pub icmps: &'a [IcmpRow],
+    pub mtu: &'a [MtuRow],
+}
+
+impl<'a> Rows<'a> {
+    pub fn of(r: &'a crate::output::Report) -> Self {
+        Rows {
+            flows: &r.flows,
+            drops: &r.drops,
+            verdicts: &r.verdicts,
+            icmps: &r.icmps,
+            mtu: &r.mtu,
+        }
+    }
+}
+
+/// The conversation a packet belongs to: the flow a VXLAN packet carries,
+/// else its own.
+pub fn conversation(id: &FlowId) -> Tuple {
+    if id.inner.family != 0 {
+        id.inner
+    } else {
+        id.outer
+    }
+}
+
+/// What is known about one conversation while its path is built.
+#[derive(Default)]
+struct Group<'a> {
+    vni: u32,
+    carriers: Vec<Tuple>,
+    /// Merged per (netns, iface, dir, encapsulated); the VXLAN UDP port of
+    /// encapsulated ones.
+    hops: Vec<(Hop, Option<u16>)>,
+    drops: Vec<&'a DropRow>,
+    verdicts: Vec<&'a VerdictRow>,
+    icmps: Vec<&'a IcmpRow>,
+    /// (netns, iface, dir, finding) of MTU findings its rows hit.
+    mtu: Vec<(&'a str, &'a str, Direction, &'a str)>,
+}
+
+/// The paths of every conversation of `rows`, busiest first.
+pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
+    let mut groups: HashMap<Tuple, Group> = HashMap::new();
+    for f in rows.flows {
+        let key = conversation(&f.id);
+        if key.family == 0 {
+            continue;
+        }
+        let g = groups.entry(key).or_default();
+        let vxlan = f.id.inner.family != 0;
+        if vxlan && g.vni == 0 {
+            g.vni = f.id.vni;
+        }
+        if vxlan && !g.carriers.contains(&f.id.outer) {
+            g.carriers.push(f.id.outer);
+        }
+        let port = (vxlan && f.id.outer.flags & TUPLE_PORTS != 0).then_some(f.id.outer.dport);
+        match g.hops.iter_mut().find(|(h, _)| {
+            h.netns == f.netns && h.iface == f.iface && h.dir == f.dir && h.vxlan == vxlan
+        }) {
+            Some((h, _)) => h.counts.add(&f.counts),
+            None => g.hops.push((
+                Hop {
+                    netns: f.netns.clone(),
+                    iface: f.iface.clone(),
+                    dir: f.dir,
+                    vxlan,
+                    counts: f.counts,
+                },
+                port,
+            )),
+        }
+    }
+    for d in rows.drops {
+        let key = conversation(&d.id);
+        if key.family != 0 {
+            let g = groups.entry(key).or_default();
+            if g.vni == 0 {
+                g.vni = d.id.vni;
+            }
+            g.drops.push(d);
+        }
+    }
+    for v in rows.verdicts.iter().filter(|v| v.counts.dropped() > 0) {
+        let key = conversation(&v.id);
+        if key.family != 0 {
+            groups.entry(key).or_default().verdicts.push(v);
+        }
+    }
+    for i in rows.icmps {
+        if let Some(g) = groups.get_mut(&conversation(&i.id)) {
+            g.icmps.push(i);
+        }
+    }
+    for m in rows.mtu {
+        for f in &m.flows {
+            if let Some(g) = groups.get_mut(&conversation(&f.id)) {
+                g.mtu
+                    .push((&f.netns, &f.iface, f.dir, m.finding.finding.as_str()));
+            }
+        }
+    }
+    let mut out: Vec<PathRow> = groups
+        .into_iter()
+        .filter(|(_, g)| !g.hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty())
+        .map(|(key, g)| build(links, key, g))
+        .collect();
+    out.sort_by(|a, b| b.sent().cmp(&a.sent()).then_with(|| a.id.cmp(&b.id)));
+    out
+}
+
+/// What follows a hop, by the topology.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// This hop, which is traced: packets not seen there were lost.
+    Hop(String, String, Direction, bool),
+    /// One of these, whichever was seen (a bridge, a router).
+    AnyOf(Vec<(String, String, Direction, bool)>),
+    /// Any egress of this namespace but the hop's own device (routing).
+    Routed,
+    /// Beyond what is traced, and why.
+    Untraced(String),
+}
+
+fn next(links: &Links, h: &Hop, port: Option<u16>, vni: Option<u32>) -> Next {
+    let (ns, dev) = (&*h.netns, &*h.iface);
+    let Some(link) = links.get(ns, dev) else {
+        return Next::Routed;
+    };
+    let hop = |n: &str, d: &str, dir, vxlan| -> Next {
+        match links.get(n, d) {
+            Some(l) if l.hooked => Next::Hop(n.into(), d.into(), dir, vxlan),
+            _ => Next::Untraced(format!("{d} in {n} is not traced")),
+        }
+    };
+    match h.dir {
+        Direction::Egress => match (&link.kind, &link.vxlan, &link.peer) {
+            (LinkKind::Vxlan, Some(v), _) if !h.vxlan => match &v.underlay {
+                Ok((n, d)) => hop(n, d, Direction::Egress, true),
+                Err(why) => Next::Untraced(why.clone()),
+            },
+            (LinkKind::Veth, _, Some(Ok((n, d)))) => hop(n, d, Direction::Ingress, h.vxlan),
+            (LinkKind::Veth, _, Some(Err(why))) => Next::Untraced(why.clone()),
+            (LinkKind::Bridge, _, _) => Next::AnyOf(
+                links
+                    .ports(ns, dev)
+                    .map(|p| (ns.to_string(), p.to_string(), Direction::Egress, h.vxlan))
+                    .collect(),
+            ),
+            _ => Next::Untraced(format!("it leaves by {dev} in {ns}")),
+        },
+        Direction::Ingress => {
+            if h.vxlan {
+                let vx = links.vxlans_over(ns, dev, port, vni);
+                if !vx.is_empty() {
+                    let hooked: Vec<_> = vx
+                        .iter()
+                        .filter(|(n, d)| links.get(n, d).is_some_and(|l| l.hooked))
+                        .collect();
+                    return match hooked.as_slice() {
+                        [] => Next::Untraced(format!("{} in {} is not traced", vx[0].1, vx[0].0)),
+                        [(n, d)] => Next::Hop(n.clone(), d.clone(), Direction::Ingress, false),
+                        many => Next::AnyOf(
+                            many.iter()
+                                .map(|(n, d)| (n.clone(), d.clone(), Direction::Ingress, false))
+                                .collect(),
+                        ),
+                    };
+                }
+            }
+            match &link.master {
+                Some(bridge) => {
+                    let mut any: Vec<_> = links
+                        .ports(ns, bridge)
+                        .filter(|p| *p != dev)
+                        .map(|p| (ns.to_string(), p.to_string(), Direction::Egress, h.vxlan))
+                        .collect();
+                    any.push((ns.into(), bridge.clone(), Direction::Ingress, h.vxlan));
+                    Next::AnyOf(any)
+                }
+                None => Next::Routed,
+            }
+        }
+        Direction::Sent => Next::Routed,
+    }
+}
+
+/// How a run of hops ended.
+enum End {
+    /// Delivered, or lost where no traced hop was expected.
+    Stop,
+    /// A traced hop was expected next and saw none of them.
+    Vanished(String),
+    Untraced(String),
+}
+
+fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
+    let vni_id = FlowId {
+        vni: g.vni,
+        ..FlowId::default()
+    };
+    let vni = vni(&vni_id);
+    let (order, ends) = order(links, &g.hops, vni);
+    let hops: Vec<Hop> = order.iter().map(|&i| g.hops[i].0.clone()).collect();
+    let mut incomplete = Vec::new();
+    if let Some(first) = hops.first()
+        && first.dir == Direction::Ingress
+    {
+        incomplete.push(format!(
+            "it is first seen arriving at {}: where it came from was not seen",
+            first.label()
+        ));
+    }
+    // What is missing after each hop, from the counts.
+    let mut missing: Vec<u64> = hops
+        .windows(2)
+        .map(|w| w[0].counts.packets.saturating_sub(w[1].counts.packets))
+        .collect();
+    missing.push(0);
+    let mut vanished = None;
+    for (pos, end) in &ends {
+        let last = &hops[*pos];
+        match end {
+            End::Stop => {}
+            End::Vanished(expected) if *pos == hops.len() - 1 => {
+                missing[*pos] = last.counts.packets;
+                vanished = Some(expected.clone());
+            }
+            End::Vanished(expected) => incomplete.push(format!(
+                "after {} none were seen at {expected}, yet it shows again at {}",
+                last.label(),
+                hops[pos + 1].label()
+            )),
+            End::Untraced(why) => incomplete.push(format!("after {}: {why}", last.label())),
+        }
+    }
+    let place = |ns: &str, iface: Option<&str>| -> Option<usize> {
+        if let Some(i) = iface
+            && let Some(p) = hops.iter().rposition(|h| &*h.netns == ns && &*h.iface == i)
+        {
+            return Some(p);
+        }
+        let first = hops.first()?;
+        if &*first.netns == ns && first.dir == Direction::Egress {
+            return None;
+        }
+        hops.iter()
+            .position(|h| &*h.netns == ns)
+            .or(Some(hops.len() - 1))
+    };
+    // Everything said about each place: Before the first hop is key 0, after hop i is i + 1.
+    let slot = |p: Option<usize>| p.map_or(0, |i| i + 1);
+    let mut at: Vec<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
+    for d in &g.drops {
+        let p = &mut at[slot(place(&d.netns, d.iface.as_deref()))];
+        p.netns.get_or_insert_with(|| d.netns.clone());
+        match p
+            .drops
+            .iter_mut()
+            .find(|(r, l, i, _)| *r == d.reason && *l == d.location && *i == d.iface)
+        {
+            Some(e) => e.3 += d.counts.packets,
+            None => p.drops.push((
+                d.reason.clone(),
+                d.location.clone(),
+                d.iface.clone(),
+                d.counts.packets,
+            )),
+        }
+    }
+    for v in &g.verdicts {
+        let p = &mut at[slot(place(&v.netns, v.iface.as_deref()))];
+        p.netns.get_or_insert_with(|| v.netns.clone());
+        p.verdicts
+            .push((v.hook, v.rule.clone(), v.counts.dropped(), v.iface.clone()));
+    }
+    // An ICMP error travels back along the path and shows at every hop it
+    // passes: it belongs where it was sent, the furthest place along the path.
+    let mut icmps: Vec<(usize, &IcmpRow)> = Vec::new();
+    for i in &g.icmps {
+        let s = slot(place(&i.netns, i.iface.as_deref()));
+        match icmps
+            .iter_mut()
+            .find(|(_, x)| x.kind == i.kind && x.mtu == i.mtu)
+        {
+            Some(e) if e.0 < s => *e = (s, i),
+            Some(_) => {}
+            None => icmps.push((s, i)),
+        }
+    }
+    for (s, i) in icmps {
+        let mtu = i.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+        at[s]
+            .notes_icmp
+            .push(format!("{}{mtu} x{}", i.kind, i.count));
+    }
+    for (ns, iface, dir, finding) in &g.mtu {
+        if let Some(i) = hops
+            .iter()
+            .position(|h| &*h.netns == *ns && &*h.iface == *iface && h.dir == *dir)
+            && !at[i + 1].notes_mtu.iter().any(|f| f == finding)
+        {
+            at[i + 1].notes_mtu.push(finding.to_string());
+        }
+    }
+    let mut lost = Vec::new();
+    let mut notes = Vec::new();
+    for (s, p) in at.into_iter().enumerate() {
+        let after = s.checked_sub(1);
+        let (ns, iface) = match after {
+            Some(i) => (hops[i].netns.to_string(), Some(hops[i].iface.to_string())),
+            None => (String::new(), None),
+        };
+        let ns = p.netns.clone().unwrap_or(ns);
+        let first = lost.len();
+        let nf = p
+            .verdicts
+            .iter()
+            .find(|(_, r, _, _)| r.is_some())
+            .or(p.verdicts.first());
+        let mut explained = 0;
+        for (reason, location, diface, n) in &p.drops {
+            let netfilter = reason.as_deref().is_none_or(|r| r.contains("NETFILTER"));
+            explained += n;
+            lost.push(Lost {
+                after,
+                netns: ns.clone(),
+                iface: diface.clone().or(iface.clone()),
+                count: *n,
+                reason: reason.clone(),
+                location: Some(location.clone()),
+                hook: nf.filter(|_| netfilter).map(|v| v.0),
+                rule: nf.filter(|_| netfilter).and_then(|v| v.1.clone()),
+                mtu: None,
+                icmp: None,
+            });
+        }
+        if p.drops.is_empty()
+            && let Some((hook, rule, _, viface)) = nf
+        {
+            // Drops not traced (--no-drops): the verdicts say how many.
+            let n: u64 = p.verdicts.iter().map(|v| v.2).sum();
+            explained += n;
+            lost.push(Lost {
+                after,
+                netns: ns.clone(),
+                iface: viface.clone().or(iface.clone()),
+                count: n,
+                reason: None,
+                location: None,
+                hook: Some(*hook),
+                rule: rule.clone(),
+                mtu: None,
+                icmp: None,
+            });
+        }
+        let gone = after.map_or(0, |i| missing[i]);
+        if gone > explained {
+            lost.push(Lost {
+                after,
+                netns: ns.clone(),
+                iface: iface.clone(),
+                count: gone - explained,
+                reason: None,
+                location: None,
+                hook: None,
+                rule: None,
+                mtu: None,
+                icmp: None,
+            });
+        }
+        let mtu = (!p.notes_mtu.is_empty()).then(|| p.notes_mtu.join("; "));
+        let icmp = (!p.notes_icmp.is_empty()).then(|| p.notes_icmp.join(", "));
+        match lost.get_mut(first) {
+            Some(l) => {
+                l.mtu = mtu;
+                l.icmp = icmp;
+            }
+            None => {
+                let here = match after {
+                    Some(i) => format!("after {}", hops[i].label()),
+                    None => "before the first hop".to_string(),
+                };
+                notes.extend(mtu.map(|m| format!("{here}: MTU: {m}")));
+                notes.extend(icmp.map(|i| format!("{here}: ICMP {i}")));
+            }
+        }
+    }
+    if let Some(expected) = vanished {
+        notes.push(format!(
+            "none of what passed {} was seen at {expected}",
+            hops[hops.len() - 1].label()
+        ));
+    }
+    PathRow {
+        id: FlowId {
+            outer: key,
+            vni: g.vni,
+            ..FlowId::default()
+        },
+        hops,
+        lost,
+        incomplete,
+        notes,
+        carriers: g.carriers,
+    }
+}
+
+#[derive(Default)]
+struct Place {
+    netns: Option<String>,
+    /// (reason, location, iface, packets)
+    drops: Vec<(Option<String>, String, Option<String>, u64)>,
+    /// (hook, rule, dropped, iface)
+    verdicts: Vec<(Hook, Option<String>, u64, Option<String>)>,
+    notes_mtu: Vec<String>,
+    notes_icmp: Vec<String>,
+}
+
+/// The hops in path order (indexes into `hops`), and after which of the
+/// ordered hops a run ended and how.
+fn order(
+    links: &Links,
+    hops: &[(Hop, Option<u16>)],
+    vni: Option<u32>,
+) -> (Vec<usize>, Vec<(usize, End)>) {
+    let nexts: Vec<Next> = hops.iter().map(|(h, p)| next(links, h, *p, vni)).collect();
+    let is = |j: usize, (n, d, dir, vx): &(String, String, Direction, bool)| {
+        let h = &hops[j].0;
+        &*h.netns == n && &*h.iface == d && h.dir == *dir && h.vxlan == *vx
+    };
+    // Candidates for what follows hop i, among the hops seen.
+    let follows = |i: usize, j: usize| -> bool {
+        if i == j {
+            return false;
+        }
+        match &nexts[i] {
+            Next::Hop(n, d, dir, vx) => is(j, &(n.clone(), d.clone(), *dir, *vx)),
+            Next::AnyOf(any) => any.iter().any(|c| is(j, c)),
+            Next::Routed => {
+                let (a, b) = (&hops[i].0, &hops[j].0);
+                a.netns == b.netns && b.dir == Direction::Egress && a.iface != b.iface
+            }
+            Next::Untraced(_) => false,
+        }
+    };
+    let n = hops.len();
+    let mut used = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    let mut ends = Vec::new();
+    let busiest = |c: &mut dyn Iterator<Item = usize>| {
+        c.max_by(|&a, &b| {
+            hops[a]
+                .0
+                .counts
+                .packets
+                .cmp(&hops[b].0.counts.packets)
+                .then(b.cmp(&a))
+        })
+    };
+    while order.len() < n {
+        // A run starts at a hop nothing unused leads to (egress before
+        // ingress on a tie: a packet leaves before it arrives).
+        let free: Vec<usize> = (0..n).filter(|&j| !used[j]).collect();
+        let starts: Vec<usize> = free
+            .iter()
+            .copied()
+            .filter(|&j| !free.iter().any(|&i| follows(i, j)))
+            .collect();
+        let pool = if starts.is_empty() { &free } else { &starts };
+        let egress: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|&j| hops[j].0.dir == Direction::Egress)
+            .collect();
+        let pool = if egress.is_empty() { pool } else { &egress };
+        let mut cur = busiest(&mut pool.iter().copied()).expect("a hop is left");
+        loop {
+            used[cur] = true;
+            order.push(cur);
+            let cand = busiest(&mut (0..n).filter(|&j| !used[j] && follows(cur, j)));
+            match cand {
+                Some(j) => cur = j,
+                None => {
+                    let end = match &nexts[cur] {
+                        Next::Hop(n, d, dir, _) => End::Vanished(format!(
+                            "{n}/{d} {}",
+                            if *dir == Direction::Ingress {
+                                "in"
+                            } else {
+                                "out"
+                            }
+                        )),
+                        Next::Untraced(why) => End::Untraced(why.clone()),
+                        _ => End::Stop,
+                    };
+                    ends.push((order.len() - 1, end));
+                    break;
+                }
+            }
+        }
+    }
+    (order, ends)
+}
+
+#[cfg(test)]
+mod tests;
