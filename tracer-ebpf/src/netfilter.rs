@@ -6,14 +6,14 @@
 //! section aya accepts (`classifier`) and loaded by tracer's own loader with
 //! the netfilter type; they never run as TC programs. They always accept.
 //!
-//! Kernels before 6.4 have no netfilter programs: there an fexit program on
-//! nf_tables' `nft_do_chain` sees each base chain's verdict instead (see
-//! [`nft_chain_exit`]), and the same rows come out.
+//! Kernels before 6.4 have no netfilter programs: there fentry and fexit
+//! programs on nf_tables' `nft_do_chain` see each base chain's packet and
+//! verdict instead (see [`nft_chain_entry`]), and the same rows come out.
 
 use aya_ebpf::{
-    macros::{classifier, fexit, map},
+    macros::{classifier, fentry, fexit, map},
     maps::PerCpuArray,
-    programs::{FExitContext, TcContext},
+    programs::{FEntryContext, FExitContext, TcContext},
 };
 use tracer_ebpf::{NF_TABLES, VerdictKey, VerdictStats, counter, hook, table};
 
@@ -130,7 +130,7 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     let generation = if resumed {
         pending.generation
     } else {
-        fill_key(key, state, skb, hook, table);
+        fill_key::<Btf>(key, state, skb, hook, table);
         current
     };
     if !after {
@@ -149,24 +149,28 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     }
 }
 
+/// Fills `key` for packet `skb` at `state`, read through `M`: direct loads
+/// where the verifier knows the pointers' types (the netfilter programs'
+/// context), the helper otherwise (fexit: on 6.1 direct loads through the
+/// skb of a module's struct gave an unparsable packet).
 #[inline(always)]
-fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
-    let pf: u8 = Btf::get(state, config!(offsets.state_pf)).unwrap_or(0);
-    let net: u64 = Btf::get(state, config!(offsets.state_net)).unwrap_or(0);
+fn fill_key<M: Mem>(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
+    let pf: u8 = M::get(state, config!(offsets.state_pf)).unwrap_or(0);
+    let net: u64 = M::get(state, config!(offsets.state_net)).unwrap_or(0);
     // The device a user thinks of for each hook: where it came in, or goes out.
     let dev_off = match hook {
         hook::LOCAL_OUT | hook::POST_ROUTING => config!(offsets.state_out),
         _ => config!(offsets.state_in),
     };
-    let dev: u64 = Btf::get(state, dev_off).unwrap_or(0);
+    let dev: u64 = M::get(state, dev_off).unwrap_or(0);
     zero(key);
-    key.netns_inode = Btf::get(net, config!(offsets.net_inum)).unwrap_or(0);
-    key.ifindex = Btf::get(dev, config!(offsets.dev_ifindex)).unwrap_or(0);
+    key.netns_inode = M::get(net, config!(offsets.net_inum)).unwrap_or(0);
+    key.ifindex = M::get(dev, config!(offsets.dev_ifindex)).unwrap_or(0);
     (key.family, key.hook, key.table) = (pf, hook, table);
     let Some(buf) = head::buffer(&head::NF_HEAD) else {
         return;
     };
-    let parsed = parse_skb::<Btf>(skb, &mut key.id, buf);
+    let parsed = parse_skb::<M>(skb, &mut key.id, buf);
     frags::attribute(&mut key.id, &parsed);
     frags::strip_packet_flags(&mut key.id);
 }
@@ -174,31 +178,83 @@ fn fill_key(key: &mut VerdictKey, state: u64, skb: u64, hook: u8, table: u8) {
 const NF_VERDICT_MASK: u32 = 0xff;
 const NF_ACCEPT_VERDICT: u32 = 1;
 
-/// `nft_do_chain(pkt, priv)` returned the verdict of one base chain (`priv`)
-/// on one packet. Counted like the observers count a table: a packet
-/// entered the table's band at its first chain there, and left it if the
-/// band's last chain it met accepted it. Several chains of one band (say
-/// iptables-nft's `filter INPUT` and an `inet` table's `input` at priority
-/// 0) are one table, as for the observers.
-#[fexit(function = "nft_do_chain")]
-pub fn nft_chain_exit(ctx: FExitContext) -> i32 {
+/// Calls of `nft_do_chain` under way on a CPU deeper than this (a softirq
+/// interrupting one in process context is one level) are not counted.
+const MAX_NESTING: u32 = 4;
+
+/// One call of `nft_do_chain` from its entry to its exit: what it is about.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Call {
+    key: VerdictKey,
+    skb: u64,
+    chain: u64,
+    hook: u8,
+    table: u8,
+    /// The chain is of a counted table and the packet in a traced namespace.
+    counted: u8,
+    _pad: [u8; 5],
+}
+
+/// The calls under way on a CPU; they end in the reverse order they began.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Calls {
+    depth: u32,
+    _pad: u32,
+    calls: [Call; MAX_NESTING as usize],
+}
+
+#[map]
+static NFT_CALLS: PerCpuArray<Calls> = PerCpuArray::with_max_entries(1, 0);
+
+/// `nft_do_chain(pkt, priv)` is about to run base chain `priv` on a packet:
+/// read the packet now. When a rule drops it, nft_do_chain frees the skb
+/// itself before returning (6.1 and later), so its exit cannot read it.
+#[fentry(function = "nft_do_chain")]
+pub fn nft_chain_entry(ctx: FEntryContext) -> i32 {
     let pkt: *const u8 = ctx.arg(0);
     let chain: *const u8 = ctx.arg(1);
+    chain_entry(pkt as u64, chain as u64);
+    0
+}
+
+/// `nft_do_chain` returned the verdict of the base chain its entry saw.
+/// Counted like the observers count a table: a packet entered the table's
+/// band at its first chain there, and left it if the band's last chain it
+/// met accepted it. Several chains of one band (say iptables-nft's `filter
+/// INPUT` and an `inet` table's `input` at priority 0) are one table, as for
+/// the observers.
+#[fexit(function = "nft_do_chain")]
+pub fn nft_chain_exit(ctx: FExitContext) -> i32 {
     let verdict: u32 = ctx.arg(2);
-    chain_verdict(pkt as u64, chain as u64, verdict);
+    chain_verdict(verdict);
     0
 }
 
 #[inline(always)]
-fn chain_verdict(pkt: u64, chain: u64, verdict: u32) {
-    let skb: u64 = Btf::get(pkt, config!(offsets.nft_pkt_skb)).unwrap_or(0);
-    let state: u64 = Btf::get(pkt, config!(offsets.nft_pkt_state)).unwrap_or(0);
+fn chain_entry(pkt: u64, chain: u64) {
+    let Some(calls) = NFT_CALLS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; entries and exits on a CPU are strictly nested.
+    let calls = unsafe { &mut *calls };
+    let depth = calls.depth;
+    calls.depth = depth + 1;
+    if depth >= MAX_NESTING {
+        return;
+    }
+    let call = &mut calls.calls[(depth & (MAX_NESTING - 1)) as usize];
+    call.counted = 0;
+    // Through the helper: `priv` is a `void *`, and the types of `pkt` come
+    // from a module's BTF.
+    let skb: u64 = Probe::get(pkt, config!(offsets.nft_pkt_skb)).unwrap_or(0);
+    let state: u64 = Probe::get(pkt, config!(offsets.nft_pkt_state)).unwrap_or(0);
     if skb == 0 || state == 0 {
         return;
     }
-    let hook: u8 = Btf::get(state, config!(offsets.state_hook)).unwrap_or(0xff);
-    // `priv` is a `void *` to the base chain's `struct nft_chain`, inside
-    // its `struct nft_base_chain`: not typed, so read with the helper.
+    let hook: u8 = Probe::get(state, config!(offsets.state_hook)).unwrap_or(0xff);
+    // `priv` is the base chain's `struct nft_chain`, inside its `struct nft_base_chain`.
     let base = chain.wrapping_sub(config!(offsets.nft_base_chain) as u64);
     let Some(priority) = Probe::get::<i32>(base, config!(offsets.nft_base_priority)) else {
         return;
@@ -206,15 +262,37 @@ fn chain_verdict(pkt: u64, chain: u64, verdict: u32) {
     let Some(table) = table_at(priority, hook) else {
         return;
     };
-    let (Some(key), Some(pending)) = (
-        VERDICT_SCRATCH.get_ptr_mut(0),
-        VERDICT_PENDING.get_ptr_mut(0),
-    ) else {
+    fill_key::<Probe>(&mut call.key, state, skb, hook, table);
+    if !traced(call.key.netns_inode) {
+        return;
+    }
+    (call.skb, call.chain, call.hook, call.table) = (skb, chain, hook, table);
+    call.counted = 1;
+}
+
+#[inline(always)]
+fn chain_verdict(verdict: u32) {
+    let (Some(calls), Some(pending)) = (NFT_CALLS.get_ptr_mut(0), VERDICT_PENDING.get_ptr_mut(0))
+    else {
         return;
     };
-    // SAFETY: the maps' one slot for this CPU; fexit and the netfilter
-    // observers are never both attached, and nft_do_chain does not nest on a CPU.
-    let (key, pending) = unsafe { (&mut *key, &mut *pending) };
+    // SAFETY: this CPU's slots. The observers, which also use VERDICT_PENDING,
+    // are never attached with these programs.
+    let (calls, pending) = unsafe { (&mut *calls, &mut *pending) };
+    // An exit without its entry (attached in between): nothing to count.
+    if calls.depth == 0 {
+        return;
+    }
+    let depth = calls.depth - 1;
+    calls.depth = depth;
+    if depth >= MAX_NESTING {
+        return;
+    }
+    let call = &calls.calls[(depth & (MAX_NESTING - 1)) as usize];
+    if call.counted == 0 {
+        return;
+    }
+    let (skb, chain, hook, table) = (call.skb, call.chain, call.hook, call.table);
     let accepted = verdict & NF_VERDICT_MASK == NF_ACCEPT_VERDICT;
     // The next chain of the same band for the same packet. A later packet
     // may get the same skb address, but it starts again at the first chain.
@@ -227,21 +305,16 @@ fn chain_verdict(pkt: u64, chain: u64, verdict: u32) {
         if pending.accepted != 0 && !accepted {
             // The band's earlier chain accepted it, this one did not: it did not leave.
             let map = verdicts(pending.generation);
-            if upsert(map, &*key, |v: &mut VerdictStats| v.unleft += 1) == Upsert::Full {
+            if upsert(map, &call.key, |v: &mut VerdictStats| v.unleft += 1) == Upsert::Full {
                 count(counter::VERDICT_MAP_FULL);
             }
         }
         (pending.last_chain, pending.accepted) = (chain, accepted as u8);
         return;
     }
-    fill_key(key, state, skb, hook, table);
-    if !traced(key.netns_inode) {
-        pending.skb = 0;
-        return;
-    }
     let generation = verdict_generation();
     pending.begin(skb, chain, generation, hook, table, accepted);
-    let full = upsert(verdicts(generation), &*key, |v: &mut VerdictStats| {
+    let full = upsert(verdicts(generation), &call.key, |v: &mut VerdictStats| {
         v.entered += 1;
         if accepted {
             v.left += 1;

@@ -102,10 +102,16 @@ struct ProgLoadAttr {
     line_info_cnt: u32,
     attach_btf_id: u32,
     attach_btf_obj_fd: u32,
+    /// `core_relo_cnt` on newer kernels; spelled out so that it is zero.
+    _pad: u32,
 }
+
+// No implicit padding (see RawTracepointAttr): the sizes are the sums of the fields.
+const _: () = assert!(size_of::<ProgLoadAttr>() == 30 * 4);
 
 pub const BPF_PROG_TYPE_TRACING: u32 = 26;
 pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+pub const BPF_TRACE_FENTRY: u32 = 24;
 pub const BPF_TRACE_FEXIT: u32 = 25;
 pub const BPF_NETFILTER: u32 = 45;
 
@@ -237,12 +243,18 @@ impl Barrier {
     }
 }
 
+// Every attribute struct spells out its padding: the kernel refuses
+// non-zero bytes past the fields it knows, and `Default` leaves implicit
+// padding uninitialised.
 #[repr(C)]
 #[derive(Default)]
 struct RawTracepointAttr {
     name: u64,
     prog_fd: u32,
+    _pad: u32,
 }
+
+const _: () = assert!(size_of::<RawTracepointAttr>() == 16);
 
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 
@@ -252,8 +264,8 @@ pub fn attach_tracing(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     bpf_fd(
         BPF_RAW_TRACEPOINT_OPEN,
         &mut RawTracepointAttr {
-            name: 0,
             prog_fd: prog.as_raw_fd() as u32,
+            ..Default::default()
         },
     )
 }

@@ -1,6 +1,6 @@
-//! Verdicts on kernels without netfilter BPF programs (before 6.4): an fexit
-//! program on nf_tables' `nft_do_chain`, which runs every base chain and
-//! returns its verdict. nf_tables is a module on distribution kernels, so
+//! Verdicts on kernels without netfilter BPF programs (before 6.4): fentry
+//! and fexit programs on nf_tables' `nft_do_chain`, which runs every base
+//! chain and returns its verdict. nf_tables is a module on distribution kernels, so
 //! the program is loaded against the module's own BTF, and the layouts of
 //! its structs come from there (module BTF exists since Linux 5.11).
 
@@ -12,12 +12,17 @@ use tracer_ebpf::Offsets;
 
 use super::{chains, raw};
 use crate::sys::{
-    bpf::{self, BPF_PROG_TYPE_TRACING, BPF_TRACE_FEXIT, ProgType},
+    bpf::{self, BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, BPF_TRACE_FEXIT, ProgType},
     btf::member_offset,
     kernel::Kernel,
 };
 
-pub const PROGRAM: &str = "nft_chain_exit";
+/// Loaded and attached in this order: an exit without its entry is ignored,
+/// the other way round would leave calls open.
+const PROGRAMS: [(&str, u32); 2] = [
+    ("nft_chain_exit", BPF_TRACE_FEXIT),
+    ("nft_chain_entry", BPF_TRACE_FENTRY),
+];
 const MODULE: &str = "nf_tables";
 const FUNCTION: &str = "nft_do_chain";
 
@@ -82,20 +87,23 @@ impl NfTables {
         ] = self.offsets;
     }
 
-    /// Loads the program and attaches it: `(program, link)`, both fd-owned.
-    pub fn attach(&self, ebpf: &Ebpf) -> Result<(OwnedFd, OwnedFd)> {
+    /// Loads the programs and attaches them: programs and links, fd-owned.
+    pub fn attach(&self, ebpf: &Ebpf) -> Result<Vec<OwnedFd>> {
         use std::os::fd::AsFd as _;
-        let kind = ProgType {
-            prog_type: BPF_PROG_TYPE_TRACING,
-            expected_attach_type: BPF_TRACE_FEXIT,
-            attach_btf: Some((self.function, Some(self.btf.as_fd()))),
-        };
-        let mut progs = raw::load(ebpf, &[PROGRAM], kind)?;
-        let prog = progs
-            .remove(PROGRAM)
-            .ok_or_else(|| anyhow!("{PROGRAM} not loaded"))?;
-        let link = bpf::attach_tracing(prog.as_fd())
-            .with_context(|| format!("attach fexit to {FUNCTION}"))?;
-        Ok((prog, link))
+        let mut fds = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            let kind = ProgType {
+                prog_type: BPF_PROG_TYPE_TRACING,
+                expected_attach_type: attach_type,
+                attach_btf: Some((self.function, Some(self.btf.as_fd()))),
+            };
+            let prog = raw::load(ebpf, &[name], kind)?
+                .remove(name)
+                .ok_or_else(|| anyhow!("{name} not loaded"))?;
+            let link = bpf::attach_tracing(prog.as_fd())
+                .with_context(|| format!("attach {name} to {FUNCTION}"))?;
+            fds.extend([prog, link]);
+        }
+        Ok(fds)
     }
 }

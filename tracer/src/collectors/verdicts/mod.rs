@@ -84,11 +84,10 @@ enum Hooks {
     None,
     /// BPF netfilter programs linked around each table (Linux >= 6.4).
     Links(NfLinks),
-    /// fexit on nf_tables' `nft_do_chain` (older kernels that allow it);
-    /// program and link, held for their lifetime.
+    /// fentry and fexit on nf_tables' `nft_do_chain` (older kernels that
+    /// allow them): programs and links, held for their lifetime.
     Fexit {
-        _program: OwnedFd,
-        _link: OwnedFd,
+        _fds: Vec<OwnedFd>,
     },
 }
 
@@ -181,14 +180,11 @@ impl Collector for Verdicts {
                 }
             }
             Some(found) => match found.and_then(|n| n.attach(ebpf)) {
-                Ok((prog, link)) => {
-                    self.hooks = Hooks::Fexit {
-                        _program: prog,
-                        _link: link,
-                    };
+                Ok(fds) => {
+                    self.hooks = Hooks::Fexit { _fds: fds };
                     Ok(self.notice(
                         "this kernel has no netfilter BPF programs (Linux >= 6.4): verdicts \
-                         come from fexit on nf_tables' nft_do_chain, which sees nftables and \
+                         come from fentry/fexit on nf_tables' nft_do_chain, which sees nftables and \
                          iptables-nft tables but not iptables-legacy ones"
                             .to_string(),
                     ))
@@ -229,7 +225,8 @@ impl Collector for Verdicts {
         match &self.hooks {
             Hooks::None => 0,
             Hooks::Links(l) => l.count(),
-            Hooks::Fexit { .. } => 1,
+            // Not observers: the notice at start says what counts instead.
+            Hooks::Fexit { .. } => 0,
         }
     }
 }
