@@ -108,10 +108,10 @@ pub trait Collector {
     /// What it attached that does not go away with tracer's file descriptors.
     fn stop(&mut self, _ebpf: &mut Ebpf) {}
 
-    /// A file descriptor that becomes readable when it has events to show at
+    /// File descriptors that become readable when it has events to show at
     /// once, between reports.
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
+    fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
     }
 
     /// Reads its pending events into `report` (of scope `First`).
@@ -257,13 +257,20 @@ impl Collectors {
         self.list
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| Some((i, c.event_fd()?)))
+            .flat_map(|(i, c)| c.event_fds().into_iter().map(move |fd| (i, fd)))
             .collect()
     }
 
     /// Reads the pending events of collector `index`.
     pub fn events(&mut self, index: usize, names: &mut Names, report: &mut Report) {
         if let Some(c) = self.list.get_mut(index) {
+            c.events(names, report);
+        }
+    }
+
+    /// Reads the pending events of every collector.
+    pub fn all_events(&mut self, names: &mut Names, report: &mut Report) {
+        for c in &mut self.list {
             c.events(names, report);
         }
     }
