@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -119,6 +119,16 @@ pub struct Cli {
         requires = "pcap_drops"
     )]
     pub pcap_rate: u32,
+
+    /// Serve counters as OpenMetrics at http://ADDR/metrics, e.g. 127.0.0.1:9595
+    /// (port 0: a free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Also label traffic and drop metrics by flow (protocol, addresses, ports, VNI):
+    /// one series per flow and hop, as many as there are flows.
+    #[arg(long, requires = "metrics")]
+    pub metrics_flows: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -3,14 +3,17 @@
 use std::{
     fs::File,
     io::{self, IsTerminal as _, Write},
-    os::fd::{AsFd as _, AsRawFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd, RawFd},
     path::Path,
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::Ebpf;
 use tokio::{
     io::unix::AsyncFd,
+    net::TcpListener,
     runtime::Runtime,
     signal::unix::{Signal, SignalKind, signal},
 };
@@ -28,11 +31,13 @@ use crate::{
         Report, Scope, Sink,
         json::JsonSink,
         live::{Events, LiveSink},
+        metrics::{MetricsSink, server},
         pcap::PcapSink,
         text::TextSink,
     },
     rules::trace::TraceReader,
     sys::{
+        bpf::stats_enabled,
         btf,
         kernel::Kernel,
         netns::{self, Netns},
@@ -107,6 +112,28 @@ pub fn run(cli: Cli) -> Result<()> {
         };
         if let Some(pcap) = exports.pcap {
             outputs.exports.push(Box::new(pcap));
+        }
+        if let Some(listener) = exports.metrics {
+            let published = Arc::new(Mutex::new(String::new()));
+            outputs.exports.push(Box::new(MetricsSink::new(
+                published.clone(),
+                cli.metrics_flows,
+                program_fds(&ebpf, &collectors)?,
+                mtu::findings(&topo),
+            )));
+            let _ctx = rt.enter();
+            let listener = TcpListener::from_std(listener)?;
+            eprintln!(
+                "tracer: metrics at http://{}/metrics",
+                listener.local_addr()?
+            );
+            if !stats_enabled() {
+                eprintln!(
+                    "tracer: metrics: BPF programs' run time is not counted \
+                     (sysctl kernel.bpf_stats_enabled=1 turns it on, at two clock reads per run)"
+                );
+            }
+            server::spawn(listener, published);
         }
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
@@ -215,7 +242,7 @@ impl Sink for Out {
     }
 }
 
-/// Every place reports go: lines or the live view, and `--pcap-drops`.
+/// Every place reports go: lines or the live view, `--pcap-drops` and `--metrics`.
 struct Outputs {
     main: Out,
     exports: Vec<Box<dyn Sink>>,
@@ -248,11 +275,12 @@ impl Outputs {
     }
 }
 
-/// `--pcap-drops`, opened before anything touches the kernel: a path that
-/// cannot be written is one line.
+/// `--pcap-drops` and `--metrics`, opened before anything touches the
+/// kernel: a path that cannot be written or a port taken is one line.
 struct Exports {
     pcap: Option<PcapSink<File>>,
     pcap_to_stdout: bool,
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Exports {
@@ -271,11 +299,36 @@ impl Exports {
                 Some(PcapSink::new(file, cli.pcap_snaplen).context("--pcap-drops: write")?)
             }
         };
+        let metrics = match cli.metrics {
+            None => None,
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("--metrics: listen on {addr}"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+        };
         Ok(Exports {
             pcap,
             pcap_to_stdout,
+            metrics,
         })
     }
+}
+
+/// Every loaded program of the run, by name, for its run-time statistics.
+fn program_fds(ebpf: &Ebpf, collectors: &Collectors) -> Result<Vec<(String, OwnedFd)>> {
+    let mut fds = Vec::new();
+    for (name, prog) in ebpf.programs() {
+        if let Ok(fd) = prog.fd() {
+            fds.push((name.to_string(), fd.as_fd().try_clone_to_owned()?));
+        }
+    }
+    for (name, fd) in collectors.programs() {
+        fds.push((name, fd.try_clone_to_owned()?));
+    }
+    fds.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(fds)
 }
 
 fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {

@@ -127,6 +127,16 @@ pub trait Collector {
     fn attached(&self) -> usize {
         0
     }
+
+    /// Programs it loaded outside aya, by name (for their run-time statistics).
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        Vec::new()
+    }
+
+    /// Entries its map held at the last drain, and the map's capacity.
+    fn fill(&self) -> Option<(usize, u32)> {
+        None
+    }
 }
 
 /// A drop's or error's flow as flow rows key it (no per-packet flags), and
@@ -246,6 +256,11 @@ impl Collectors {
         for c in &mut self.list {
             c.rows(scope, names, report);
         }
+        report.map_fill = self
+            .list
+            .iter()
+            .filter_map(|c| Some((c.name(), c.fill()?)))
+            .collect();
         report.health = match scope {
             Scope::Total => self.health.total(),
             _ => self.health.interval(),
@@ -266,6 +281,11 @@ impl Collectors {
         if let Some(c) = self.list.get_mut(index) {
             c.events(names, report);
         }
+    }
+
+    /// Every program of the collectors' own loaders, by name.
+    pub fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        self.list.iter().flat_map(|c| c.programs()).collect()
     }
 
     /// Reads the pending events of every collector.

@@ -1,9 +1,10 @@
 //! Turning drained counters into output: JSON lines, plain text lines, or a
-//! live table; dropped packets as pcapng. Renderers write to an injected `Write` so that tests can
+//! live table; dropped packets as pcapng; counters as OpenMetrics. Renderers write to an injected `Write` so that tests can
 //! capture exactly what a user would see.
 
 pub mod json;
 pub mod live;
+pub mod metrics;
 pub mod pcap;
 pub mod text;
 
@@ -92,6 +93,8 @@ pub struct Report {
     pub health: Health,
     /// Dropped packets captured (`--pcap-drops`), in reports of scope `First`.
     pub captures: Vec<Capture>,
+    /// Per collector: entries its map held at the last drain, and its capacity.
+    pub map_fill: Vec<(&'static str, (usize, u32))>,
 }
 
 /// Where reports go.

@@ -215,6 +215,10 @@ impl Collector for Drops {
         self.counts.drain(barrier)
     }
 
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
+    }
+
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
         let namer = &mut self.namer;
         report.drops = self

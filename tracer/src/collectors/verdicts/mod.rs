@@ -87,7 +87,7 @@ enum Hooks {
     /// fexit on nf_tables' `nft_do_chain` (older kernels that allow it);
     /// program and link, held for their lifetime.
     Fexit {
-        _program: OwnedFd,
+        program: OwnedFd,
         _link: OwnedFd,
     },
 }
@@ -183,7 +183,7 @@ impl Collector for Verdicts {
             Some(found) => match found.and_then(|n| n.attach(ebpf)) {
                 Ok((prog, link)) => {
                     self.hooks = Hooks::Fexit {
-                        _program: prog,
+                        program: prog,
                         _link: link,
                     };
                     Ok(self.notice(
@@ -231,6 +231,19 @@ impl Collector for Verdicts {
             Hooks::Links(l) => l.count(),
             Hooks::Fexit { .. } => 1,
         }
+    }
+
+    fn programs(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd as _;
+        match &self.hooks {
+            Hooks::None => Vec::new(),
+            Hooks::Links(l) => l.programs(),
+            Hooks::Fexit { program, .. } => vec![(fexit::PROGRAM.to_string(), program.as_fd())],
+        }
+    }
+
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
     }
 }
 
