@@ -74,7 +74,7 @@ pub fn packet(skb: u64, key: &DropKey) {
     let network_set = network != 0 && network != u16::MAX;
     // The MAC header is an Ethernet one only if it ends at or before the
     // network header: after decapsulation it may equal the network header.
-    let (start, link) = if mac != u16::MAX && (!network_set || network >= mac + 14) {
+    let (start, link) = if mac != u16::MAX && (!network_set || network as u32 >= mac as u32 + 14) {
         (head + mac as u64, LINK_ETHERNET)
     } else if network_set {
         (head + network as u64, LINK_RAW_IP)
