@@ -129,8 +129,9 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             if !stats_enabled() {
                 eprintln!(
-                    "tracer: metrics: BPF programs' run time is not counted \
-                     (sysctl kernel.bpf_stats_enabled=1 turns it on, at two clock reads per run)"
+                    "tracer: metrics: kernel.bpf_stats_enabled is 0: BPF programs' run time \
+                     is counted only while it is 1 (two clock reads per run) or a process \
+                     holds BPF_ENABLE_STATS"
                 );
             }
             server::spawn(listener, published);

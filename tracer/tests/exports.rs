@@ -286,6 +286,80 @@ fn vxlan_drops_to_pcapng_and_metrics() {
     assert_eq!(health(&f)["capture_lost"], 0);
 }
 
+/// BPF run-time statistics on (held by a BPF_ENABLE_STATS descriptor, which
+/// unlike `sysctl kernel.bpf_stats_enabled=1` ends with the test): /metrics
+/// reports each program's runs and time. The drop program ran at least once
+/// per drop, the ingress program once per packet.
+#[test]
+fn metrics_report_program_run_time_when_stats_are_on() {
+    let p = Pair::new(1500).unwrap();
+    let (client, server) = (&p.a, &p.b);
+    iptables(
+        &server.ns,
+        &["-A", "INPUT", "-p", "udp", "--dport", "5600", "-j", "DROP"],
+    )
+    .unwrap();
+    let _stats = enable_bpf_stats();
+    let mut run = start(
+        p.namespaces(),
+        &["--metrics", "127.0.0.1:0", "--interval", "0.2"],
+    );
+    let url = run.metrics_url().expect("metrics address on stderr");
+    let before = nstat(&server.ns, "IpInReceives").unwrap();
+    send_udp(
+        &client.ns,
+        SocketAddrV4::new(client.ip, 40400),
+        SocketAddrV4::new(server.ip, 5600),
+        N as u32,
+        10,
+    )
+    .unwrap();
+    wait_received(&server.ns, before, N);
+    let kfree = [("program", "kfree_skb")];
+    let mut samples = Vec::new();
+    assert!(
+        wait_until(|| {
+            samples = scrape(&url);
+            value(&samples, "tracer_drops_total", &[]) >= N as f64
+        }),
+        "{samples:#?}"
+    );
+    stop(run);
+    assert_eq!(value(&samples, "tracer_drops_total", &[]), N as f64);
+    assert!(value(&samples, "tracer_bpf_program_runs_total", &kfree) >= N as f64);
+    assert!(value(&samples, "tracer_bpf_program_run_seconds_total", &kfree) > 0.0);
+    assert!(
+        value(
+            &samples,
+            "tracer_bpf_program_runs_total",
+            &[("program", "tc_ingress")]
+        ) >= N as f64
+    );
+}
+
+/// Turns BPF run-time statistics on for as long as the descriptor is open.
+fn enable_bpf_stats() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let mut attr = [0u32; 2]; // type: BPF_STATS_RUN_TIME (0)
+    // SAFETY: `attr` is the enable_stats part of `union bpf_attr`, zeroed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_mut_ptr(),
+            size_of_val(&attr) as libc::c_uint,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_ENABLE_STATS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
 /// `--pcap-drops -` streams to standard output: tshark reads it from a pipe,
 /// with the snap length applied and each packet's original length kept.
 #[test]

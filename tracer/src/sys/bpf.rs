@@ -405,7 +405,8 @@ pub fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(std::time::Duration, u6
     ))
 }
 
-/// Whether the kernel counts BPF programs' run time now.
+/// `kernel.bpf_stats_enabled`: 1 makes the kernel count BPF programs' run time
+/// (a BPF_ENABLE_STATS descriptor does too, unseen here).
 pub fn stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }

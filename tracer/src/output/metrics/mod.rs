@@ -354,7 +354,7 @@ impl MetricsSink {
             out,
             "tracer_bpf_stats_enabled",
             "gauge",
-            "1 if the kernel counts BPF programs' run time (sysctl kernel.bpf_stats_enabled=1); without it the two tracer_bpf_program metrics stay still.",
+            "The sysctl kernel.bpf_stats_enabled: at 1 the kernel counts BPF programs' run time. At 0 the two tracer_bpf_program metrics stand still, unless some process holds statistics on with BPF_ENABLE_STATS, which the sysctl does not show.",
         );
         sample(
             out,
