@@ -477,6 +477,63 @@ fn pcap_rate_limit_is_counted() {
     );
 }
 
+/// `--filter` decides what the file and /metrics hold, as it does the rows:
+/// of two dropped flows, only the one it names.
+#[test]
+fn pcap_and_metrics_follow_the_filter() {
+    let p = Pair::new(1500).unwrap();
+    let (client, server) = (&p.a, &p.b);
+    for port in ["5700", "5701"] {
+        iptables(
+            &server.ns,
+            &["-A", "INPUT", "-p", "udp", "--dport", port, "-j", "DROP"],
+        )
+        .unwrap();
+    }
+    let pcap = TempFile::new("filter");
+    let mut run = start(
+        p.namespaces(),
+        &[
+            "--pcap-drops",
+            &pcap.arg(),
+            "--metrics",
+            "127.0.0.1:0",
+            "--interval",
+            "0.2",
+            "--filter",
+            "udp dst port 5700",
+        ],
+    );
+    let url = run.metrics_url().expect("metrics address on stderr");
+    let before = nstat(&server.ns, "IpInReceives").unwrap();
+    let from = SocketAddrV4::new(client.ip, 40500);
+    for port in [5700, 5701] {
+        let to = SocketAddrV4::new(server.ip, port);
+        send_udp(&client.ns, from, to, N as u32, 10).unwrap();
+    }
+    wait_received(&server.ns, before, 2 * N);
+    let mut samples = Vec::new();
+    assert!(
+        wait_until(|| {
+            samples = scrape(&url);
+            value(&samples, "tracer_drops_total", &[]) >= N as f64
+        }),
+        "{samples:#?}"
+    );
+    let f = stop(run);
+    assert_eq!(
+        iptables_packets(&server.ns, "INPUT", "dpt:5701").unwrap(),
+        N
+    );
+    assert_eq!(value(&samples, "tracer_drops_total", &[]), N as f64);
+    let ports = tshark_fields(&pcap.0, &["udp.dstport"]);
+    assert_eq!(ports.len(), N as usize, "{ports:?}");
+    assert!(ports.iter().all(|p| p[0] == "5700"), "{ports:?}");
+    let drops = drops_in(&f, &server.ns);
+    assert_eq!(drops.len(), 1, "{drops:#?}");
+    assert_eq!(drops[0]["dport"], 5700);
+}
+
 /// SIGKILL leaves a file valid up to its last block: every packet written
 /// before the kill is read back.
 #[test]
