@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracer_ebpf::{DropEvent, DropKey, DropStats, REASON_NONE, counter};
 
 use crate::{
-    frags, head,
+    capture, frags, head,
     kernel::{self, Btf, Mem, parse_skb},
     maps::{Upsert, config, copy, count, double_buffered, traced, upsert, zero},
 };
@@ -76,6 +76,10 @@ fn record(skb: u64, location: u64, reason: u32) {
     // of a datagram was dropped is part of what happened.
     frags::attribute(&mut key.id, &parsed);
     let len: u32 = Btf::get(skb, config!(offsets.skb_len)).unwrap_or(0);
+    // A branch on `.rodata`: the verifier removes it when capture is off.
+    if config!(capture_snaplen) != 0 {
+        capture::packet(skb, key);
+    }
     let map = drops(drop_generation());
     match upsert(map, &*key, |s: &mut DropStats| {
         s.packets += 1;

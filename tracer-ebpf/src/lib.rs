@@ -215,6 +215,10 @@ pub mod counter {
     pub const FRAG_UNMATCHED: u32 = 4;
     /// An ICMP error could not be counted because the ICMP map was full.
     pub const ICMP_MAP_FULL: u32 = 5;
+    /// A dropped packet not captured (`--pcap-drops`): over the rate limit.
+    pub const CAPTURE_RATE_LIMITED: u32 = 6;
+    /// A dropped packet not captured: the ring buffer was full, or its bytes unreadable.
+    pub const CAPTURE_LOST: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -270,6 +274,35 @@ pub struct Config {
     /// at each [`hook`] ([`NF_NO_TABLE`] where it is not counted or not
     /// there). Userspace's one table of priorities, for the fexit programs.
     pub nf_priority: [i32; 32],
+    /// Bytes of each dropped packet to capture; 0: no capture (`--pcap-drops`).
+    pub capture_snaplen: u32,
+    /// Dropped packets captured per second and CPU at most; 0: no limit.
+    pub capture_rate: u32,
+}
+
+/// Largest `Config::capture_snaplen`: the ring buffer entries have a fixed size.
+pub const CAPTURE_MAX: usize = 2048;
+
+/// [`CaptureEvent::link`]: the bytes start at the Ethernet header.
+pub const LINK_ETHERNET: u32 = 1;
+/// [`CaptureEvent::link`]: the bytes start at the IPv4 or IPv6 header.
+pub const LINK_RAW_IP: u32 = 101;
+
+/// A dropped packet's first bytes (`--pcap-drops`), from the `kfree_skb` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureEvent {
+    pub key: DropKey,
+    /// `bpf_ktime_get_ns()` at the drop (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Length of the packet from where the capture starts.
+    pub orig_len: u32,
+    /// Bytes of `data` that are the packet's: at most the snap length.
+    pub cap_len: u32,
+    /// [`LINK_ETHERNET`] or [`LINK_RAW_IP`]: pcap's link types.
+    pub link: u32,
+    pub _pad: u32,
+    pub data: [u8; CAPTURE_MAX],
 }
 
 /// Tables in [`Config::nf_priority`]'s rows.
@@ -289,6 +322,7 @@ mod pod {
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStats {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::CaptureEvent {}
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::IcmpKey {}
     unsafe impl aya::Pod for super::VerdictStats {}
@@ -313,7 +347,7 @@ mod tests {
         assert_eq!(size_of::<Offsets>(), 24 * 4);
         assert_eq!(
             size_of::<Config>(),
-            24 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4
+            24 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4 + 2 * 4
         );
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
         assert_eq!(size_of::<VerdictStats>(), 24);
@@ -321,5 +355,6 @@ mod tests {
         assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
         assert_eq!(size_of::<DropStats>(), 16);
         assert_eq!(size_of::<DropEvent>(), 112 + 4 + 4);
+        assert_eq!(size_of::<CaptureEvent>(), 112 + 8 + 4 * 4 + CAPTURE_MAX);
     }
 }

@@ -57,6 +57,8 @@ pub static CONFIG: Config = Config {
     reason_consumed: 0,
     reason_not_dropped: 0,
     nf_priority: [NF_NO_TABLE; 32],
+    capture_snaplen: 0,
+    capture_rate: 0,
 };
 
 /// Reads a field of [`CONFIG`]: `config!(offsets.skb_dev)`. Volatile so that

@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -98,6 +98,37 @@ pub struct Cli {
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+
+    /// Write every dropped packet of the traced namespaces to this pcapng file, with the
+    /// drop's reason, place, namespace and device in its comment. `-`: standard output
+    /// (reports then go to standard error).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_drops")]
+    pub pcap_drops: Option<PathBuf>,
+
+    /// Bytes of each dropped packet written to --pcap-drops.
+    #[arg(long, default_value_t = 256, value_name = "BYTES", requires = "pcap_drops",
+          value_parser = clap::value_parser!(u32).range(1..=tracer_ebpf::CAPTURE_MAX as i64))]
+    pub pcap_snaplen: u32,
+
+    /// Dropped packets written to --pcap-drops per second and CPU at most (0: no limit).
+    /// Those skipped are counted in the health row and the file's statistics.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_name = "N",
+        requires = "pcap_drops"
+    )]
+    pub pcap_rate: u32,
+
+    /// Serve counters as OpenMetrics at http://ADDR/metrics, e.g. 127.0.0.1:9595
+    /// (port 0: a free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Also label traffic and drop metrics by flow (protocol, addresses, ports, VNI):
+    /// one series per flow and hop, as many as there are flows.
+    #[arg(long, requires = "metrics")]
+    pub metrics_flows: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,10 +14,20 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: clap's first line, without the usage block that follows.
+            // One line: clap's first line, without the usage block that follows,
+            // and the arguments it lists when it ends in a colon ("the following
+            // required arguments were not provided:").
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tracer: {}", first.trim_start_matches("error: "));
+            let mut lines = msg.lines();
+            let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+            if line.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| l.starts_with("  "))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{} {}", line, listed.join(", "));
+            }
+            eprintln!("tracer: {}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

@@ -1,14 +1,19 @@
 //! One tracing session: plan, load, attach, then report every interval until stopped.
 
 use std::{
-    io::{self, IsTerminal as _},
-    os::fd::{AsRawFd, RawFd},
+    fs::File,
+    io::{self, IsTerminal as _, Write},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd, RawFd},
+    path::Path,
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::Ebpf;
 use tokio::{
     io::unix::AsyncFd,
+    net::TcpListener,
     runtime::Runtime,
     signal::unix::{Signal, SignalKind, signal},
 };
@@ -26,10 +31,13 @@ use crate::{
         Report, Scope, Sink,
         json::JsonSink,
         live::{Events, LiveSink},
+        metrics::{MetricsSink, server},
+        pcap::PcapSink,
         text::TextSink,
     },
     rules::trace::TraceReader,
     sys::{
+        bpf::stats_enabled,
         btf,
         kernel::Kernel,
         netns::{self, Netns},
@@ -65,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
             term: signal(SignalKind::terminate())?,
         }
     };
+    let exports = Exports::open(&cli)?;
     let (targets, topo) = plan(&cli)?;
     let (offsets, missing_fields) = btf::offsets(&kernel.btf);
     let mut config = Config {
@@ -95,6 +104,38 @@ pub fn run(cli: Cli) -> Result<()> {
         let (analysis, trace_readers) =
             analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
         announce(&targets, &config, &collectors);
+        let (main, events) = sink(&cli, links, exports.pcap_to_stdout)?;
+        let mut outputs = Outputs {
+            main,
+            exports: Vec::new(),
+            filter: cli.filter.clone(),
+        };
+        if let Some(pcap) = exports.pcap {
+            outputs.exports.push(Box::new(pcap));
+        }
+        if let Some(listener) = exports.metrics {
+            let published = Arc::new(Mutex::new(String::new()));
+            outputs.exports.push(Box::new(MetricsSink::new(
+                published.clone(),
+                cli.metrics_flows,
+                program_fds(&ebpf, &collectors)?,
+                mtu::findings(&topo),
+            )));
+            let _ctx = rt.enter();
+            let listener = TcpListener::from_std(listener)?;
+            eprintln!(
+                "tracer: metrics at http://{}/metrics",
+                listener.local_addr()?
+            );
+            if !stats_enabled() {
+                eprintln!(
+                    "tracer: metrics: kernel.bpf_stats_enabled is 0: BPF programs' run time \
+                     is counted only while it is 1 (two clock reads per run) or a process \
+                     holds BPF_ENABLE_STATS"
+                );
+            }
+            server::spawn(listener, published);
+        }
         if let Some(path) = &cli.ready_file {
             std::fs::write(path, b"ready\n")
                 .with_context(|| format!("write ready file {}", path.display()))?;
@@ -106,7 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
             names: Names::new(&targets),
             analysis,
         };
-        stream(&cli, &rt, inputs, &mut collectors, sink(&cli, links)?)
+        stream(&cli, &rt, inputs, &mut collectors, (outputs, events))
     })();
     collectors.stop(&mut ebpf);
     result
@@ -157,15 +198,28 @@ fn analysis(
     Ok((Analysis::new(findings, links, attributor, explain), readers))
 }
 
-/// Where reports go, and for the live view, where its quit key arrives.
-/// Sinks flush once per report: one write(2) per report, not per row.
-fn sink(cli: &Cli, links: Links) -> Result<(Out, Option<Events>)> {
-    let out = || io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+/// Where reports go, and for the live view, where its quit key arrives:
+/// standard output, or standard error when the pcapng stream has standard
+/// output. Sinks flush once per report: one write(2) per report, not per row.
+fn sink(cli: &Cli, links: Links, to_stderr: bool) -> Result<(Out, Option<Events>)> {
+    let out = || -> io::BufWriter<Box<dyn Write>> {
+        let w: Box<dyn Write> = if to_stderr {
+            Box::new(io::stderr())
+        } else {
+            Box::new(io::stdout().lock())
+        };
+        io::BufWriter::with_capacity(1 << 16, w)
+    };
     let lines = |s: Box<dyn Sink>| (Out::Lines(s), None);
     Ok(match cli.output {
         Output::Json => lines(Box::new(JsonSink::new(out()))),
         Output::Text => lines(Box::new(TextSink::new(out()))),
-        Output::Auto if !io::stdout().is_terminal() => lines(Box::new(TextSink::new(out()))),
+        Output::Table if to_stderr => {
+            bail!("--output table needs standard output, which --pcap-drops - takes")
+        }
+        Output::Auto if to_stderr || !io::stdout().is_terminal() => {
+            lines(Box::new(TextSink::new(out())))
+        }
         Output::Table | Output::Auto => {
             let (live, events) = LiveSink::start(links, cli.filter.clone())
                 .context("start the live view (is stdout a terminal?)")?;
@@ -187,6 +241,95 @@ impl Sink for Out {
             Out::Live(l) => l.report(report),
         }
     }
+}
+
+/// Every place reports go: lines or the live view, `--pcap-drops` and `--metrics`.
+struct Outputs {
+    main: Out,
+    exports: Vec<Box<dyn Sink>>,
+    /// `--filter`: what lines and exports show. The live view applies it
+    /// itself (the user may change it there).
+    filter: Option<crate::filter::Filter>,
+}
+
+impl Outputs {
+    /// Writes `report` everywhere; false when a reader went away (a closed
+    /// pipe ends tracer quietly).
+    fn emit(&mut self, mut report: Report) -> Result<bool> {
+        // Only new drops go to the lines or view at once, not bare captures.
+        let to_main = report.scope != Scope::First || !report.drops.is_empty();
+        if to_main && matches!(self.main, Out::Live(_)) && !write(&mut self.main, &report)? {
+            return Ok(false);
+        }
+        if let Some(f) = &self.filter {
+            f.retain(&mut report);
+        }
+        if to_main && matches!(self.main, Out::Lines(_)) && !write(&mut self.main, &report)? {
+            return Ok(false);
+        }
+        for sink in &mut self.exports {
+            if !write(&mut **sink, &report)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// `--pcap-drops` and `--metrics`, opened before anything touches the
+/// kernel: a path that cannot be written or a port taken is one line.
+struct Exports {
+    pcap: Option<PcapSink<File>>,
+    pcap_to_stdout: bool,
+    metrics: Option<std::net::TcpListener>,
+}
+
+impl Exports {
+    fn open(cli: &Cli) -> Result<Self> {
+        let pcap_to_stdout = cli.pcap_drops.as_deref() == Some(Path::new("-"));
+        let pcap = match &cli.pcap_drops {
+            None => None,
+            Some(path) => {
+                // Unbuffered: each block is one write(2), so a kill leaves whole blocks.
+                let file = if pcap_to_stdout {
+                    File::from(io::stdout().as_fd().try_clone_to_owned()?)
+                } else {
+                    File::create(path)
+                        .with_context(|| format!("--pcap-drops: create {}", path.display()))?
+                };
+                Some(PcapSink::new(file, cli.pcap_snaplen).context("--pcap-drops: write")?)
+            }
+        };
+        let metrics = match cli.metrics {
+            None => None,
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("--metrics: listen on {addr}"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+        };
+        Ok(Exports {
+            pcap,
+            pcap_to_stdout,
+            metrics,
+        })
+    }
+}
+
+/// Every loaded program of the run, by name, for its run-time statistics.
+fn program_fds(ebpf: &Ebpf, collectors: &Collectors) -> Result<Vec<(String, OwnedFd)>> {
+    let mut fds = Vec::new();
+    for (name, prog) in ebpf.programs() {
+        if let Ok(fd) = prog.fd() {
+            fds.push((name.to_string(), fd.as_fd().try_clone_to_owned()?));
+        }
+    }
+    for (name, fd) in collectors.programs() {
+        fds.push((name, fd.try_clone_to_owned()?));
+    }
+    fds.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(fds)
 }
 
 fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {
@@ -261,13 +404,8 @@ fn stream(
     rt: &Runtime,
     inputs: Inputs,
     collectors: &mut Collectors,
-    (mut sink, mut events): (Out, Option<Events>),
+    (mut outputs, mut events): (Outputs, Option<Events>),
 ) -> Result<()> {
-    // The live view applies its filter itself, and the user may change it.
-    let filter = match sink {
-        Out::Lines(_) => cli.filter.clone(),
-        Out::Live(_) => None,
-    };
     let Inputs {
         mut signals,
         trace_readers,
@@ -332,10 +470,8 @@ fn stream(
                     let mut report = Report { scope: Scope::First, ..Report::default() };
                     collectors.events(index, &mut names, &mut report);
                     guard.clear_ready();
-                    if let Some(f) = &filter {
-                        f.retain(&mut report);
-                    }
-                    if !report.drops.is_empty() && !emit(&mut sink, &report)? {
+                    let any = !report.drops.is_empty() || !report.captures.is_empty();
+                    if any && !outputs.emit(report)? {
                         return Ok(());
                     }
                 }
@@ -343,12 +479,9 @@ fn stream(
                     collectors.sync(&targets)?;
                     names.update(&targets);
                     let now = Instant::now();
-                    let mut report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
-                    if let Some(f) = &filter {
-                        f.retain(&mut report);
-                    }
+                    let report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
                     last = now;
-                    if !emit(&mut sink, &report)? {
+                    if !outputs.emit(report)? {
                         return Ok(());
                     }
                 }
@@ -361,7 +494,7 @@ fn stream(
                         None => std::future::pending().await,
                     }
                 } => {
-                    if let Out::Live(l) = &mut sink && l.input(ev).context("draw the live view")? {
+                    if let Out::Live(l) = &mut outputs.main && l.input(ev).context("draw the live view")? {
                         break;
                     }
                 }
@@ -376,16 +509,14 @@ fn stream(
             analysis.explain_events(ns, &events?, lost);
         }
         let now = Instant::now();
-        let mut interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
-        if let Some(f) = &filter {
-            f.retain(&mut interval);
-        }
-        if emit(&mut sink, &interval)? {
-            let mut total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
-            if let Some(f) = &filter {
-                f.retain(&mut total);
-            }
-            emit(&mut sink, &total)?;
+        let interval = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
+        // Events still in the rings: a drop's capture is submitted before it
+        // is counted, so every drop just drained has its capture read here.
+        let mut late = Report { scope: Scope::First, ..Report::default() };
+        collectors.all_events(&mut names, &mut late);
+        if outputs.emit(late)? && outputs.emit(interval)? {
+            let total = report(collectors, &mut names, &mut analysis, Scope::Total, now - start)?;
+            outputs.emit(total)?;
         }
         Ok(())
     })
@@ -428,8 +559,8 @@ async fn futures_select_all<F: std::future::Future + Unpin>(
     .await
 }
 
-/// Writes a report; false when the reader went away (a closed pipe ends tracer quietly).
-fn emit(sink: &mut dyn Sink, report: &Report) -> Result<bool> {
+/// Writes a report; false when the reader went away.
+fn write(sink: &mut dyn Sink, report: &Report) -> Result<bool> {
     match sink.report(report) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),

@@ -19,6 +19,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "bpftrace",
     // The live view's test drives the real binary in a terminal.
     "tmux",
+    // The readers the export tests check tracer's pcapng and /metrics with.
+    "tshark",
+    "python3-prometheus-client",
 ];
 /// What building bpf-linker against the nightly's LLVM 22 needs.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
@@ -43,6 +46,10 @@ pub fn setup() -> Result<()> {
     if !missing.is_empty() {
         eprintln!("setup: installing {}", missing.join(" "));
         run("apt-get", &["update", "-qq"])?;
+        if missing.contains(&"tshark") {
+            // wireshark-common asks whether non-root users may capture: no question, no.
+            preseed("wireshark-common wireshark-common/install-setuid boolean false")?;
+        }
         apt_install(&missing, None)?;
     }
     rust_src()?;
@@ -66,6 +73,20 @@ pub(crate) fn apt_install(packages: &[&str], release: Option<&str>) -> Result<()
         .context("run apt-get")?;
     if !status.success() {
         bail!("apt-get install {} failed", packages.join(" "));
+    }
+    Ok(())
+}
+
+/// Answers a debconf question before the package that asks it is installed.
+fn preseed(answer: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("run debconf-set-selections")?;
+    writeln!(child.stdin.take().expect("piped"), "{answer}")?;
+    if !child.wait()?.success() {
+        bail!("debconf-set-selections failed for {answer}");
     }
     Ok(())
 }

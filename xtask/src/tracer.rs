@@ -2,9 +2,13 @@
 //! file, SIGTERM to stop, totals at exit.
 
 use std::{
+    io::BufRead as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -15,8 +19,11 @@ use serde_json::Value;
 /// A tracer process, killed if still running when dropped.
 pub struct TracerRun {
     child: Child,
+    /// `None` when standard output went elsewhere (`start_with_stdout`).
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
+    /// What tracer printed on standard error so far.
+    stderr_lines: Arc<Mutex<String>>,
     ready: PathBuf,
 }
 
@@ -41,6 +48,12 @@ impl TracerRun {
     /// Starts `bin args... --output json --ready-file F` and waits until it
     /// has attached everything.
     pub fn start(bin: &Path, args: &[String]) -> Result<Self> {
+        Self::start_with_stdout(bin, args, None)
+    }
+
+    /// [`TracerRun::start`], with standard output sent to `stdout` if given
+    /// (a pipe into a reader of `--pcap-drops -`); rows are then not collected.
+    pub fn start_with_stdout(bin: &Path, args: &[String], stdout: Option<Stdio>) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let ready = std::env::temp_dir().join(format!(
             "tracer-ready-{}-{}",
@@ -52,16 +65,29 @@ impl TracerRun {
             .args(args)
             .args(["--output", "json", "--ready-file"])
             .arg(&ready)
-            .stdout(Stdio::piped())
+            .stdout(stdout.unwrap_or_else(Stdio::piped))
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        let stdout = reader(child.stdout.take().expect("piped"));
-        let stderr = reader(child.stderr.take().expect("piped"));
+        let stdout = child.stdout.take().map(reader);
+        let stderr_lines = Arc::new(Mutex::new(String::new()));
+        let stderr = {
+            let lines = stderr_lines.clone();
+            let r = std::io::BufReader::new(child.stderr.take().expect("piped"));
+            std::thread::spawn(move || {
+                for line in r.lines().map_while(Result::ok) {
+                    let mut all = lines.lock().expect("not poisoned");
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+                lines.lock().expect("not poisoned").clone()
+            })
+        };
         let mut run = TracerRun {
             child,
-            stdout: Some(stdout),
+            stdout,
             stderr: Some(stderr),
+            stderr_lines,
             ready,
         };
         // A guard against a hung start, not a timing check: under qemu's TCG
@@ -87,6 +113,31 @@ impl TracerRun {
         self.child.id()
     }
 
+    /// What tracer has printed on standard error so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr_lines.lock().expect("not poisoned").clone()
+    }
+
+    /// The URL `--metrics` serves, from tracer's start-up line. Printed
+    /// before the ready file is made, it may still be on its way through the
+    /// pipe: waits for it while tracer runs.
+    pub fn metrics_url(&mut self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stderr = self.stderr_so_far();
+            if let Some(url) = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("tracer: metrics at "))
+            {
+                return Some(url.trim().to_string());
+            }
+            if Instant::now() > deadline || !matches!(self.child.try_wait(), Ok(None)) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends `signal` and collects the output.
     pub fn stop_with(mut self, signal: i32) -> Result<Finished> {
         // SAFETY: plain syscall.
@@ -102,7 +153,10 @@ impl TracerRun {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let stdout = self.stdout.take().expect("once").join().unwrap_or_default();
+        let stdout = match self.stdout.take() {
+            Some(r) => r.join().unwrap_or_default(),
+            None => String::new(),
+        };
         let stderr = self.stderr.take().expect("once").join().unwrap_or_default();
         let rows = stdout
             .lines()

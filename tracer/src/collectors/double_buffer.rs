@@ -25,6 +25,8 @@ pub struct DoubleBuffer {
     maps: [MapData; 2],
     active: u32,
     ncpus: usize,
+    /// Entries of the last drain.
+    drained: usize,
 }
 
 impl DoubleBuffer {
@@ -50,6 +52,7 @@ impl DoubleBuffer {
             maps,
             active: 0,
             ncpus,
+            drained: 0,
         })
     }
 
@@ -90,6 +93,7 @@ impl DoubleBuffer {
             },
         )
         .context("drain map")?;
+        self.drained = n;
         Ok(n)
     }
 }
@@ -140,6 +144,13 @@ where
             tally.add(key, sum_percpu(values));
         })?;
         Ok(())
+    }
+
+    /// Entries the map held at the last drain, and its capacity.
+    pub fn fill(&self) -> Option<(usize, u32)> {
+        let maps = self.maps.as_ref()?;
+        let capacity = maps.maps[0].info().ok()?.max_entries();
+        Some((maps.drained, capacity))
     }
 
     /// `name`s the entries of `scope` into rows; `Scope::Interval` then

@@ -27,6 +27,10 @@ pub struct Health {
     /// Times the kernel dropped nftables trace events (`--explain`) because
     /// tracer's socket buffer was full: rule counts are then lower bounds.
     pub explain_events_lost: u64,
+    /// Dropped packets not written to `--pcap-drops`: over `--pcap-rate`.
+    pub capture_rate_limited: u64,
+    /// Dropped packets not written to `--pcap-drops`: the ring buffer was full.
+    pub capture_lost: u64,
 }
 
 impl Health {
@@ -44,6 +48,8 @@ impl Health {
             icmp_map_full: self.icmp_map_full - before.icmp_map_full,
             frag_unmatched: self.frag_unmatched - before.frag_unmatched,
             explain_events_lost: self.explain_events_lost - before.explain_events_lost,
+            capture_rate_limited: self.capture_rate_limited - before.capture_rate_limited,
+            capture_lost: self.capture_lost - before.capture_lost,
         }
     }
 }
@@ -85,6 +91,8 @@ impl Counters {
             icmp_map_full: read(counter::ICMP_MAP_FULL)?,
             frag_unmatched: read(counter::FRAG_UNMATCHED)?,
             explain_events_lost: 0,
+            capture_rate_limited: read(counter::CAPTURE_RATE_LIMITED)?,
+            capture_lost: read(counter::CAPTURE_LOST)?,
         };
         self.interval = now.since(&self.total);
         self.total = now;

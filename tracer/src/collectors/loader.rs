@@ -14,12 +14,19 @@ use crate::topology::Target;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub fn load(config: &Config, flow_map_size: u32) -> Result<Ebpf> {
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("CONFIG", config, true)
         .map_max_entries("FLOWS_0", flow_map_size)
-        .map_max_entries("FLOWS_1", flow_map_size)
-        .load(OBJECT)
-        .context("load eBPF object (maps)")
+        .map_max_entries("FLOWS_1", flow_map_size);
+    // A page in the object: the ring's memory is taken only when capture is on.
+    if config.capture_snaplen != 0 {
+        loader.map_max_entries(
+            "CAPTURE_EVENTS",
+            crate::collectors::drops::capture::RING_BYTES,
+        );
+    }
+    loader.load(OBJECT).context("load eBPF object (maps)")
 }
 
 /// Loads the TC program `name` into the kernel.

@@ -108,10 +108,10 @@ pub trait Collector {
     /// What it attached that does not go away with tracer's file descriptors.
     fn stop(&mut self, _ebpf: &mut Ebpf) {}
 
-    /// A file descriptor that becomes readable when it has events to show at
+    /// File descriptors that become readable when it has events to show at
     /// once, between reports.
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
+    fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
     }
 
     /// Reads its pending events into `report` (of scope `First`).
@@ -126,6 +126,16 @@ pub trait Collector {
     /// How many attachments it holds, for the start-up line.
     fn attached(&self) -> usize {
         0
+    }
+
+    /// Programs it loaded outside aya, by name (for their run-time statistics).
+    fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        Vec::new()
+    }
+
+    /// Entries its map held at the last drain, and the map's capacity.
+    fn fill(&self) -> Option<(usize, u32)> {
+        None
     }
 }
 
@@ -246,6 +256,11 @@ impl Collectors {
         for c in &mut self.list {
             c.rows(scope, names, report);
         }
+        report.map_fill = self
+            .list
+            .iter()
+            .filter_map(|c| Some((c.name(), c.fill()?)))
+            .collect();
         report.health = match scope {
             Scope::Total => self.health.total(),
             _ => self.health.interval(),
@@ -257,13 +272,25 @@ impl Collectors {
         self.list
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| Some((i, c.event_fd()?)))
+            .flat_map(|(i, c)| c.event_fds().into_iter().map(move |fd| (i, fd)))
             .collect()
     }
 
     /// Reads the pending events of collector `index`.
     pub fn events(&mut self, index: usize, names: &mut Names, report: &mut Report) {
         if let Some(c) = self.list.get_mut(index) {
+            c.events(names, report);
+        }
+    }
+
+    /// Every program of the collectors' own loaders, by name.
+    pub fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        self.list.iter().flat_map(|c| c.programs()).collect()
+    }
+
+    /// Reads the pending events of every collector.
+    pub fn all_events(&mut self, names: &mut Names, report: &mut Report) {
+        for c in &mut self.list {
             c.events(names, report);
         }
     }

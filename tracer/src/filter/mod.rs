@@ -168,6 +168,11 @@ impl Filter {
         }
         r.mtu.retain(|m| !m.flows.is_empty());
         r.paths.retain(|p| self.matches_path(p));
+        r.captures.retain(|c| {
+            self.matches(
+                &Facts::row(&c.id, &c.netns, c.iface.as_deref()).with_reason(c.reason.as_deref()),
+            )
+        });
     }
 }
 

@@ -1,9 +1,11 @@
 //! Turning drained counters into output: JSON lines, plain text lines, or a
-//! live table. Renderers write to an injected `Write` so that tests can
+//! live table; dropped packets as pcapng; counters as OpenMetrics. Renderers write to an injected `Write` so that tests can
 //! capture exactly what a user would see.
 
 pub mod json;
 pub mod live;
+pub mod metrics;
+pub mod pcap;
 pub mod text;
 
 use std::{
@@ -19,6 +21,7 @@ pub use crate::{
     collectors::{
         drops::DropRow, flows::FlowRow, health::Health, icmp::IcmpRow, verdicts::VerdictRow,
     },
+    output::pcap::Capture,
 };
 use crate::{model::Hook, rules::Family};
 
@@ -88,6 +91,10 @@ pub struct Report {
     /// Each conversation along its hops, from the rows above.
     pub paths: Vec<PathRow>,
     pub health: Health,
+    /// Dropped packets captured (`--pcap-drops`), in reports of scope `First`.
+    pub captures: Vec<Capture>,
+    /// Per collector: entries its map held at the last drain, and its capacity.
+    pub map_fill: Vec<(&'static str, (usize, u32))>,
 }
 
 /// Where reports go.

@@ -265,7 +265,8 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(
                 self.out,
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
-                 verdict_map_full={} icmp_map_full={} frag_unmatched={} explain_events_lost={}",
+                 verdict_map_full={} icmp_map_full={} frag_unmatched={} explain_events_lost={} \
+                 capture_rate_limited={} capture_lost={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
@@ -275,6 +276,8 @@ impl<W: Write> Sink for TextSink<W> {
                 h.icmp_map_full,
                 h.frag_unmatched,
                 h.explain_events_lost,
+                h.capture_rate_limited,
+                h.capture_lost,
             )?;
         }
         self.out.flush()
@@ -358,7 +361,8 @@ mod tests {
              drop total netns=b iface=- 0 - > - reason=NO_SOCKET location=udp_queue_rcv+0x1 \
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
-             verdict_map_full=0 icmp_map_full=0 frag_unmatched=0 explain_events_lost=0\n"
+             verdict_map_full=0 icmp_map_full=0 frag_unmatched=0 explain_events_lost=0 \
+             capture_rate_limited=0 capture_lost=0\n"
         );
     }
 }

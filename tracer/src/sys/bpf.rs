@@ -399,3 +399,26 @@ pub fn drain_percpu_hash(
         }
     }
 }
+
+/// Time spent in program `fd` and its number of runs, as the kernel counts
+/// them while BPF statistics are on (`kernel.bpf_stats_enabled`).
+pub fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(std::time::Duration, u64)> {
+    // SAFETY: bpf_prog_info is plain integers and arrays: all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: &raw mut info as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((
+        std::time::Duration::from_nanos(info.run_time_ns),
+        info.run_cnt,
+    ))
+}
+
+/// `kernel.bpf_stats_enabled`: 1 makes the kernel count BPF programs' run time
+/// (a BPF_ENABLE_STATS descriptor does too, unseen here).
+pub fn stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}

@@ -1,7 +1,9 @@
 //! Drops: every packet the kernel frees as dropped (`skb:kfree_skb`), per
 //! (namespace, device, flow, reason, location), and the first drop of each
-//! such key at once through a ring buffer.
+//! such key at once through a ring buffer; with `--pcap-drops`, the bytes
+//! of each dropped packet through another.
 
+pub mod capture;
 pub mod reasons;
 
 use std::os::fd::{AsFd as _, BorrowedFd};
@@ -11,7 +13,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use tracer_ebpf::{Config, DropEvent, DropKey, DropStats, FlowId, REASON_ABSENT};
+use tracer_ebpf::{CAPTURE_MAX, Config, DropEvent, DropKey, DropStats, FlowId, REASON_ABSENT};
 
 use crate::{
     cli::Cli,
@@ -19,10 +21,11 @@ use crate::{
         Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, fragment_of, loader,
         tally::Accumulate,
     },
-    output::{Report, Scope},
+    output::{Report, Scope, pcap::Capture},
     sys::{bpf::Barrier, kallsyms::Symbolizer, kernel::Kernel},
     topology::names::Names,
 };
+use capture::Captures;
 use reasons::{NO_REASONS, ReasonFilter, Reasons};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +73,9 @@ pub struct Drops {
     counts: Drained<DropKey, DropStats, DropCounts>,
     /// First drops of new keys.
     events: Option<RingBuf<MapData>>,
+    /// Snap length and rate limit of `--pcap-drops`; snap length 0 when off.
+    capture: (u32, u32),
+    captures: Option<Captures>,
     namer: DropNamer,
 }
 
@@ -97,6 +103,11 @@ impl Drops {
             program,
             counts: Drained::default(),
             events: None,
+            capture: match &cli.pcap_drops {
+                Some(_) => (cli.pcap_snaplen.min(CAPTURE_MAX as u32), cli.pcap_rate),
+                None => (0, 0),
+            },
+            captures: None,
             namer: DropNamer {
                 reasons,
                 filter,
@@ -113,22 +124,12 @@ impl DropNamer {
         names: &Names,
         drops: impl Iterator<Item = (&'a DropKey, &'a DropCounts)>,
     ) -> Vec<DropRow> {
-        let mut rows: Vec<DropRow> = drops
-            .filter(|(key, _)| self.filter.allows(key.reason))
-            .map(|(key, counts)| {
-                let (netns, iface) = names.device(key.netns_inode as u64, key.ifindex);
-                let (id, fragment) = fragment_of(key.id);
-                DropRow {
-                    netns,
-                    iface: (key.ifindex != 0).then_some(iface),
-                    id,
-                    reason: self.reasons.as_ref().map(|r| r.name(key.reason)),
-                    location: self.symbols.name(key.location),
-                    fragment,
-                    counts: *counts,
-                }
-            })
-            .collect();
+        let mut rows: Vec<DropRow> = Vec::new();
+        for (key, counts) in drops {
+            if self.filter.allows(key.reason) {
+                rows.push(self.row(names, key, *counts));
+            }
+        }
         rows.sort_by(|a, b| {
             (&a.netns, &a.iface, &a.reason, &a.id, &a.location).cmp(&(
                 &b.netns,
@@ -139,6 +140,20 @@ impl DropNamer {
             ))
         });
         rows
+    }
+
+    fn row(&mut self, names: &Names, key: &DropKey, counts: DropCounts) -> DropRow {
+        let (netns, iface) = names.device(key.netns_inode as u64, key.ifindex);
+        let (id, fragment) = fragment_of(key.id);
+        DropRow {
+            netns,
+            iface: (key.ifindex != 0).then_some(iface),
+            id,
+            reason: self.reasons.as_ref().map(|r| r.name(key.reason)),
+            location: self.symbols.name(key.location),
+            fragment,
+            counts,
+        }
     }
 }
 
@@ -151,6 +166,9 @@ impl Collector for Drops {
         let reasons = self.namer.reasons.as_ref();
         config.reason_consumed = reasons.map_or(REASON_ABSENT, |r| r.consumed);
         config.reason_not_dropped = reasons.map_or(REASON_ABSENT, |r| r.not_dropped);
+        if self.enabled {
+            (config.capture_snaplen, config.capture_rate) = self.capture;
+        }
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
@@ -186,12 +204,19 @@ impl Collector for Drops {
                 .take_map("DROP_EVENTS")
                 .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
             self.events = Some(RingBuf::try_from(ring)?);
+            if self.capture.0 != 0 {
+                self.captures = Some(Captures::take(ebpf)?);
+            }
         }
         Ok(())
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
         self.counts.drain(barrier)
+    }
+
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
@@ -205,12 +230,36 @@ impl Collector for Drops {
         self.enabled
     }
 
-    fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.events.as_ref().map(|r| r.as_fd())
+    fn event_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let events = self.events.as_ref().map(|r| r.as_fd());
+        let captures = self.captures.as_ref().map(|c| c.fd());
+        events.into_iter().chain(captures).collect()
     }
 
-    /// The first drops of keys never seen before, announced by the kernel.
+    /// The first drops of keys never seen before, announced by the kernel,
+    /// and the dropped packets captured.
     fn events(&mut self, names: &mut Names, report: &mut Report) {
+        if let Some(captures) = &mut self.captures {
+            let namer = &mut self.namer;
+            captures.read(|e, ts_ns| {
+                if !namer.filter.allows(e.key.reason) {
+                    return;
+                }
+                let row = namer.row(names, &e.key, DropCounts::default());
+                let cap_len = (e.cap_len as usize).min(e.data.len());
+                report.captures.push(Capture {
+                    netns: row.netns,
+                    id: row.id,
+                    iface: row.iface,
+                    reason: row.reason,
+                    location: row.location,
+                    ts_ns,
+                    link: e.link,
+                    orig_len: e.orig_len,
+                    data: e.data[..cap_len].to_vec(),
+                });
+            });
+        }
         let Some(ring) = &mut self.events else {
             return;
         };

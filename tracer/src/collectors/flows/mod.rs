@@ -190,6 +190,10 @@ impl Collector for Flows {
         self.counts.drain(barrier)
     }
 
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
+    }
+
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
         let devices = &mut self.devices;
         report.flows = self.counts.rows(scope, |e| devices.named(names, e));

@@ -100,6 +100,10 @@ impl Collector for Icmp {
         self.counts.drain(barrier)
     }
 
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
+    }
+
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
         report.icmps = self.counts.rows(scope, |e| named(names, e));
     }

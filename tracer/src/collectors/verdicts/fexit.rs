@@ -26,6 +26,9 @@ const PROGRAMS: [(&str, u32); 2] = [
 const MODULE: &str = "nf_tables";
 const FUNCTION: &str = "nft_do_chain";
 
+/// The programs, by name, and their links.
+pub type Attached = (Vec<(&'static str, OwnedFd)>, Vec<OwnedFd>);
+
 /// nf_tables' BTF object and what the program needs from it.
 pub struct NfTables {
     btf: OwnedFd,
@@ -87,10 +90,11 @@ impl NfTables {
         ] = self.offsets;
     }
 
-    /// Loads the programs and attaches them: programs and links, fd-owned.
-    pub fn attach(&self, ebpf: &Ebpf) -> Result<Vec<OwnedFd>> {
+    /// Loads the programs and attaches them: the programs by name, and the
+    /// links, all fd-owned.
+    pub fn attach(&self, ebpf: &Ebpf) -> Result<Attached> {
         use std::os::fd::AsFd as _;
-        let mut fds = Vec::new();
+        let (mut programs, mut links) = (Vec::new(), Vec::new());
         for (name, attach_type) in PROGRAMS {
             let kind = ProgType {
                 prog_type: BPF_PROG_TYPE_TRACING,
@@ -102,8 +106,9 @@ impl NfTables {
                 .ok_or_else(|| anyhow!("{name} not loaded"))?;
             let link = bpf::attach_tracing(prog.as_fd())
                 .with_context(|| format!("attach {name} to {FUNCTION}"))?;
-            fds.extend([prog, link]);
+            programs.push((name, prog));
+            links.push(link);
         }
-        Ok(fds)
+        Ok((programs, links))
     }
 }

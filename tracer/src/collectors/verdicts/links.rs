@@ -67,6 +67,11 @@ pub struct NfLinks {
 }
 
 impl NfLinks {
+    /// The loaded programs, by name.
+    pub fn programs(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        self.progs.programs()
+    }
+
     pub fn new(progs: NfPrograms, tables: Vec<Table>) -> Self {
         NfLinks {
             progs,

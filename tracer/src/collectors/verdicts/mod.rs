@@ -87,7 +87,8 @@ enum Hooks {
     /// fentry and fexit on nf_tables' `nft_do_chain` (older kernels that
     /// allow them): programs and links, held for their lifetime.
     Fexit {
-        _fds: Vec<OwnedFd>,
+        programs: Vec<(&'static str, OwnedFd)>,
+        _links: Vec<OwnedFd>,
     },
 }
 
@@ -180,8 +181,11 @@ impl Collector for Verdicts {
                 }
             }
             Some(found) => match found.and_then(|n| n.attach(ebpf)) {
-                Ok(fds) => {
-                    self.hooks = Hooks::Fexit { _fds: fds };
+                Ok((programs, links)) => {
+                    self.hooks = Hooks::Fexit {
+                        programs,
+                        _links: links,
+                    };
                     Ok(self.notice(
                         "this kernel has no netfilter BPF programs (Linux >= 6.4): verdicts \
                          come from fentry/fexit on nf_tables' nft_do_chain, which sees nftables and \
@@ -228,6 +232,22 @@ impl Collector for Verdicts {
             // Not observers: the notice at start says what counts instead.
             Hooks::Fexit { .. } => 0,
         }
+    }
+
+    fn programs(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd as _;
+        match &self.hooks {
+            Hooks::None => Vec::new(),
+            Hooks::Links(l) => l.programs(),
+            Hooks::Fexit { programs, .. } => programs
+                .iter()
+                .map(|(name, fd)| (name.to_string(), fd.as_fd()))
+                .collect(),
+        }
+    }
+
+    fn fill(&self) -> Option<(usize, u32)> {
+        self.counts.fill()
     }
 }
 

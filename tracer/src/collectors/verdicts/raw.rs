@@ -92,6 +92,14 @@ pub struct NfPrograms {
 }
 
 impl NfPrograms {
+    /// The loaded programs, by name.
+    pub fn programs(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        self.fds
+            .iter()
+            .map(|(n, fd)| (n.clone(), fd.as_fd()))
+            .collect()
+    }
+
     /// Loads programs `names` with the netfilter program type.
     pub fn load(ebpf: &Ebpf, names: &[&str]) -> Result<Self> {
         let kind = ProgType {

@@ -247,6 +247,8 @@ struct JsonHealth {
     icmp_map_full: u64,
     frag_unmatched: u64,
     explain_events_lost: u64,
+    capture_rate_limited: u64,
+    capture_lost: u64,
 }
 
 #[cfg(test)]
@@ -563,6 +565,8 @@ impl<W: Write> Sink for JsonSink<W> {
                 icmp_map_full: r.health.icmp_map_full,
                 frag_unmatched: r.health.frag_unmatched,
                 explain_events_lost: r.health.explain_events_lost,
+                capture_rate_limited: r.health.capture_rate_limited,
+                capture_lost: r.health.capture_lost,
             })?;
         }
         self.out.flush()

@@ -66,6 +66,8 @@ fn header_line(s: &State) -> Line<'static> {
         (h.icmp_map_full, "ICMP MAP FULL"),
         (h.frag_unmatched, "UNMATCHED FRAGMENTS"),
         (h.explain_events_lost, "TRACE EVENTS LOST"),
+        (h.capture_rate_limited, "PCAP RATE LIMITED"),
+        (h.capture_lost, "PCAP LOST"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)

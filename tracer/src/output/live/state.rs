@@ -560,4 +560,6 @@ fn add_health(h: &mut Health, o: &Health) {
     h.icmp_map_full += o.icmp_map_full;
     h.frag_unmatched += o.frag_unmatched;
     h.explain_events_lost += o.explain_events_lost;
+    h.capture_rate_limited += o.capture_rate_limited;
+    h.capture_lost += o.capture_lost;
 }
