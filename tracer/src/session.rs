@@ -93,9 +93,6 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let (mut collectors, notices) = Collectors::start(registered, &mut ebpf, &setup)?;
     let result = (|| {
-        for n in &notices {
-            eprintln!("tracer: {}: {}", n.collector, n.text);
-        }
         let links = Links::new(&topo, |ns, dev| {
             targets
                 .iter()
@@ -103,6 +100,10 @@ pub fn run(cli: Cli) -> Result<()> {
         });
         let (analysis, trace_readers) =
             analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
+        // Once nothing can fail any more: an error stays the one line on stderr.
+        for n in &notices {
+            eprintln!("tracer: {}: {}", n.collector, n.text);
+        }
         announce(&targets, &config, &collectors);
         let (main, events) = sink(&cli, links, exports.pcap_to_stdout)?;
         let mut outputs = Outputs {

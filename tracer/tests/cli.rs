@@ -173,12 +173,7 @@ fn leaves_nothing_behind(signal: i32) {
         stop(start(std::slice::from_ref(&ns), &[]));
     }
     for dev in ["v0", "v1"] {
-        assert_eq!(tcx_attached(&ns, dev).unwrap(), (vec![], vec![]), "{dev}");
-        let state = tc_state(&ns, dev);
-        assert!(
-            !state.contains("clsact") && !state.contains("tc_"),
-            "{dev}: {state}"
-        );
+        assert_nothing_attached(&ns, dev);
     }
     // Freed asynchronously after the last reference goes: give it a moment.
     let gone = |obj: &str, ids: &[u32]| {
@@ -284,19 +279,6 @@ fn list_reasons_names_the_kernels_reasons() {
 }
 
 /// `tc ... show dev DEV` in `ns`, both directions' filters and the qdiscs.
-fn tc_state(ns: &str, dev: &str) -> String {
-    let mut all = String::new();
-    for args in [
-        &["qdisc", "show", "dev", dev][..],
-        &["filter", "show", "dev", dev, "ingress"][..],
-        &["filter", "show", "dev", dev, "egress"][..],
-    ] {
-        let out = xtask::cmd::run("tc", &[&["-n", ns][..], args].concat()).unwrap();
-        all.push_str(&String::from_utf8_lossy(&out.stdout));
-    }
-    all
-}
-
 /// The attachment of kernels without tcx, forced here: it counts the same,
 /// and tracer removes its filters and qdiscs; those of a killed run go at
 /// the next start.
