@@ -1,5 +1,6 @@
 //! The arms: nothing, tracer, a bpftrace script doing the closest equivalent,
-//! and tcpdump on every traced device; each started, measured and stopped.
+//! tcpdump on every traced device, and tracer attached as on kernels before
+//! tcx (clsact filters over netlink); each started, measured and stopped.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -25,10 +26,12 @@ pub enum Arm {
     B,
     C,
     D,
+    /// tracer with `--tc-attach netlink`: the attachment of kernels < 6.6.
+    E,
 }
 
 impl Arm {
-    pub const ALL: [Arm; 4] = [Arm::A, Arm::B, Arm::C, Arm::D];
+    pub const ALL: [Arm; 5] = [Arm::A, Arm::B, Arm::C, Arm::D, Arm::E];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl Arm {
             Arm::B => "B: tracer",
             Arm::C => "C: bpftrace",
             Arm::D => "D: tcpdump",
+            Arm::E => "E: tracer, clsact over netlink",
         }
     }
 }
@@ -189,6 +193,11 @@ impl Tool {
         Ok(match arm {
             Arm::A => Tool::None,
             Arm::B => Tool::Tracer(TracerRun::start(tracer, tracer_args)?),
+            Arm::E => {
+                let mut args = tracer_args.to_vec();
+                args.extend(["--tc-attach".into(), "netlink".into()]);
+                Tool::Tracer(TracerRun::start(tracer, &args)?)
+            }
             Arm::C => {
                 let b = Bpftrace::start(BPFTRACE_SCRIPT)?;
                 wait_for_progs(b.pid(), BPFTRACE_PROGS)?;

@@ -38,7 +38,7 @@ pub struct Args {
     /// Seconds of each iperf3 load (TCP, then UDP-64).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
-    /// Seconds of the extra UDP-64 load of arms B and C during which BPF
+    /// Seconds of the extra UDP-64 load of arms B, C and E during which BPF
     /// statistics are on, for the programs' ns per run.
     #[arg(long, default_value_t = 2.0)]
     pub stats_seconds: f64,
@@ -48,7 +48,8 @@ pub struct Args {
     /// Datapaths to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL)]
     pub paths: Vec<PathKind>,
-    /// Arms to run: A none, B tracer, C bpftrace, D tcpdump.
+    /// Arms to run: A none, B tracer, C bpftrace, D tcpdump, E tracer attached
+    /// as before tcx (clsact over netlink).
     #[arg(long, value_enum, value_delimiter = ',', ignore_case = true, default_values_t = Arm::ALL)]
     pub arms: Vec<Arm>,
     /// Distinct flows of the churn load (more than --churn-map-size holds).

@@ -614,11 +614,15 @@ ns per run, median [min–max], and runs per second of the \
 
 fn accuracy_section(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## Accuracy\n");
-    let b: Vec<&Sample> = r.samples.iter().filter(|s| s.arm == Arm::B).collect();
+    let b: Vec<&Sample> = r
+        .samples
+        .iter()
+        .filter(|s| matches!(s.arm, Arm::B | Arm::E))
+        .collect();
     if !b.is_empty() {
         let _ = writeln!(
             md,
-            "### UDP-64 and request/response under tracer (arm B, every repetition)\n\n\
+            "### UDP-64 and request/response under tracer (arms B and E, every repetition)\n\n\
              Sent: iperf3's client count. tracer at the client's device (egress) counts the \
              UDP-64 flow including iperf3's UDP handshake datagram. Between the two devices \
              the kernel may drop (CPU backlog full); tracer's own drop program counts those. \
@@ -661,7 +665,11 @@ fn accuracy_section(md: &mut String, r: &Results) {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                s.path.name(),
+                format_args!(
+                    "{}{}",
+                    s.path.name(),
+                    if s.arm == Arm::E { " (E)" } else { "" }
+                ),
                 s.rep,
                 s.udp.sent,
                 t.udp_sender_egress,
