@@ -184,6 +184,31 @@ pub fn assert_dropped_for(d: &Value, reason: &str) {
     assert!(dropped_for(d, reason), "not a {reason} drop: {d}");
 }
 
+/// Whether this kernel gives tracer netfilter verdicts (BPF netfilter
+/// links, or fentry/fexit on nft_do_chain), hence the hook and the rule.
+#[allow(dead_code)]
+pub fn has_verdicts() -> bool {
+    kernel().netfilter_links || kernel().nft_tracing
+}
+
+/// Asserts that a path's loss `l` is a netfilter drop at `hook` by `rule`,
+/// where the kernel has verdicts; without (5.10), a netfilter drop with
+/// neither hook nor rule.
+#[allow(dead_code)]
+#[track_caller]
+pub fn assert_netfilter_loss(l: &Value, hook: &str, rule: &str) {
+    assert_dropped_for(l, "NETFILTER_DROP");
+    if has_verdicts() {
+        assert_eq!(
+            (&l["hook"], &l["rule"]),
+            (&hook.into(), &rule.into()),
+            "{l}"
+        );
+    } else {
+        assert!(l["hook"].is_null() && l["rule"].is_null(), "{l}");
+    }
+}
+
 /// What the running kernel offers tracer, as tracer itself finds out.
 #[derive(Debug)]
 pub struct KernelFacts {

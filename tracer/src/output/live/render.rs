@@ -176,10 +176,12 @@ fn main_loss(p: &PathRow) -> Option<&Lost> {
 
 /// Why packets were lost, in one line.
 fn why(l: &Lost) -> String {
-    let mut s = l
-        .reason
-        .clone()
-        .unwrap_or_else(|| "not seen dropped".into());
+    // Kernels without drop reasons (5.10) still say where it was dropped.
+    let mut s = match (&l.reason, &l.location) {
+        (Some(r), _) => r.clone(),
+        (None, Some(at)) => format!("dropped at {at}"),
+        (None, None) => "not seen dropped".into(),
+    };
     if let Some(h) = l.hook {
         s.push_str(&format!(" at {h}"));
     }
