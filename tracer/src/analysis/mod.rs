@@ -10,6 +10,7 @@ pub mod paths;
 use crate::{
     output::{FlowRow, MtuRow, Report, Scope},
     rules::trace::TraceEvent,
+    sys::netns::Netns,
     topology::{
         links::Links,
         mtu::{Finding, FlowObs},
@@ -47,6 +48,21 @@ impl Analysis {
             explain,
             explain_lost: Vec::new(),
             explain_lost_reported: 0,
+        }
+    }
+
+    /// The MTU findings in force.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// The host changed: these are the MTU findings, links and traced
+    /// namespaces from now on.
+    pub fn set_topology(&mut self, findings: Vec<Finding>, links: Links, namespaces: &[Netns]) {
+        self.findings = findings;
+        self.links = links;
+        if let Some(a) = &mut self.attributor {
+            a.sync(namespaces);
         }
     }
 

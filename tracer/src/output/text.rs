@@ -266,7 +266,7 @@ impl<W: Write> Sink for TextSink<W> {
                 self.out,
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
                  verdict_map_full={} icmp_map_full={} frag_unmatched={} explain_events_lost={} \
-                 capture_rate_limited={} capture_lost={}",
+                 capture_rate_limited={} capture_lost={} attach_failed={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
@@ -278,6 +278,7 @@ impl<W: Write> Sink for TextSink<W> {
                 h.explain_events_lost,
                 h.capture_rate_limited,
                 h.capture_lost,
+                h.attach_failed,
             )?;
         }
         self.out.flush()
@@ -362,7 +363,7 @@ mod tests {
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
              verdict_map_full=0 icmp_map_full=0 frag_unmatched=0 explain_events_lost=0 \
-             capture_rate_limited=0 capture_lost=0\n"
+             capture_rate_limited=0 capture_lost=0 attach_failed=0\n"
         );
     }
 }

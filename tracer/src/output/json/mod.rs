@@ -249,6 +249,7 @@ struct JsonHealth {
     explain_events_lost: u64,
     capture_rate_limited: u64,
     capture_lost: u64,
+    attach_failed: u64,
 }
 
 #[cfg(test)]
@@ -567,6 +568,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 explain_events_lost: r.health.explain_events_lost,
                 capture_rate_limited: r.health.capture_rate_limited,
                 capture_lost: r.health.capture_lost,
+                attach_failed: r.health.attach_failed,
             })?;
         }
         self.out.flush()

@@ -122,6 +122,7 @@ fn vxlan_flow_row_matches_the_contract() {
             explain_events_lost: 6,
             capture_rate_limited: 8,
             capture_lost: 9,
+            attach_failed: 0,
         },
         ..Report::default()
     };
@@ -144,7 +145,7 @@ fn vxlan_flow_row_matches_the_contract() {
                            "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
                            "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5,
                            "explain_events_lost": 6, "capture_rate_limited": 8,
-                           "capture_lost": 9})
+                           "capture_lost": 9, "attach_failed": 0})
     );
     assert_eq!(lines.len(), 2);
 }
