@@ -564,6 +564,7 @@ fn report(
         ..Report::default()
     };
     collectors.report(scope, names, &mut report);
+    report.netns_inodes = names.inodes();
     analysis.complete(&mut report);
     Ok(report)
 }

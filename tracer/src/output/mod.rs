@@ -95,6 +95,8 @@ pub struct Report {
     pub captures: Vec<Capture>,
     /// Per collector: entries its map held at the last drain, and its capacity.
     pub map_fill: Vec<(&'static str, (usize, u32))>,
+    /// The inode of each namespace rows name (JSON's `netns_inode`).
+    pub netns_inodes: Vec<(String, u64)>,
 }
 
 /// Where reports go.
