@@ -97,7 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         let links = links_of(&targets, &topo);
         let (analysis, trace_readers) =
             analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
-        announce(&targets, &config, &collectors);
+        announce(&targets, &links, &config, &collectors);
         let (main, events) = sink(&cli, links, exports.pcap_to_stdout)?;
         let mut outputs = Outputs {
             main,
@@ -351,12 +351,16 @@ fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {
     Ok(())
 }
 
-fn announce(targets: &[Target], config: &Config, collectors: &Collectors) {
+fn announce(targets: &[Target], links: &Links, config: &Config, collectors: &Collectors) {
     let per_ns: Vec<String> = targets
         .iter()
         .filter(|t| !t.traced.is_empty())
         .map(|t| {
-            let names: Vec<&str> = t.traced.iter().map(|d| d.name.as_str()).collect();
+            let names: Vec<String> = t
+                .traced
+                .iter()
+                .map(|d| links.tied(&t.netns.name, &d.name))
+                .collect();
             format!("{} [{}]", t.netns.name, names.join(" "))
         })
         .collect();
@@ -486,9 +490,13 @@ fn stream(
                     }
                 }
                 _ = watch.tick() => {
-                    if watcher.poll()? {
+                    if let Some(said) = watcher.poll()? {
                         let targets = &watcher.targets;
                         collectors.sync(ebpf, targets)?;
+                        // Once attached: a script that waits for the line may send.
+                        for line in said {
+                            eprintln!("{line}");
+                        }
                         traced.sync(targets)?;
                         names.update(targets);
                         let links = links_of(targets, &watcher.topo);

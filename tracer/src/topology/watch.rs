@@ -20,6 +20,7 @@ use crate::{
     topology::{
         self, Target, devices,
         docker::{self, Engine},
+        links::Links,
         mtu::{self, Topology},
     },
 };
@@ -64,32 +65,59 @@ impl LinkEvents {
     }
 }
 
+/// How long a new Docker namespace waits for Docker to name it: the
+/// sandbox file appears while the container is still being started.
+const NAMING: Duration = Duration::from_secs(2);
+
 /// Names from Docker, asked for only when a namespace Docker may know appears.
 struct DockerNames {
     engine: Option<Engine>,
     names: docker::Names,
-    /// Docker namespace files already asked about.
-    asked: HashSet<PathBuf>,
+    /// Docker namespace files already asked about, and when first seen.
+    seen: HashMap<PathBuf, Instant>,
+    /// Docker could not be asked: said once.
+    told: bool,
 }
 
 impl DockerNames {
     /// Renames the namespaces Docker knows: containers by name, overlay
-    /// networks' namespaces by the network's name.
-    fn apply(&mut self, namespaces: &mut [Netns]) {
+    /// networks' namespaces by the network's name. With `hold`, a new
+    /// Docker namespace that Docker does not name yet is left out for a
+    /// moment (it is named in a poll or two), so that it is followed under
+    /// its name.
+    fn apply(&mut self, namespaces: &mut Vec<Netns>, hold: bool) {
         let entries = netns::docker_entries();
+        let now = Instant::now();
+        self.seen.retain(|p, _| entries.iter().any(|(_, e)| e == p));
+        let mut ask = false;
+        for (_, p) in &entries {
+            let first = *self.seen.entry(p.clone()).or_insert_with(|| {
+                ask = true;
+                now
+            });
+            ask |= self.names.of(p).is_none() && now - first < NAMING;
+        }
         if let Some(engine) = &self.engine
-            && entries.iter().any(|(_, p)| !self.asked.contains(p))
+            && ask
         {
             match engine.sandbox_names() {
                 Ok(n) => self.names = n,
-                Err(e) => {
-                    if self.asked.is_empty() {
-                        eprintln!("tracer: namespaces keep Docker's ids: {e:#}");
-                    }
+                Err(e) if !self.told => {
+                    eprintln!("tracer: namespaces keep Docker's ids: {e:#}");
+                    self.told = true;
                 }
+                Err(_) => {}
             }
-            self.asked.extend(entries.iter().map(|(_, p)| p.clone()));
         }
+        let waiting = |ns: &Netns| {
+            hold && self.engine.is_some()
+                && entries.iter().any(|(i, p)| {
+                    *i == ns.inode
+                        && self.names.of(p).is_none()
+                        && self.seen.get(p).is_some_and(|t| now - *t < NAMING)
+                })
+        };
+        namespaces.retain(|ns| !waiting(ns));
         let mut taken: HashSet<String> = HashSet::new();
         for ns in namespaces.iter_mut() {
             let docker_name = entries
@@ -132,9 +160,10 @@ impl Watcher {
         let mut docker = DockerNames {
             engine: Engine::find(),
             names: docker::Names::default(),
-            asked: HashSet::new(),
+            seen: HashMap::new(),
+            told: false,
         };
-        docker.apply(&mut namespaces);
+        docker.apply(&mut namespaces, false);
         let topo = devices::topology(&namespaces)?;
         let found = namespaces
             .into_iter()
@@ -174,11 +203,20 @@ impl Watcher {
         self.targets.iter().map(|t| t.netns.clone()).collect()
     }
 
-    /// Looks at the host again; true when what is traced changed (said on
-    /// stderr). Then [`Watcher::targets`] and [`Watcher::topo`] are new.
-    pub fn poll(&mut self) -> Result<bool> {
+    /// Looks at the host again; when what is traced changed, returns what
+    /// to say on stderr once the new targets are attached to: then
+    /// [`Watcher::targets`] and [`Watcher::topo`] are new.
+    pub fn poll(&mut self) -> Result<Option<Vec<String>>> {
         let mut namespaces = self.resolver.resolve(false)?;
-        self.docker.apply(&mut namespaces);
+        // Those already followed are not held back again.
+        let traced: Vec<u64> = self.targets.iter().map(|t| t.netns.inode).collect();
+        let (mut known, mut new): (Vec<Netns>, Vec<Netns>) = namespaces
+            .into_iter()
+            .partition(|n| traced.contains(&n.inode));
+        self.docker.apply(&mut known, false);
+        self.docker.apply(&mut new, true);
+        known.extend(new);
+        namespaces = known;
         let same_namespaces = namespaces.len() == self.targets.len()
             && namespaces
                 .iter()
@@ -193,12 +231,12 @@ impl Watcher {
             .any(|p| p.underlay.is_none());
         let retry = underlay_unknown && self.last_read.elapsed() >= UNDERLAY_RETRY;
         if same_namespaces && !links_moved && !retry {
-            return Ok(false);
+            return Ok(None);
         }
         self.last_read = Instant::now();
         let (kept, topo) = devices::topology_lenient(&namespaces);
         if kept == self.namespaces() && topo == self.topo {
-            return Ok(false);
+            return Ok(None);
         }
         let found = kept
             .into_iter()
@@ -206,7 +244,12 @@ impl Watcher {
             .map(|(ns, t)| (ns, t.devices.clone()))
             .collect();
         let targets = topology::select_available(found, &self.ifaces);
-        say_changes(&self.targets, &targets);
+        let links = Links::new(&topo, |ns, dev| {
+            targets
+                .iter()
+                .any(|t| t.netns.name == ns && t.traced.iter().any(|d| d.name == dev))
+        });
+        let mut said = changes(&self.targets, &targets, &links);
         self.events
             .retain(|inode, _| targets.iter().any(|t| t.netns.inode == *inode));
         for t in &targets {
@@ -216,32 +259,42 @@ impl Watcher {
                 self.events.insert(t.netns.inode, e);
             }
         }
+        let old = mtu::path_mtu_summary(&self.topo);
         for p in mtu::path_mtu_summary(&topo) {
-            let old = mtu::path_mtu_summary(&self.topo);
             if !old.contains(&p) {
-                eprintln!("tracer: {}", p.summary());
+                said.push(format!("tracer: {}", p.summary()));
             }
         }
         self.targets = targets;
         self.topo = topo;
-        Ok(true)
+        Ok(Some(said))
     }
 }
 
 /// One line per namespace that came, went or whose traced devices changed.
-fn say_changes(old: &[Target], new: &[Target]) {
+fn changes(old: &[Target], new: &[Target], links: &Links) -> Vec<String> {
+    let mut said = Vec::new();
     let devs = |t: &Target| -> Vec<String> { t.traced.iter().map(|d| d.name.clone()).collect() };
+    let tied = |ns: &str, v: &[&String]| -> String {
+        v.iter()
+            .map(|d| links.tied(ns, d))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for t in new {
         match old.iter().find(|o| o.netns.inode == t.netns.inode) {
-            None => eprintln!("tracer: following {} [{}]", t.netns.name, devs(t).join(" ")),
+            None => said.push(format!(
+                "tracer: following {} [{}]",
+                t.netns.name,
+                tied(&t.netns.name, &devs(t).iter().collect::<Vec<_>>())
+            )),
             Some(o) => {
                 let (was, now) = (devs(o), devs(t));
                 let added: Vec<&String> = now.iter().filter(|d| !was.contains(d)).collect();
                 let removed: Vec<&String> = was.iter().filter(|d| !now.contains(d)).collect();
                 if !added.is_empty() || !removed.is_empty() {
-                    let list =
-                        |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-                    eprintln!(
+                    let list = |v: &[&String]| tied(&t.netns.name, v);
+                    said.push(format!(
                         "tracer: {}: devices {}{}",
                         t.netns.name,
                         if added.is_empty() {
@@ -258,17 +311,18 @@ fn say_changes(old: &[Target], new: &[Target]) {
                                 list(&removed)
                             )
                         },
-                    );
+                    ));
                 }
             }
         }
     }
     for o in old {
         if !new.iter().any(|t| t.netns.inode == o.netns.inode) {
-            eprintln!(
+            said.push(format!(
                 "tracer: {} is gone; its rows keep their names",
                 o.netns.name
-            );
+            ));
         }
     }
+    said
 }
