@@ -103,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
             main,
             exports: Vec::new(),
             filter: cli.filter.clone(),
+            show_benign: cli.show_benign,
         };
         if let Some(pcap) = exports.pcap {
             outputs.exports.push(Box::new(pcap));
@@ -245,6 +246,8 @@ struct Outputs {
     /// `--filter`: what lines and exports show. The live view applies it
     /// itself (the user may change it there).
     filter: Option<crate::filter::Filter>,
+    /// `--show-benign`: else lines and exports show benign noise as one row.
+    show_benign: bool,
 }
 
 impl Outputs {
@@ -259,15 +262,26 @@ impl Outputs {
         if let Some(f) = &self.filter {
             f.retain(&mut report);
         }
-        if to_main && matches!(self.main, Out::Lines(_)) && !write(&mut self.main, &report)? {
-            return Ok(false);
-        }
+        // Exports count everything; the lines summarise the noise.
         for sink in &mut self.exports {
             if !write(&mut **sink, &report)? {
                 return Ok(false);
             }
         }
-        Ok(true)
+        if !to_main || !matches!(self.main, Out::Lines(_)) {
+            return Ok(true);
+        }
+        if !self.show_benign {
+            crate::analysis::benign::summarise(&mut report);
+            // A first drop that is noise waits for the interval's summary.
+            if report.scope == Scope::First {
+                report.benign = None;
+                if report.drops.is_empty() {
+                    return Ok(true);
+                }
+            }
+        }
+        write(&mut self.main, &report)
     }
 }
 

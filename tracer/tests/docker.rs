@@ -298,3 +298,86 @@ fn a_stale_sandbox_file_is_skipped() {
 fn health(f: &Finished) -> &Value {
     f.totals("health")[0]
 }
+
+/// Two tracers at once (the second's netfilter observers go next to the
+/// first's), each with its own view of ping's echo replies: summarised as
+/// benign by default, in full with --show-benign. Ping from the Docker host:
+/// containers let ping use a ping socket (Docker sets ping_group_range),
+/// which drops nothing.
+#[test]
+fn two_tracers_at_once_and_benign_noise() {
+    let mut lab = Lab::new().unwrap();
+    let d = Daemon::start(&mut lab, "d", 201).unwrap();
+    let web = d.run("web", "bridge", &[]).unwrap();
+    let db = d.run("db", "bridge", &[]).unwrap();
+    d.iptables(&[
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "udp",
+        "--dport",
+        "5005",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let quiet = start_on(&d, &[]);
+    let full = start_on(&d, &["--show-benign"]);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", d.ns))
+        .args(["ping", "-n", "-q", "-c", "5", "-i", "0.05", "-W", "2"])
+        .arg(db.ip.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 received"), "{stdout}");
+    send_udp(
+        &web.netns(),
+        SocketAddrV4::new(web.ip, 41005),
+        SocketAddrV4::new(db.ip, 5005),
+        10,
+        100,
+    )
+    .unwrap();
+    let counted = || {
+        d.iptables(&["-L", "DOCKER-USER", "-v", "-x", "-n"])
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("dpt:5005"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert!(wait_until(|| counted() == 10), "counter at {}", counted());
+    let (quiet, full) = (stop(quiet), stop(full));
+    for f in [&quiet, &full] {
+        assert!(f.stderr.contains("; 2 netfilter observers"), "{}", f.stderr);
+        let v: Vec<&Value> = verdicts_at(f, "host", "forward")
+            .into_iter()
+            .filter(|r| r["dport"] == 5005)
+            .collect();
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert_eq!(v[0]["dropped"], 10);
+        assert_eq!(
+            v[0]["rule"],
+            "-A DOCKER-USER -p udp -m udp --dport 5005 -j DROP"
+        );
+    }
+    let echo = |f: &Finished| -> Vec<Value> {
+        drops_in(f, "host")
+            .into_iter()
+            .filter(|r| r["location"].as_str().unwrap().starts_with("ping_rcv+"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(echo(&quiet), Vec::<Value>::new());
+    let benign = quiet.totals("benign");
+    assert_eq!(benign.len(), 1, "{:#?}", quiet.rows);
+    assert_eq!(benign[0]["echo_replies"], 5);
+    let full_echo = echo(&full);
+    assert_eq!(full_echo.len(), 1, "{full_echo:#?}");
+    assert_eq!(
+        (&full_echo[0]["reason"], &full_echo[0]["count"]),
+        (&"NO_SOCKET".into(), &5.into())
+    );
+    assert_eq!(full.totals("benign").len(), 0);
+}

@@ -3,6 +3,7 @@
 //! conversation along its hops.
 
 pub mod attribution;
+pub mod benign;
 pub mod explain;
 pub mod fragments;
 pub mod paths;

@@ -97,6 +97,9 @@ pub struct Report {
     pub map_fill: Vec<(&'static str, (usize, u32))>,
     /// The inode of each namespace rows name (JSON's `netns_inode`).
     pub netns_inodes: Vec<(String, u64)>,
+    /// Known-benign drops and IPv6 link-local rows, summarised (unless
+    /// `--show-benign`).
+    pub benign: Option<crate::analysis::benign::BenignRow>,
 }
 
 /// Where reports go.

@@ -10,6 +10,10 @@ use super::{
 };
 use crate::{collectors::drops::reasons::hint, rules::Family};
 
+/// What the `benign` row is.
+pub const BENIGN_HINT: &str = "known-benign drops and IPv6 link-local control traffic, \
+     summarised; --show-benign shows them";
+
 pub struct TextSink<W: Write> {
     out: W,
 }
@@ -259,6 +263,20 @@ impl<W: Write> Sink for TextSink<W> {
         }
         for row in &r.paths {
             writeln!(self.out, "{}", path_line(r.scope, row))?;
+        }
+        if let Some(b) = &r.benign {
+            writeln!(
+                self.out,
+                "benign {} drops={} echo_replies={} empty_queue_purges={} ipv6_link_local={} \
+                 rows_hidden={} hint=\"{}\"",
+                r.scope.as_str(),
+                b.drops(),
+                b.echo_replies,
+                b.empty_queue_purges,
+                b.ipv6_link_local,
+                b.rows_hidden,
+                BENIGN_HINT
+            )?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;

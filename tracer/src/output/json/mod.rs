@@ -223,6 +223,18 @@ struct JsonRule<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonBenign {
+    r#type: &'static str,
+    scope: &'static str,
+    drops: u64,
+    echo_replies: u64,
+    empty_queue_purges: u64,
+    ipv6_link_local: u64,
+    rows_hidden: u64,
+    hint: &'static str,
+}
+
+#[derive(Serialize)]
 struct JsonHop<'a> {
     netns: &'a str,
     netns_inode: Option<u64>,
@@ -571,6 +583,18 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         for row in &r.paths {
             self.line(&path(&at, row))?;
+        }
+        if let Some(b) = &r.benign {
+            self.line(&JsonBenign {
+                r#type: "benign",
+                scope: r.scope.as_str(),
+                drops: b.drops(),
+                echo_replies: b.echo_replies,
+                empty_queue_purges: b.empty_queue_purges,
+                ipv6_link_local: b.ipv6_link_local,
+                rows_hidden: b.rows_hidden,
+                hint: super::text::BENIGN_HINT,
+            })?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {
