@@ -191,7 +191,10 @@ fn analysis(
     }
     let findings = mtu::findings(topo);
     say_findings(&findings, &[]);
-    Ok((Analysis::new(findings, links, attributor, explain), readers))
+    Ok((
+        Analysis::new(findings, links, attributor, explain).with_nat(namespaces),
+        readers,
+    ))
 }
 
 /// Where reports go, and for the live view, where its quit key arrives:

@@ -381,3 +381,68 @@ fn two_tracers_at_once_and_benign_noise() {
     );
     assert_eq!(full.totals("benign").len(), 0);
 }
+
+/// A published port: the flow after Docker's DNAT carries what the client
+/// addressed (`orig`), from connection tracking.
+#[test]
+fn a_published_port_ties_the_dnat_flow_to_its_original() {
+    let mut lab = Lab::new().unwrap();
+    let d = Daemon::start(&mut lab, "d", 201).unwrap();
+    let web = d.run("web", "bridge", &["-p", "8080:5001/udp"]).unwrap();
+    // A client outside the Docker host, on a link of its own.
+    let client = lab.add_ns("cl").unwrap();
+    let (host_ip, client_ip) = (lab.addr(3, 1), lab.addr(3, 2));
+    lab.veth(
+        (&d.ns, "up0"),
+        (&client, "cl0"),
+        1500,
+        (&lab.mac(3, 1), &lab.mac(3, 2)),
+    )
+    .unwrap();
+    xtask::lab::addr(&d.ns, "up0", host_ip, 24).unwrap();
+    xtask::lab::addr(&client, "cl0", client_ip, 24).unwrap();
+    let run = start_on(&d, &[]);
+    let sink = UdpSink::start(&web.netns(), SocketAddrV4::new(web.ip, 5001)).unwrap();
+    send_udp(
+        &client,
+        SocketAddrV4::new(client_ip, 41010),
+        SocketAddrV4::new(host_ip, 8080),
+        10,
+        100,
+    )
+    .unwrap();
+    assert!(wait_until(|| sink.received() >= 10), "{}", sink.received());
+    assert_eq!(sink.received(), 10);
+    let f = stop(run);
+    let published = format!("{host_ip}:8080");
+    // Before the DNAT: to the published address, no orig.
+    let before = flow_total(&f, "host", "up0", "ingress", 41010);
+    assert!(endpoints_are(
+        before,
+        "udp",
+        &client_ip.to_string(),
+        &host_ip.to_string(),
+        Some((41010, 8080))
+    ));
+    assert_eq!(
+        (&before["packets"], &before["orig"]),
+        (&10.into(), &Value::Null)
+    );
+    // After it: to the container, tied to the published address.
+    let veth = host_veth(&d, &web);
+    for (ns, iface, dir) in [
+        ("host", veth.as_str(), "egress"),
+        ("web", "eth0", "ingress"),
+    ] {
+        let after = flow_total(&f, ns, iface, dir, 41010);
+        assert!(endpoints_are(
+            after,
+            "udp",
+            &client_ip.to_string(),
+            &web.ip.to_string(),
+            Some((41010, 5001))
+        ));
+        assert_eq!(after["packets"], 10);
+        assert_eq!(after["orig"], published.as_str(), "{after:#?}");
+    }
+}

@@ -100,6 +100,8 @@ pub struct Report {
     /// Known-benign drops and IPv6 link-local rows, summarised (unless
     /// `--show-benign`).
     pub benign: Option<crate::analysis::benign::BenignRow>,
+    /// Conversations after a destination NAT, to what their client addressed.
+    pub nat: crate::analysis::nat::Ties,
 }
 
 /// Where reports go.

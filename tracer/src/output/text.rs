@@ -240,14 +240,18 @@ pub fn path_line(scope: Scope, row: &PathRow) -> String {
 
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
+        let orig = |id: &FlowId| match crate::analysis::nat::orig(&r.nat, id) {
+            Some(a) => format!(" orig={a}"),
+            None => String::new(),
+        };
         for row in &r.flows {
-            writeln!(self.out, "{}", flow_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", flow_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.drops {
-            writeln!(self.out, "{}", drop_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", drop_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.verdicts {
-            writeln!(self.out, "{}", verdict_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", verdict_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.icmps {
             writeln!(self.out, "{}", icmp_line(r.scope, row))?;
@@ -262,7 +266,7 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(self.out, "{}", rule_line(r.scope, row))?;
         }
         for row in &r.paths {
-            writeln!(self.out, "{}", path_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", path_line(r.scope, row), orig(&row.id))?;
         }
         if let Some(b) = &r.benign {
             writeln!(

@@ -71,6 +71,7 @@ impl From<Endpoints> for JsonEndpoints {
 struct At<'a> {
     scope: Scope,
     inodes: &'a [(String, u64)],
+    nat: &'a crate::analysis::nat::Ties,
 }
 
 impl At<'_> {
@@ -78,6 +79,7 @@ impl At<'_> {
         At {
             scope: r.scope,
             inodes: &r.netns_inodes,
+            nat: &r.nat,
         }
     }
 
@@ -104,6 +106,8 @@ struct JsonFlowFields<'a> {
     outer: JsonEndpoints,
     vni: Option<u32>,
     inner: Option<JsonEndpoints>,
+    /// After a destination NAT: the address and port the client used.
+    orig: Option<String>,
 }
 
 fn flow_fields<'a>(
@@ -124,6 +128,7 @@ fn flow_fields<'a>(
         outer: Endpoints::of(&id.outer).into(),
         vni: vni(id),
         inner: inner(id).map(Into::into),
+        orig: crate::analysis::nat::orig(at.nat, id).map(|a| a.to_string()),
     }
 }
 
@@ -494,6 +499,11 @@ fn write_flow(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<()> {
             write_endpoints(out, &e)?;
             out.write_all(b"}")?;
         }
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b",\"orig\":")?;
+    match crate::analysis::nat::orig(at.nat, &row.id) {
+        Some(a) => serde_json::to_writer(&mut *out, &a.to_string())?,
         None => out.write_all(b"null")?,
     }
     let c = &row.counts;

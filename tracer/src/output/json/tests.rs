@@ -77,9 +77,15 @@ fn hand_written_flow_rows_are_what_serde_writes() {
             };
             let mut ours = Vec::new();
             let inodes = [("tl1-ha".to_string(), 4026532000)];
+            // Every other row is one after a published port's DNAT.
+            let mut nat = crate::analysis::nat::Ties::new();
+            if let (0, Some(k)) = (i % 2, crate::analysis::nat::key(&id)) {
+                nat.insert(k, "10.9.1.1:8080".parse().unwrap());
+            }
             let at = At {
                 scope,
                 inodes: &inodes,
+                nat: &nat,
             };
             write_flow(&mut ours, &at, &row).unwrap();
             let serde = serde_json::to_string(&flow(&at, &row)).unwrap() + "\n";
@@ -135,7 +141,7 @@ fn vxlan_flow_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "flow", "scope": "total", "netns": "hostA", "netns_inode": null, "iface": "ul0",
+            "type": "flow", "scope": "total", "netns": "hostA", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": "egress", "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -178,7 +184,7 @@ fn drop_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "drop", "scope": "interval", "netns": "hostB", "netns_inode": null, "iface": "ul0",
+            "type": "drop", "scope": "interval", "netns": "hostB", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -215,7 +221,7 @@ fn verdict_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "verdict", "scope": "total", "netns": "hostB", "netns_inode": null, "iface": "ul0",
+            "type": "verdict", "scope": "total", "netns": "hostB", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -263,7 +269,7 @@ fn icmp_and_frag_rows_match_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "icmp", "scope": "total", "netns": "hostA", "netns_inode": null, "iface": "vx0",
+            "type": "icmp", "scope": "total", "netns": "hostA", "netns_inode": null, "orig": null, "iface": "vx0",
             "dir": "ingress", "proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
             "sport": null, "dport": null, "vni": null, "inner": null,
             "kind": "frag_needed", "icmp_type": 3, "icmp_code": 4, "mtu": 1450, "count": 2
@@ -322,9 +328,11 @@ fn plain_flow_has_null_vni_and_inner_and_numeric_unknown_proto() {
         },
         counts: Counts::default(),
     };
+    let nat = crate::analysis::nat::Ties::new();
     let at = At {
         scope: Scope::Interval,
         inodes: &[],
+        nat: &nat,
     };
     let v = serde_json::to_value(flow(&at, &row)).unwrap();
     // An unnamed namespace is named by its inode, which is its inode too.
@@ -390,7 +398,7 @@ fn path_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "path", "scope": "total", "netns": "c1", "netns_inode": null, "iface": "eth0", "dir": "egress",
+            "type": "path", "scope": "total", "netns": "c1", "netns_inode": null, "orig": null, "iface": "eth0", "dir": "egress",
             "proto": "udp", "src": "10.0.0.5", "dst": "10.0.0.6", "sport": 41000, "dport": 5001,
             "vni": 42, "inner": null, "sent": 7, "arrived": 0,
             "hops": [
