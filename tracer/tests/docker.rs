@@ -232,8 +232,9 @@ fn a_container_started_after_tracer_is_followed() {
     assert!(
         wait_until(|| {
             let e = run.stderr_so_far();
-            e.contains("tracer: following late [eth0(host)]")
-                && e.contains(&format!("{veth}(late)"))
+            // The veth may come a poll before the container's namespace,
+            // and then is not tied to it yet.
+            e.contains("tracer: following late [eth0(host)]") && e.contains(&veth)
         }),
         "{veth}: {}",
         run.stderr_so_far()
