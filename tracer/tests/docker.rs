@@ -219,7 +219,7 @@ fn a_drop_in_docker_user_is_named() {
 }
 
 /// A container started while tracer runs is traced from then on: its
-/// namespace, its host veth.
+/// namespace, its host veth; removed, it is let go of cleanly.
 #[test]
 fn a_container_started_after_tracer_is_followed() {
     let mut lab = Lab::new().unwrap();
@@ -240,6 +240,9 @@ fn a_container_started_after_tracer_is_followed() {
         run.stderr_so_far()
     );
     udp(&web, &late, 41002, 5003, 10);
+    // Removed while tracer runs: let go of, its rows keep their names.
+    d.docker(&["rm", "-f", "late"]).unwrap();
+    wait_said(&run, "tracer: late is gone; its rows keep their names");
     let f = stop(run);
     assert_eq!(
         flow_total(&f, "late", "eth0", "ingress", 41002)["packets"],
@@ -294,6 +297,14 @@ fn a_stale_sandbox_file_is_skipped() {
         skipped[0]
     );
     assert_eq!(flow_total(&f, "db", "eth0", "ingress", 41003)["packets"], 5);
+}
+
+fn wait_said(run: &TracerRun, what: &str) {
+    assert!(
+        wait_until(|| run.stderr_so_far().contains(what)),
+        "{what:?} not in {}",
+        run.stderr_so_far()
+    );
 }
 
 fn health(f: &Finished) -> &Value {

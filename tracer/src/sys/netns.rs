@@ -44,6 +44,9 @@ pub struct Resolver {
     specs: Vec<String>,
     /// Listed entries that were not namespaces, said once each.
     told: std::collections::HashSet<PathBuf>,
+    /// Paths found to be namespaces, with their inode: not entered again
+    /// while the path still has that inode.
+    checked: std::collections::HashMap<PathBuf, u64>,
 }
 
 impl Resolver {
@@ -51,6 +54,7 @@ impl Resolver {
         Resolver {
             specs: specs.to_vec(),
             told: Default::default(),
+            checked: Default::default(),
         }
     }
 
@@ -77,8 +81,19 @@ impl Resolver {
         }
         let names = known_names();
         let mut out: Vec<Netns> = Vec::new();
+        let mut checked = std::collections::HashMap::new();
         for (path, named) in paths {
-            let ns = match open(&path, &names) {
+            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            let known = inode.filter(|i| self.checked.get(&path) == Some(i));
+            let opened = match known {
+                Some(inode) => Ok(Netns {
+                    name: name_of(inode, &names),
+                    path: path.clone(),
+                    inode,
+                }),
+                None => open(&path, &names),
+            };
+            let ns = match opened {
                 Ok(ns) => ns,
                 Err(e) if named && strict => return Err(e),
                 Err(e) => {
@@ -90,10 +105,12 @@ impl Resolver {
                 }
             };
             self.told.remove(&path);
+            checked.insert(path, ns.inode);
             if !out.iter().any(|n| n.inode == ns.inode) {
                 out.push(ns);
             }
         }
+        self.checked = checked;
         Ok(out)
     }
 }
