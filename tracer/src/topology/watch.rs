@@ -164,7 +164,8 @@ impl Watcher {
             told: false,
         };
         docker.apply(&mut namespaces, false);
-        let topo = devices::topology(&namespaces)?;
+        // One that vanished since it was resolved is left out: a live host.
+        let (namespaces, topo) = devices::topology_lenient(&namespaces);
         let found = namespaces
             .into_iter()
             .zip(&topo.namespaces)

@@ -113,12 +113,18 @@ impl Links {
         }
     }
 
-    /// Attaches both directions to every traced device. On error, what was
+    /// Attaches both directions to every traced device; one that vanished
+    /// since it was listed (a live host) is left out. On error, what was
     /// attached so far stays in `self` for the caller to detach.
     pub fn attach(&mut self, ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
         for t in targets {
             for dev in &t.traced {
-                self.attach_device(ebpf, &t.netns, dev)?;
+                if let Err(e) = self.attach_device(ebpf, &t.netns, dev) {
+                    if still_there(&t.netns, dev) {
+                        return Err(e);
+                    }
+                    self.forget(&dev_key(&t.netns, dev));
+                }
             }
         }
         Ok(())
@@ -148,13 +154,7 @@ impl Links {
             }
             if let Err(e) = self.attach_device(ebpf, ns, dev) {
                 // Half attached (one direction): undo it, try again next time.
-                let (half, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
-                    .into_iter()
-                    .partition(|(k, _)| *k == key);
-                self.attached = rest;
-                for (_, a) in half {
-                    self.detach_one(a);
-                }
+                self.forget(&key);
                 if still_there(ns, dev) {
                     eprintln!("tracer: {e:#}");
                     failed += 1;
@@ -224,6 +224,18 @@ impl Links {
             self.attached.push((dev_key(ns, dev), attachment));
         }
         Ok(())
+    }
+
+    /// Detaches what is attached to the device `key` (one direction, if
+    /// attaching the other failed).
+    fn forget(&mut self, key: &DevKey) {
+        let (half, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(k, _)| k == key);
+        self.attached = rest;
+        for (_, a) in half {
+            self.detach_one(a);
+        }
     }
 
     /// Detaches one program: a filter from inside its namespace (which may
