@@ -91,12 +91,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let (mut collectors, notices) = Collectors::start(registered, &mut ebpf, &setup)?;
     let result = (|| {
         let traced = TracedNetns::take(&mut ebpf, &targets)?;
-        for n in &notices {
-            eprintln!("tracer: {}: {}", n.collector, n.text);
-        }
         let links = links_of(&targets, &topo);
         let (analysis, trace_readers) =
             analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
+        // Once nothing can fail any more: an error stays the one line on stderr.
+        for n in &notices {
+            eprintln!("tracer: {}: {}", n.collector, n.text);
+        }
         announce(&targets, &links, &config, &collectors);
         let (main, events) = sink(&cli, links, exports.pcap_to_stdout)?;
         let mut outputs = Outputs {

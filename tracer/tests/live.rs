@@ -15,7 +15,6 @@ use std::{
 
 use common::*;
 use xtask::{
-    bpf::tcx_attached,
     lab::{Overlay, OverlayOpts, iptables},
     peers::nstat,
     traffic::{UdpSink, send_udp},
@@ -178,11 +177,7 @@ fn quit_and_check(tmux: &Tmux, pid: u32, path_line: &str, devices: &[(&String, &
         "totals after quitting: {screen}"
     );
     for (ns, dev) in devices {
-        assert_eq!(
-            tcx_attached(ns, dev).unwrap(),
-            (vec![], vec![]),
-            "{ns}/{dev}"
-        );
+        assert_nothing_attached(ns, dev);
     }
 }
 

@@ -24,7 +24,7 @@ fn netfilter_drops_of(
     drops_in(f, netns)
         .iter()
         .filter(|d| {
-            d["reason"] == "NETFILTER_DROP"
+            dropped_for(d, "NETFILTER_DROP")
                 && ["proto", "src", "dst", "sport", "dport", "vni", "inner"]
                     .iter()
                     .all(|k| d[k] == verdict[k])

@@ -5,7 +5,7 @@ mod demo;
 mod setup;
 mod vm;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -22,8 +22,8 @@ enum Cmd {
     Setup,
     /// Build a VXLAN lab, send known traffic across it and show what tracer sees.
     Demo,
-    /// Set up, then run every test (arguments go to `cargo test`); with
-    /// --kernel, on Debian's kernels in VMs too, with a report per kernel.
+    /// Set up, then run every test (arguments go to `cargo test`) on this
+    /// machine and on Debian's kernels in VMs, with a report per kernel.
     Test {
         #[command(flatten)]
         vm: vm::Options,
@@ -39,8 +39,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup::setup(),
         Cmd::Demo => setup::setup().and_then(|()| demo::demo()),
-        Cmd::Test { vm, args } if vm.enabled() => setup::setup().and_then(|()| vm::run(&vm, &args)),
-        Cmd::Test { args, .. } => setup::setup().and_then(|()| test(&args)),
+        Cmd::Test { vm, args } => setup::setup().and_then(|()| vm::run(&vm, &args)),
         Cmd::Bench(args) => setup::setup().and_then(|()| bench::bench(args)),
     };
     match result {
@@ -50,15 +49,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn test(args: &[String]) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(["test", "--workspace"])
-        .args(args)
-        .status()?;
-    if !status.success() {
-        anyhow::bail!("tests failed");
-    }
-    Ok(())
 }

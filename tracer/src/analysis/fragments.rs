@@ -75,9 +75,10 @@ pub fn frag_rows(flows: &[FlowRow], drops: &[DropRow]) -> Vec<FragRow> {
         let n = d.counts.packets;
         let failed = match d.reason.as_deref() {
             Some(r) if NOT_A_LOSS.contains(&r) => continue,
-            Some(r) => REASSEMBLY_FAILURES.contains(&r),
-            // Kernels without reasons: where it was dropped says it.
-            None => reassembly_failure(&d.location),
+            Some(r) if r != "NOT_SPECIFIED" => REASSEMBLY_FAILURES.contains(&r),
+            // Kernels without reasons, or without these (6.1 frees expired
+            // fragments as NOT_SPECIFIED): where it was dropped says it.
+            _ => reassembly_failure(&d.location),
         };
         if failed {
             row.reassembly_failed += n;
@@ -171,6 +172,31 @@ mod tests {
         assert_eq!((r.datagrams, r.fragments), (10, 20));
         assert_eq!((r.fragments_lost, r.reassembly_failed), (10, 10));
         assert_eq!((r.datagrams_lost, r.reassembled), (10, 0));
+    }
+
+    /// 6.1 has drop reasons but frees expired fragments as NOT_SPECIFIED
+    /// (5.10 has no reasons at all): the function that freed them says it.
+    #[test]
+    fn reassembly_failure_by_location_without_the_reason() {
+        let flows = [hop("a", "egress", 4789, 4, 4)];
+        for reason in [Some("NOT_SPECIFIED"), None] {
+            let expired = |location: &str| DropRow {
+                reason: reason.map(Into::into),
+                location: location.into(),
+                ..drop("b", 4789, "first", "", 2)
+            };
+            let drops = [
+                expired("ip_expire+0x1c4/0x2a0"),
+                expired("ip_rcv_core+0x10/0x300"),
+            ];
+            let r = &frag_rows(&flows, &drops)[0];
+            assert_eq!(
+                (r.reassembly_failed, r.fragments_lost),
+                (2, 2),
+                "{reason:?}"
+            );
+            assert_eq!((r.datagrams_lost, r.reassembled), (4, 0), "{reason:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Shared by the integration tests: starting tracer on a lab and finding rows.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::{path::Path, sync::OnceLock};
 
 use serde_json::Value;
 use xtask::tracer::{Finished, TracerRun};
@@ -122,4 +122,129 @@ pub fn connect_refused(ns: &str, to: std::net::SocketAddrV4, n: u64) {
         .unwrap();
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     }
+}
+
+/// The running kernel names drop reasons (Linux >= 5.17; Debian 11's 5.10
+/// does not): drops there carry `reason: null` and where they happened.
+pub fn kernel_has_drop_reasons() -> bool {
+    kernel_reasons().is_some()
+}
+
+/// The running kernel's `enum skb_drop_reason`, if it has one.
+fn kernel_reasons() -> Option<&'static tracer::collectors::drops::reasons::Reasons> {
+    static REASONS: OnceLock<Option<tracer::collectors::drops::reasons::Reasons>> = OnceLock::new();
+    REASONS
+        .get_or_init(|| {
+            let btf =
+                tracer::sys::btf::load(Path::new(tracer::sys::btf::VMLINUX)).expect("kernel BTF");
+            tracer::collectors::drops::reasons::Reasons::from_btf(&btf)
+        })
+        .as_ref()
+}
+
+/// Kernel functions that drop packets for `reason`, by which drops are told
+/// apart on kernels without reasons.
+fn places_of(reason: &str) -> &'static [&'static str] {
+    match reason {
+        "NETFILTER_DROP" => &["nf_hook_slow", "nft_do_chain"],
+        "NO_SOCKET" => &[
+            "__udp4_lib_rcv",
+            "__udp6_lib_rcv",
+            "tcp_v4_rcv",
+            "tcp_v6_rcv",
+            "ping_rcv",
+        ],
+        "FRAG_REASM_TIMEOUT" => &["ip_expire", "ip6_frag_expire", "inet_frag_rbtree_purge"],
+        "NOT_SPECIFIED" => &[""],
+        "PKT_TOO_BIG" => &["ip_forward", "ip6_forward", "ip_fragment", "ip_do_fragment"],
+        other => panic!("no place known for drop reason {other}"),
+    }
+}
+
+/// Whether drop row `d` is for `reason`: by its name where the kernel has
+/// that reason, else by the function that dropped it (with no reason, or
+/// NOT_SPECIFIED where the kernel has reasons but not this one: 6.1 has no
+/// FRAG_REASM_TIMEOUT).
+pub fn dropped_for(d: &Value, reason: &str) -> bool {
+    if kernel_reasons().is_some_and(|r| r.value(reason).is_some()) {
+        return d["reason"] == reason;
+    }
+    let vague = if kernel_has_drop_reasons() {
+        d["reason"] == "NOT_SPECIFIED"
+    } else {
+        d["reason"].is_null()
+    };
+    let location = d["location"].as_str().unwrap_or("");
+    vague && places_of(reason).iter().any(|f| location.starts_with(f))
+}
+
+/// Asserts that drop row `d` is for `reason` (see [`dropped_for`]).
+#[track_caller]
+pub fn assert_dropped_for(d: &Value, reason: &str) {
+    assert!(dropped_for(d, reason), "not a {reason} drop: {d}");
+}
+
+/// What the running kernel offers tracer, as tracer itself finds out.
+#[derive(Debug)]
+pub struct KernelFacts {
+    /// tcx links (6.6); without them TC programs are netlink filters.
+    pub tcx: bool,
+    /// BPF netfilter programs (6.4).
+    pub netfilter_links: bool,
+    /// fentry/fexit on nf_tables' nft_do_chain instead (module BTF, 5.11).
+    pub nft_tracing: bool,
+    /// The icmp:icmp_send tracepoint.
+    pub icmp_send: bool,
+}
+
+pub fn kernel() -> &'static KernelFacts {
+    static FACTS: OnceLock<KernelFacts> = OnceLock::new();
+    FACTS.get_or_init(|| {
+        let at_least = |major, minor| {
+            aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(major, minor, 0))
+        };
+        let btf = tracer::sys::btf::load(Path::new(tracer::sys::btf::VMLINUX)).expect("kernel BTF");
+        // nf_tables loads on the first nftables request, as tracer makes one.
+        let _ = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output();
+        let netfilter_links = at_least(6, 4);
+        KernelFacts {
+            tcx: at_least(6, 6),
+            netfilter_links,
+            nft_tracing: !netfilter_links && Path::new("/sys/kernel/btf/nf_tables").exists(),
+            icmp_send: tracer::sys::btf::tracepoint_args(&btf, "icmp_send").is_some(),
+        }
+    })
+}
+
+/// What `tc` shows on `dev`: its qdiscs and the filters of both directions.
+#[allow(dead_code)]
+pub fn tc_state(ns: &str, dev: &str) -> String {
+    let mut all = String::new();
+    for args in [
+        &["qdisc", "show", "dev", dev][..],
+        &["filter", "show", "dev", dev, "ingress"][..],
+        &["filter", "show", "dev", dev, "egress"][..],
+    ] {
+        let out = xtask::cmd::run("tc", &[&["-n", ns][..], args].concat()).unwrap();
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    all
+}
+
+/// No tcx program (where the kernel has tcx), clsact qdisc or tracer
+/// filter is left on `dev`.
+#[allow(dead_code)]
+pub fn assert_nothing_attached(ns: &str, dev: &str) {
+    if kernel().tcx {
+        let attached = xtask::bpf::tcx_attached(ns, dev).unwrap();
+        assert_eq!(attached, (vec![], vec![]), "{ns}/{dev}");
+    }
+    let state = tc_state(ns, dev);
+    assert!(
+        !state.contains("clsact") && !state.contains("tc_"),
+        "{ns}/{dev}: {state}"
+    );
 }

@@ -37,8 +37,14 @@ use plan::{Executable, TestArgs};
 pub struct Options {
     /// Where the tests run: 5.10, 6.1, 6.12 (Debian's kernels, each booted in
     /// qemu), host (this machine), or all of them. Repeatable or
-    /// comma-separated. Without it, only on this machine, with no report.
-    #[arg(long = "kernel", value_name = "K", value_delimiter = ',')]
+    /// comma-separated. The default is what CI runs; `--kernel host` is the
+    /// quick run on this machine alone.
+    #[arg(
+        long = "kernel",
+        value_name = "K",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_KERNELS.map(String::from)
+    )]
     pub kernels: Vec<String>,
     /// Hard limit on each VM, boot included, in seconds: qemu is killed then.
     #[arg(long, value_name = "SECS", default_value_t = 2700)]
@@ -55,12 +61,8 @@ pub struct Options {
     pub vm_exec: Option<String>,
 }
 
-impl Options {
-    /// True if `--kernel` asks for the matrix.
-    pub fn enabled(&self) -> bool {
-        !self.kernels.is_empty()
-    }
-}
+/// The matrix CI runs: this machine, Debian 12's kernel, Debian 11's.
+pub const DEFAULT_KERNELS: [&str; 3] = ["host", "6.1", "5.10"];
 
 /// Runs the tests on every `--kernel`, prints the report, fails if any failed.
 pub fn run(opts: &Options, args: &[String]) -> Result<()> {

@@ -16,7 +16,12 @@ use super::guest::Job;
 /// Tests kept off a kernel unless `--full` is given: (kernel, binary, libtest
 /// `--skip` filter, or "" for the whole binary, why). CI has 90 minutes for
 /// every kernel; see `cargo xtask test --kernel all` for the times.
-const SKIP: &[(&str, &str, &str, &str)] = &[];
+const SKIP: &[(&str, &str, &str, &str)] = &[(
+    "5.10",
+    "drops",
+    "per_reason_totals_agree_with_bpftrace",
+    "its bpftrace witness counts by args->reason, which 5.10's kfree_skb has not",
+)];
 
 /// The paths the guest covers with its own tmpfs: nothing it runs may live there.
 const HIDDEN: &[&str] = &[

@@ -267,8 +267,27 @@ pub fn render(kernels: &[Kernel], matrix_binaries: &[String]) -> String {
         for n in &k.notes {
             let _ = writeln!(out, "  {n}");
         }
+        // Last, as a log's tail is what survives truncation: what failed
+        // and the line that says why.
+        for b in &k.binaries {
+            for (name, v) in &b.tests {
+                if matches!(v, Verdict::Failed | Verdict::Unfinished) {
+                    let why = b.failures.get(name).map(|t| first_cause(t)).unwrap_or("");
+                    let _ = writeln!(out, "  FAILED {}::{name}: {why}", b.label);
+                }
+            }
+        }
     }
     out
+}
+
+/// The panic message of a failure's output: the line after "panicked at".
+fn first_cause(text: &str) -> &str {
+    let mut lines = text.lines().skip_while(|l| !l.contains("panicked at"));
+    let at = lines.next().unwrap_or("");
+    let what = lines.next().unwrap_or("");
+    let what = what.get(..what.floor_char_boundary(300)).unwrap_or(what);
+    if what.is_empty() { at } else { what }
 }
 
 #[cfg(test)]
@@ -308,6 +327,7 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
             ]
         );
         assert!(b.failures["b"].contains("boom"));
+        assert_eq!(first_cause(&b.failures["b"]), "boom");
         assert!(!b.failures["b"].contains("failures:"));
     }
 

@@ -128,21 +128,31 @@ impl ReasonFilter {
 }
 
 /// What a drop usually means, for the common reasons; `location` refines
-/// the vague ones, and is all there is on kernels without reasons.
+/// the vague ones, and is all there is on kernels without reasons (or
+/// without the specific one: 6.1 frees expired fragments as NOT_SPECIFIED).
 pub fn hint(reason: Option<&str>, location: &str) -> Option<&'static str> {
-    let at = |f: &str| location.starts_with(f) && location[f.len()..].starts_with('+');
     match reason {
+        Some("NOT_SPECIFIED") | None => {
+            hint_by_location(location).or_else(|| reason.and_then(reason_hint))
+        }
+        Some(name) => reason_hint(name),
+    }
+}
+
+fn hint_by_location(location: &str) -> Option<&'static str> {
+    let at = |f: &str| location.starts_with(f) && location[f.len()..].starts_with('+');
+    if location.starts_with("__dev_forward_skb") {
         // __dev_forward_skb, or __dev_forward_skb2 where it was split in two.
-        Some("NOT_SPECIFIED") | None if location.starts_with("__dev_forward_skb") => Some(
+        Some(
             "a veth (or other forwarding device) refused it: larger than the receiving end's \
              MTU, or that end is down",
-        ),
-        Some(name) => reason_hint(name),
-        None if at("nf_hook_slow") => reason_hint("NETFILTER_DROP"),
-        None if reassembly_failure(location) => {
-            Some("IP reassembly failed: some fragments never arrived, or came too late")
-        }
-        None => None,
+        )
+    } else if at("nf_hook_slow") {
+        reason_hint("NETFILTER_DROP")
+    } else if reassembly_failure(location) {
+        Some("IP reassembly failed: some fragments never arrived, or came too late")
+    } else {
+        None
     }
 }
 
