@@ -85,6 +85,12 @@ pub struct Cli {
     #[arg(long)]
     pub no_netfilter: bool,
 
+    /// Show known-benign drops (echo replies at ping_rcv, empty queue
+    /// purges) and IPv6 link-local control traffic in full, instead of one
+    /// summarised `benign` row per report.
+    #[arg(long)]
+    pub show_benign: bool,
+
     /// How the TC programs are attached: tcx links (kernel >= 6.6, owned by
     /// tracer's process) or netlink filters on a clsact qdisc (older kernels).
     #[arg(long, value_enum, default_value_t = crate::collectors::flows::tc::AttachMode::Auto)]

@@ -25,7 +25,7 @@ use crate::{
     collectors::{
         self, Collectors, Setup,
         drops::reasons::{NO_REASONS, Reasons, reason_hint},
-        loader,
+        loader::{self, TracedNetns},
     },
     output::{
         Report, Scope, Sink,
@@ -36,17 +36,13 @@ use crate::{
         text::TextSink,
     },
     rules::trace::TraceReader,
-    sys::{
-        bpf::stats_enabled,
-        btf,
-        kernel::Kernel,
-        netns::{self, Netns},
-    },
+    sys::{bpf::stats_enabled, btf, kernel::Kernel, netns::Netns},
     topology::{
-        self, Target, devices,
+        self, Target,
         links::Links,
         mtu::{self, Topology},
         names::Names,
+        watch::{POLL, Watcher},
     },
 };
 
@@ -74,7 +70,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     };
     let exports = Exports::open(&cli)?;
-    let (targets, topo) = plan(&cli)?;
+    let watcher = Watcher::start(&cli.netns, &cli.ifaces)?;
+    let (targets, topo) = (watcher.targets.clone(), watcher.topo.clone());
     let (offsets, missing_fields) = btf::offsets(&kernel.btf);
     let mut config = Config {
         offsets,
@@ -93,23 +90,21 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let (mut collectors, notices) = Collectors::start(registered, &mut ebpf, &setup)?;
     let result = (|| {
-        let links = Links::new(&topo, |ns, dev| {
-            targets
-                .iter()
-                .any(|t| t.netns.name == ns && t.traced.iter().any(|d| d.name == dev))
-        });
+        let traced = TracedNetns::take(&mut ebpf, &targets)?;
+        let links = links_of(&targets, &topo);
         let (analysis, trace_readers) =
             analysis(&cli, &targets, &topo, links.clone(), &config, &collectors)?;
         // Once nothing can fail any more: an error stays the one line on stderr.
         for n in &notices {
             eprintln!("tracer: {}: {}", n.collector, n.text);
         }
-        announce(&targets, &config, &collectors);
+        announce(&targets, &links, &config, &collectors);
         let (main, events) = sink(&cli, links, exports.pcap_to_stdout)?;
         let mut outputs = Outputs {
             main,
             exports: Vec::new(),
             filter: cli.filter.clone(),
+            show_benign: cli.show_benign,
         };
         if let Some(pcap) = exports.pcap {
             outputs.exports.push(Box::new(pcap));
@@ -144,27 +139,30 @@ pub fn run(cli: Cli) -> Result<()> {
         let inputs = Inputs {
             signals,
             trace_readers,
-            targets: targets.clone(),
             names: Names::new(&targets),
+            watcher,
+            traced,
             analysis,
         };
-        stream(&cli, &rt, inputs, &mut collectors, (outputs, events))
+        stream(
+            &cli,
+            &rt,
+            inputs,
+            (&mut ebpf, &mut collectors),
+            (outputs, events),
+        )
     })();
     collectors.stop(&mut ebpf);
     result
 }
 
-/// The namespaces and the devices to trace in them, and their topology
-/// (for the MTU arithmetic).
-fn plan(cli: &Cli) -> Result<(Vec<Target>, Topology)> {
-    let namespaces = netns::resolve(&cli.netns)?;
-    let topo = devices::topology(&namespaces)?;
-    let found = namespaces
-        .into_iter()
-        .zip(&topo.namespaces)
-        .map(|(ns, t)| (ns, t.devices.clone()))
-        .collect();
-    Ok((topology::select(found, &cli.ifaces)?, topo))
+/// How the devices of `topo` connect, those of `targets` traced.
+fn links_of(targets: &[Target], topo: &Topology) -> Links {
+    Links::new(topo, |ns, dev| {
+        targets
+            .iter()
+            .any(|t| t.netns.name == ns && t.traced.iter().any(|d| d.name == dev))
+    })
 }
 
 /// The analysis of the rows, and the nftables trace readers of `--explain`.
@@ -193,10 +191,11 @@ fn analysis(
         eprintln!("tracer: {}", path.summary());
     }
     let findings = mtu::findings(topo);
-    for f in &findings {
-        eprintln!("tracer: MTU problem: {}", f.finding);
-    }
-    Ok((Analysis::new(findings, links, attributor, explain), readers))
+    say_findings(&findings, &[]);
+    Ok((
+        Analysis::new(findings, links, attributor, explain).with_nat(namespaces),
+        readers,
+    ))
 }
 
 /// Where reports go, and for the live view, where its quit key arrives:
@@ -251,6 +250,8 @@ struct Outputs {
     /// `--filter`: what lines and exports show. The live view applies it
     /// itself (the user may change it there).
     filter: Option<crate::filter::Filter>,
+    /// `--show-benign`: else lines and exports show benign noise as one row.
+    show_benign: bool,
 }
 
 impl Outputs {
@@ -265,15 +266,26 @@ impl Outputs {
         if let Some(f) = &self.filter {
             f.retain(&mut report);
         }
-        if to_main && matches!(self.main, Out::Lines(_)) && !write(&mut self.main, &report)? {
-            return Ok(false);
-        }
+        // Exports count everything; the lines summarise the noise.
         for sink in &mut self.exports {
             if !write(&mut **sink, &report)? {
                 return Ok(false);
             }
         }
-        Ok(true)
+        if !to_main || !matches!(self.main, Out::Lines(_)) {
+            return Ok(true);
+        }
+        if !self.show_benign {
+            crate::analysis::benign::summarise(&mut report);
+            // A first drop that is noise waits for the interval's summary.
+            if report.scope == Scope::First {
+                report.benign = None;
+                if report.drops.is_empty() {
+                    return Ok(true);
+                }
+            }
+        }
+        write(&mut self.main, &report)
     }
 }
 
@@ -333,6 +345,16 @@ fn program_fds(ebpf: &Ebpf, collectors: &Collectors) -> Result<Vec<(String, Owne
     Ok(fds)
 }
 
+/// One line per MTU problem not said before. A veth whose peer is not
+/// traced is no problem: a note in the paths that cross it.
+fn say_findings(findings: &[mtu::Finding], said: &[mtu::Finding]) {
+    for f in findings {
+        if f.kind != mtu::FindingKind::VethPeerUntraced && !said.contains(f) {
+            eprintln!("tracer: MTU problem: {}", f.finding);
+        }
+    }
+}
+
 fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {
     let Some(reasons) = reasons else {
         println!("{NO_REASONS}");
@@ -347,12 +369,16 @@ fn list_reasons(reasons: Option<&Reasons>) -> Result<()> {
     Ok(())
 }
 
-fn announce(targets: &[Target], config: &Config, collectors: &Collectors) {
+fn announce(targets: &[Target], links: &Links, config: &Config, collectors: &Collectors) {
     let per_ns: Vec<String> = targets
         .iter()
         .filter(|t| !t.traced.is_empty())
         .map(|t| {
-            let names: Vec<&str> = t.traced.iter().map(|d| d.name.as_str()).collect();
+            let names: Vec<String> = t
+                .traced
+                .iter()
+                .map(|d| links.tied(&t.netns.name, &d.name))
+                .collect();
             format!("{} [{}]", t.netns.name, names.join(" "))
         })
         .collect();
@@ -386,8 +412,10 @@ struct Inputs {
     signals: Signals,
     /// nftables trace events (`--explain`), one reader per namespace.
     trace_readers: Vec<TraceReader>,
-    targets: Vec<Target>,
     names: Names,
+    /// What is traced, following the host.
+    watcher: Watcher,
+    traced: TracedNetns,
     analysis: Analysis,
 }
 
@@ -404,14 +432,15 @@ fn stream(
     cli: &Cli,
     rt: &Runtime,
     inputs: Inputs,
-    collectors: &mut Collectors,
+    (ebpf, collectors): (&mut Ebpf, &mut Collectors),
     (mut outputs, mut events): (Outputs, Option<Events>),
 ) -> Result<()> {
     let Inputs {
         mut signals,
         trace_readers,
-        targets,
         mut names,
+        mut watcher,
+        mut traced,
         mut analysis,
     } = inputs;
     rt.block_on(async {
@@ -447,6 +476,8 @@ fn stream(
         let start = Instant::now();
         let mut last = start;
         let mut ticker = tokio::time::interval_at((start + cli.interval).into(), cli.interval);
+        let mut watch = tokio::time::interval_at((start + POLL).into(), POLL);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop_at = cli.duration.map(|d| start + d);
         let until_stop = async {
             match stop_at {
@@ -476,9 +507,28 @@ fn stream(
                         return Ok(());
                     }
                 }
+                _ = watch.tick() => {
+                    if let Some(said) = watcher.poll()? {
+                        let targets = &watcher.targets;
+                        collectors.sync(ebpf, targets)?;
+                        // Once attached: a script that waits for the line may send.
+                        for line in said {
+                            eprintln!("{line}");
+                        }
+                        traced.sync(targets)?;
+                        names.update(targets);
+                        let links = links_of(targets, &watcher.topo);
+                        let findings = mtu::findings(&watcher.topo);
+                        say_findings(&findings, analysis.findings());
+                        analysis.set_topology(findings, links.clone(), &watcher.namespaces());
+                        if let Out::Live(l) = &mut outputs.main {
+                            l.set_links(links);
+                        }
+                    }
+                }
                 _ = ticker.tick() => {
-                    collectors.sync(&targets)?;
-                    names.update(&targets);
+                    collectors.sync(ebpf, &watcher.targets)?;
+                    names.update(&watcher.targets);
                     let now = Instant::now();
                     let report = report(collectors, &mut names, &mut analysis, Scope::Interval, now - last)?;
                     last = now;
@@ -540,6 +590,7 @@ fn report(
         ..Report::default()
     };
     collectors.report(scope, names, &mut report);
+    report.netns_inodes = names.inodes();
     analysis.complete(&mut report);
     Ok(report)
 }

@@ -64,6 +64,8 @@ fn real_lab_plain_overlay_mtu_1500_over_1500() {
             local: Some(IpAddr::V4(lab.a.underlay_ip)),
             remote: None,
             df: OuterDf::Unset,
+            // The static FDB entry for container 2 points at host B.
+            fdb_remotes: vec![IpAddr::V4(lab.b.underlay_ip)],
         })
     );
     assert_eq!((vx.mtu, vx.link_netnsid), (1500, None));

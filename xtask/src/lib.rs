@@ -2,6 +2,7 @@
 
 pub mod bpf;
 pub mod cmd;
+pub mod docker;
 pub mod lab;
 pub mod peers;
 pub mod tracer;

@@ -22,6 +22,10 @@ const RUNTIME_PACKAGES: &[&str] = &[
     // The readers the export tests check tracer's pcapng and /metrics with.
     "tshark",
     "python3-prometheus-client",
+    // The Docker tests start a real dockerd (this package's; PID 1 starts
+    // none here) and build their image from busybox-static.
+    "docker.io",
+    "busybox-static",
 ];
 /// What building bpf-linker against the nightly's LLVM 22 needs.
 const LINKER_BUILD_PACKAGES: &[&str] = &[

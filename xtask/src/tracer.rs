@@ -54,6 +54,18 @@ impl TracerRun {
     /// [`TracerRun::start`], with standard output sent to `stdout` if given
     /// (a pipe into a reader of `--pcap-drops -`); rows are then not collected.
     pub fn start_with_stdout(bin: &Path, args: &[String], stdout: Option<Stdio>) -> Result<Self> {
+        Self::start_in(&[], bin, args, stdout)
+    }
+
+    /// [`TracerRun::start_with_stdout`], run by the command `prefix` (which
+    /// ends by running its arguments, as `nsenter ... --` does): tracer on
+    /// a Docker host of [`crate::docker`].
+    pub fn start_in(
+        prefix: &[String],
+        bin: &Path,
+        args: &[String],
+        stdout: Option<Stdio>,
+    ) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let ready = std::env::temp_dir().join(format!(
             "tracer-ready-{}-{}",
@@ -61,7 +73,15 @@ impl TracerRun {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&ready);
-        let mut child = Command::new(bin)
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(args)
             .args(["--output", "json", "--ready-file"])
             .arg(&ready)

@@ -16,11 +16,16 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::cmd::in_ns;
 
-/// Runs `f` on a thread inside network namespace `ns` (a name under /var/run/netns).
-/// Sockets made there keep that namespace afterwards.
+/// Runs `f` on a thread inside network namespace `ns`: a name under
+/// /var/run/netns, or a path that opens one (`/proc/PID/ns/net`, a
+/// container's). Sockets made there keep that namespace afterwards.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file =
-        File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("open netns {ns}"))?;
+    let path = if ns.contains('/') {
+        ns.to_string()
+    } else {
+        format!("/var/run/netns/{ns}")
+    };
+    let file = File::open(&path).with_context(|| format!("open netns {ns}"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: plain syscall on a valid fd.

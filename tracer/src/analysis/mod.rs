@@ -3,13 +3,16 @@
 //! conversation along its hops.
 
 pub mod attribution;
+pub mod benign;
 pub mod explain;
 pub mod fragments;
+pub mod nat;
 pub mod paths;
 
 use crate::{
     output::{FlowRow, MtuRow, Report, Scope},
     rules::trace::TraceEvent,
+    sys::netns::Netns,
     topology::{
         links::Links,
         mtu::{Finding, FlowObs},
@@ -31,6 +34,8 @@ pub struct Analysis {
     explain_lost: Vec<u64>,
     /// Their sum at the last interval report.
     explain_lost_reported: u64,
+    /// Flows after a destination NAT, from connection tracking.
+    nat: Option<nat::Nat>,
 }
 
 impl Analysis {
@@ -47,6 +52,31 @@ impl Analysis {
             explain,
             explain_lost: Vec::new(),
             explain_lost_reported: 0,
+            nat: None,
+        }
+    }
+
+    /// Ties flows after a destination NAT in `namespaces` to their original.
+    pub fn with_nat(mut self, namespaces: &[Netns]) -> Self {
+        self.nat = Some(nat::Nat::new(namespaces));
+        self
+    }
+
+    /// The MTU findings in force.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// The host changed: these are the MTU findings, links and traced
+    /// namespaces from now on.
+    pub fn set_topology(&mut self, findings: Vec<Finding>, links: Links, namespaces: &[Netns]) {
+        self.findings = findings;
+        self.links = links;
+        if let Some(a) = &mut self.attributor {
+            a.sync(namespaces);
+        }
+        if let Some(n) = &mut self.nat {
+            n.sync(namespaces);
         }
     }
 
@@ -88,6 +118,9 @@ impl Analysis {
         } else {
             lost - std::mem::replace(&mut self.explain_lost_reported, lost)
         };
+        if let Some(n) = &mut self.nat {
+            report.nat = n.refresh().clone();
+        }
         report.frags = fragments::frag_rows(&report.flows, &report.drops);
         report.mtu = mtu_rows(&self.findings, &report.flows, total);
         report.paths = paths::paths(&self.links, paths::Rows::of(report));

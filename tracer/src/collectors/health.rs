@@ -31,6 +31,8 @@ pub struct Health {
     pub capture_rate_limited: u64,
     /// Dropped packets not written to `--pcap-drops`: the ring buffer was full.
     pub capture_lost: u64,
+    /// Devices or namespaces that came after start and could not be attached to.
+    pub attach_failed: u64,
 }
 
 impl Health {
@@ -50,6 +52,7 @@ impl Health {
             explain_events_lost: self.explain_events_lost - before.explain_events_lost,
             capture_rate_limited: self.capture_rate_limited - before.capture_rate_limited,
             capture_lost: self.capture_lost - before.capture_lost,
+            attach_failed: self.attach_failed - before.attach_failed,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Counters {
     map: PerCpuArray<MapData, u64>,
     total: Health,
     interval: Health,
+    /// Counted in userspace: failed attachments since start.
+    attach_failed: u64,
 }
 
 impl Counters {
@@ -70,7 +75,13 @@ impl Counters {
             map: PerCpuArray::try_from(map)?,
             total: Health::default(),
             interval: Health::default(),
+            attach_failed: 0,
         })
+    }
+
+    /// Counts `n` attachments that failed.
+    pub fn attach_failed(&mut self, n: u64) {
+        self.attach_failed += n;
     }
 
     /// Reads the counters: what they say since start, and since the last read.
@@ -93,6 +104,7 @@ impl Counters {
             explain_events_lost: 0,
             capture_rate_limited: read(counter::CAPTURE_RATE_LIMITED)?,
             capture_lost: read(counter::CAPTURE_LOST)?,
+            attach_failed: self.attach_failed,
         };
         self.interval = now.since(&self.total);
         self.total = now;

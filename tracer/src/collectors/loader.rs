@@ -100,6 +100,39 @@ pub fn set_traced_netns(ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
+/// The `TRACED_NETNS` map, taken out of the object once the programs are
+/// loaded, kept in step with the traced namespaces.
+pub struct TracedNetns {
+    map: HashMap<aya::maps::MapData, u32, u8>,
+    set: Vec<u32>,
+}
+
+impl TracedNetns {
+    pub fn take(ebpf: &mut Ebpf, targets: &[Target]) -> Result<Self> {
+        let map = ebpf
+            .take_map("TRACED_NETNS")
+            .ok_or_else(|| anyhow!("eBPF object has no map TRACED_NETNS"))?;
+        Ok(TracedNetns {
+            map: HashMap::try_from(map)?,
+            set: targets.iter().map(|t| t.netns.inode as u32).collect(),
+        })
+    }
+
+    /// Counts drops and errors in `targets`' namespaces from now on, and no
+    /// longer in those that left.
+    pub fn sync(&mut self, targets: &[Target]) -> Result<()> {
+        let now: Vec<u32> = targets.iter().map(|t| t.netns.inode as u32).collect();
+        for gone in self.set.iter().filter(|i| !now.contains(i)) {
+            let _ = self.map.remove(gone);
+        }
+        for new in now.iter().filter(|i| !self.set.contains(i)) {
+            self.map.insert(new, 1, 0)?;
+        }
+        self.set = now;
+        Ok(())
+    }
+}
+
 /// Loads BTF tracepoint program `program` for tracepoint `tracepoint` and attaches it.
 pub fn attach_tracepoint(
     ebpf: &mut Ebpf,

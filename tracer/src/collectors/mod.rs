@@ -94,9 +94,11 @@ pub trait Collector {
     /// Takes the maps it drains out of `ebpf`, once every collector has started.
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()>;
 
-    /// Keeps its attachments in step with the traced namespaces (every interval).
-    fn sync(&mut self, _targets: &[Target]) -> Result<()> {
-        Ok(())
+    /// Keeps its attachments in step with the traced namespaces and devices
+    /// as they come and go. Returns how many attachments failed (said on
+    /// stderr, counted in health); an error stops tracer.
+    fn sync(&mut self, _ebpf: &mut Ebpf, _targets: &[Target]) -> Result<usize> {
+        Ok(0)
     }
 
     /// Moves what the kernel counted since the last call into its tallies.
@@ -235,9 +237,10 @@ impl Collectors {
         self.find(name).map_or(0, |c| c.attached())
     }
 
-    pub fn sync(&mut self, targets: &[Target]) -> Result<()> {
+    pub fn sync(&mut self, ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
         for c in &mut self.list {
-            c.sync(targets)?;
+            let failed = c.sync(ebpf, targets)?;
+            self.health.attach_failed(failed as u64);
         }
         Ok(())
     }

@@ -95,6 +95,13 @@ pub struct Report {
     pub captures: Vec<Capture>,
     /// Per collector: entries its map held at the last drain, and its capacity.
     pub map_fill: Vec<(&'static str, (usize, u32))>,
+    /// The inode of each namespace rows name (JSON's `netns_inode`).
+    pub netns_inodes: Vec<(String, u64)>,
+    /// Known-benign drops and IPv6 link-local rows, summarised (unless
+    /// `--show-benign`).
+    pub benign: Option<crate::analysis::benign::BenignRow>,
+    /// Conversations after a destination NAT, to what their client addressed.
+    pub nat: crate::analysis::nat::Ties,
 }
 
 /// Where reports go.

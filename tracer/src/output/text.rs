@@ -10,6 +10,10 @@ use super::{
 };
 use crate::{collectors::drops::reasons::hint, rules::Family};
 
+/// What the `benign` row is.
+pub const BENIGN_HINT: &str = "known-benign drops and IPv6 link-local control traffic, \
+     summarised; --show-benign shows them";
+
 pub struct TextSink<W: Write> {
     out: W,
 }
@@ -236,14 +240,18 @@ pub fn path_line(scope: Scope, row: &PathRow) -> String {
 
 impl<W: Write> Sink for TextSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
+        let orig = |id: &FlowId| match crate::analysis::nat::orig(&r.nat, id) {
+            Some(a) => format!(" orig={a}"),
+            None => String::new(),
+        };
         for row in &r.flows {
-            writeln!(self.out, "{}", flow_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", flow_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.drops {
-            writeln!(self.out, "{}", drop_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", drop_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.verdicts {
-            writeln!(self.out, "{}", verdict_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", verdict_line(r.scope, row), orig(&row.id))?;
         }
         for row in &r.icmps {
             writeln!(self.out, "{}", icmp_line(r.scope, row))?;
@@ -258,7 +266,21 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(self.out, "{}", rule_line(r.scope, row))?;
         }
         for row in &r.paths {
-            writeln!(self.out, "{}", path_line(r.scope, row))?;
+            writeln!(self.out, "{}{}", path_line(r.scope, row), orig(&row.id))?;
+        }
+        if let Some(b) = &r.benign {
+            writeln!(
+                self.out,
+                "benign {} drops={} echo_replies={} empty_queue_purges={} ipv6_link_local={} \
+                 rows_hidden={} hint=\"{}\"",
+                r.scope.as_str(),
+                b.drops(),
+                b.echo_replies,
+                b.empty_queue_purges,
+                b.ipv6_link_local,
+                b.rows_hidden,
+                BENIGN_HINT
+            )?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
             let h = &r.health;
@@ -266,7 +288,7 @@ impl<W: Write> Sink for TextSink<W> {
                 self.out,
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
                  verdict_map_full={} icmp_map_full={} frag_unmatched={} explain_events_lost={} \
-                 capture_rate_limited={} capture_lost={}",
+                 capture_rate_limited={} capture_lost={} attach_failed={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
@@ -278,6 +300,7 @@ impl<W: Write> Sink for TextSink<W> {
                 h.explain_events_lost,
                 h.capture_rate_limited,
                 h.capture_lost,
+                h.attach_failed,
             )?;
         }
         self.out.flush()
@@ -362,7 +385,7 @@ mod tests {
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
              verdict_map_full=0 icmp_map_full=0 frag_unmatched=0 explain_events_lost=0 \
-             capture_rate_limited=0 capture_lost=0\n"
+             capture_rate_limited=0 capture_lost=0 attach_failed=0\n"
         );
     }
 }

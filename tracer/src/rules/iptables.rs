@@ -69,10 +69,23 @@ pub(super) fn parse_iptables_save(text: &str, family: Family) -> Vec<Rule> {
                 counted: true,
                 text: rule.to_string(),
                 handle: None,
+                target: jump_target(&words),
+                via: Vec::new(),
             });
         }
     }
     rules
+}
+
+/// The chain of a `-j CHAIN` or `-g CHAIN` (built-in targets are words
+/// too: only chains of the table count, see [`super::rule::reach`]).
+pub(super) fn jump_target(words: &[String]) -> Option<String> {
+    words
+        .iter()
+        .zip(words.iter().skip(1))
+        .filter(|(w, _)| matches!(w.as_str(), "-j" | "--jump" | "-g" | "--goto"))
+        .map(|(_, t)| t.clone())
+        .next_back()
 }
 
 /// The verdict of an iptables rule from its last `-j`/`-g`.

@@ -83,7 +83,7 @@ pub mod snapshot;
 pub mod trace;
 mod words;
 
-pub use rule::{Family, Rule, Source, Verdict, lookup, moved};
+pub use rule::{Family, Rule, Source, Verdict, lookup, moved, reach};
 pub use snapshot::{Snapshot, Unavailable, snapshot, snapshot_report};
 #[cfg(test)]
 mod tests;

@@ -108,6 +108,13 @@ pub(super) fn parse_nft_ruleset(stdout: &str, stderr: &str) -> NftRules {
                     counted,
                     text: strip_counter_values(code),
                     handle: Some(handle),
+                    target: words
+                        .iter()
+                        .zip(words.iter().skip(1))
+                        .filter(|(w, _)| matches!(w.as_str(), "jump" | "goto"))
+                        .map(|(_, t)| unquote(t).to_string())
+                        .next_back(),
+                    via: Vec::new(),
                 };
                 if managed_tables.contains(&(*family, tname.clone())) {
                     out.managed.push(rule);

@@ -110,6 +110,68 @@ pub struct Rule {
     pub text: String,
     /// The nftables rule handle (nft rules and iptables-nft rules), as trace events carry it.
     pub handle: Option<u64>,
+    /// The chain it jumps or goes to (`-j DOCKER-USER`, `jump x`), if any:
+    /// a name that may or may not be a chain of its table.
+    pub target: Option<String>,
+    /// For a rule of a chain that is only jumped to: the base chains, as
+    /// (hook, priority), that reach it through jumps (see [`reach`]).
+    pub via: Vec<(Hook, Option<i32>)>,
+}
+
+impl Rule {
+    /// Where the rule sees packets: its own chain's hook and priority, or
+    /// those of the base chains that jump to its chain.
+    pub fn places(&self) -> Vec<(Hook, Option<i32>)> {
+        match self.hook {
+            Some(h) => vec![(h, self.priority)],
+            None => self.via.clone(),
+        }
+    }
+}
+
+/// Fills in [`Rule::via`]: which base chains reach each user chain through
+/// jumps and gotos, within one table (Docker's `DOCKER-USER`, `DOCKER` and
+/// `DOCKER-ISOLATION-STAGE-*` are reached from `FORWARD`).
+pub fn reach(rules: &mut [Rule]) {
+    type Table = (Source, Family, String);
+    type Place = (Hook, Option<i32>);
+    let mut base: HashMap<(Table, String), Place> = HashMap::new();
+    let mut edges: HashMap<(Table, String), Vec<String>> = HashMap::new();
+    for r in rules.iter() {
+        let t = (r.source, r.family, r.table.clone());
+        if let Some(h) = r.hook {
+            base.insert((t.clone(), r.chain.clone()), (h, r.priority));
+        }
+        if let Some(target) = &r.target {
+            edges
+                .entry((t, r.chain.clone()))
+                .or_default()
+                .push(target.clone());
+        }
+    }
+    let mut reached: HashMap<(Table, String), Vec<Place>> = HashMap::new();
+    for ((t, chain), place) in &base {
+        let mut todo = vec![chain.clone()];
+        let mut seen = vec![chain.clone()];
+        while let Some(c) = todo.pop() {
+            for next in edges.get(&(t.clone(), c)).into_iter().flatten() {
+                if seen.contains(next) || base.contains_key(&(t.clone(), next.clone())) {
+                    continue;
+                }
+                seen.push(next.clone());
+                let places = reached.entry((t.clone(), next.clone())).or_default();
+                if !places.contains(place) {
+                    places.push(*place);
+                }
+                todo.push(next.clone());
+            }
+        }
+    }
+    for r in rules.iter_mut().filter(|r| r.hook.is_none()) {
+        let key = ((r.source, r.family, r.table.clone()), r.chain.clone());
+        r.via = reached.get(&key).cloned().unwrap_or_default();
+        r.via.sort();
+    }
 }
 
 /// Finds the rule a trace event names: nft rules and iptables-nft rules by

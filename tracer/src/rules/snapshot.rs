@@ -130,10 +130,9 @@ pub(super) fn collect(
     if !read_any && let Some(first) = failures.into_iter().next() {
         bail!("cannot read any firewall rules: {first}");
     }
-    Ok(Snapshot {
-        rules: merge(ipt, nft),
-        unavailable,
-    })
+    let mut rules = merge(ipt, nft);
+    super::rule::reach(&mut rules);
+    Ok(Snapshot { rules, unavailable })
 }
 
 // ---- Running the tools ---------------------------------------------------

@@ -25,7 +25,31 @@ fn all() -> Vec<Rule> {
     let mut ipt = parse_iptables_save(IPTABLES_SAVE, Family::Ipv4);
     ipt.extend(parse_iptables_save(IPTABLES_LEGACY_SAVE, Family::Ipv4));
     ipt.extend(parse_iptables_save(IP6TABLES_SAVE, Family::Ipv6));
-    merge(ipt, parse_nft_ruleset(NFT_RULESET, NFT_RULESET_STDERR))
+    let mut rules = merge(ipt, parse_nft_ruleset(NFT_RULESET, NFT_RULESET_STDERR));
+    super::reach(&mut rules);
+    rules
+}
+
+#[test]
+fn user_chains_are_reached_from_the_base_chains_that_jump_or_go_to_them() {
+    let rules = all();
+    let overlay = find(
+        &rules,
+        "filter",
+        "OVERLAY",
+        "-A OVERLAY -p icmp -j REJECT --reject-with icmp-host-prohibited",
+    );
+    assert_eq!(
+        overlay.via,
+        [(Hook::Input, Some(0)), (Hook::Forward, Some(0))]
+    );
+    let icmp = find(
+        &rules,
+        "fw",
+        "icmp_chk",
+        "icmp type echo-request limit rate over 1000/second counter drop",
+    );
+    assert_eq!(icmp.via, [(Hook::Input, Some(-5))]);
 }
 
 /// A fake tool runner: the fixtures for the tools in `have`, "not

@@ -2,6 +2,7 @@
 
 pub mod bpf;
 pub mod btf;
+pub mod conntrack;
 pub mod kallsyms;
 pub mod kernel;
 pub mod netlink;

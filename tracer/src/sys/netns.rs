@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 
 /// Where `ip netns add` puts named namespaces.
 pub const NAMED_DIR: &str = "/var/run/netns";
@@ -29,58 +29,135 @@ pub struct Netns {
 }
 
 /// Resolves the `--netns` arguments; none means tracer's own namespace.
+///
+/// What the user named must be a namespace (else an error); entries found
+/// by listing [`NAMED_DIR`] and [`DOCKER_DIR`] for `all` are what a live host
+/// holds: one that is not (yet, or any more) a namespace, like the sandbox
+/// file `docker rm` leaves behind, is skipped with one line on stderr.
 pub fn resolve(specs: &[String]) -> Result<Vec<Netns>> {
-    let mut paths = Vec::new();
-    if specs.is_empty() {
-        paths.push(PathBuf::from("/proc/self/ns/net"));
+    Resolver::new(specs).resolve(true)
+}
+
+/// Resolves the `--netns` arguments again and again, as namespaces come and go.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    specs: Vec<String>,
+    /// Listed entries that were not namespaces, said once each.
+    told: std::collections::HashSet<PathBuf>,
+    /// Paths found to be namespaces, with their inode: not entered again
+    /// while the path still has that inode.
+    checked: std::collections::HashMap<PathBuf, u64>,
+}
+
+impl Resolver {
+    pub fn new(specs: &[String]) -> Self {
+        Resolver {
+            specs: specs.to_vec(),
+            told: Default::default(),
+            checked: Default::default(),
+        }
     }
-    for spec in specs {
-        if spec == "all" {
-            paths.push(PathBuf::from("/proc/self/ns/net"));
-            paths.extend(list_dir(NAMED_DIR));
-            paths.extend(list_dir(DOCKER_DIR));
-        } else if let Some(pid) = spec.strip_prefix("pid:") {
-            let pid: u32 = pid
-                .parse()
-                .map_err(|_| anyhow!("--netns {spec}: expected pid:<number>"))?;
-            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            if !path.exists() {
-                bail!("--netns {spec}: no process with pid {pid}");
+
+    /// The namespaces the specs name now. `strict` (at start): a named one
+    /// that is missing or not a namespace is an error; later it is left out
+    /// (it went away) and taken again when it comes back.
+    pub fn resolve(&mut self, strict: bool) -> Result<Vec<Netns>> {
+        let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+        let own = || (PathBuf::from("/proc/self/ns/net"), true);
+        if self.specs.is_empty() {
+            paths.push(own());
+        }
+        for spec in &self.specs {
+            match named_path(spec) {
+                Named::All => {
+                    paths.push(own());
+                    paths.extend(list_dir(NAMED_DIR).into_iter().map(|p| (p, false)));
+                    paths.extend(list_dir(DOCKER_DIR).into_iter().map(|p| (p, false)));
+                }
+                Named::Path(p) => paths.push((p, true)),
+                Named::Bad(e) if strict => return Err(e),
+                Named::Bad(_) => {}
             }
-            paths.push(path);
-        } else if spec.contains('/') {
-            if !Path::new(spec).exists() {
-                bail!("--netns {spec}: no such file");
-            }
-            paths.push(PathBuf::from(spec));
-        } else {
-            let path = Path::new(NAMED_DIR).join(spec);
-            if !path.exists() {
-                let known: Vec<String> = list_dir(NAMED_DIR)
-                    .iter()
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect();
-                bail!(
-                    "unknown network namespace '{spec}' (named namespaces: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
+        }
+        let names = known_names();
+        let mut out: Vec<Netns> = Vec::new();
+        let mut checked = std::collections::HashMap::new();
+        for (path, named) in paths {
+            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            let known = inode.filter(|i| self.checked.get(&path) == Some(i));
+            let opened = match known {
+                Some(inode) => Ok(Netns {
+                    name: name_of(inode, &names),
+                    path: path.clone(),
+                    inode,
+                }),
+                None => open(&path, &names),
+            };
+            let ns = match opened {
+                Ok(ns) => ns,
+                Err(e) if named && strict => return Err(e),
+                Err(e) => {
+                    // Said once per entry; a fixed one is said again if it breaks again.
+                    if !named && self.told.insert(path.clone()) {
+                        eprintln!("tracer: skipping {}: {e:#}", path.display());
                     }
-                );
+                    continue;
+                }
+            };
+            self.told.remove(&path);
+            checked.insert(path, ns.inode);
+            if !out.iter().any(|n| n.inode == ns.inode) {
+                out.push(ns);
             }
-            paths.push(path);
         }
+        self.checked = checked;
+        Ok(out)
     }
-    let names = known_names();
-    let mut out: Vec<Netns> = Vec::new();
-    for path in paths {
-        let ns = open(&path, &names)?;
-        if !out.iter().any(|n| n.inode == ns.inode) {
-            out.push(ns);
+}
+
+enum Named {
+    All,
+    Path(PathBuf),
+    Bad(anyhow::Error),
+}
+
+/// The path one `--netns` argument names.
+fn named_path(spec: &str) -> Named {
+    if spec == "all" {
+        return Named::All;
+    }
+    if let Some(pid) = spec.strip_prefix("pid:") {
+        let Ok(pid) = pid.parse::<u32>() else {
+            return Named::Bad(anyhow!("--netns {spec}: expected pid:<number>"));
+        };
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if !path.exists() {
+            return Named::Bad(anyhow!("--netns {spec}: no process with pid {pid}"));
         }
+        return Named::Path(path);
     }
-    Ok(out)
+    if spec.contains('/') {
+        if !Path::new(spec).exists() {
+            return Named::Bad(anyhow!("--netns {spec}: no such file"));
+        }
+        return Named::Path(PathBuf::from(spec));
+    }
+    let path = Path::new(NAMED_DIR).join(spec);
+    if !path.exists() {
+        let known: Vec<String> = list_dir(NAMED_DIR)
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        return Named::Bad(anyhow!(
+            "unknown network namespace '{spec}' (named namespaces: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    Named::Path(path)
 }
 
 /// A path that opens the namespace with `inode`: `hint` if it still does,
@@ -99,16 +176,27 @@ pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
 }
 
-/// Names of every named and Docker namespace, by inode.
+/// The name of tracer's own namespace when it has no other: on a host
+/// that is the host's.
+pub const HOST: &str = "host";
+
+/// Names of every named and Docker namespace, by inode, and tracer's own
+/// namespace, [`HOST`] unless it has a name.
 pub fn known_names() -> Vec<(u64, String)> {
-    list_dir(NAMED_DIR)
+    let mut names: Vec<(u64, String)> = list_dir(NAMED_DIR)
         .into_iter()
         .chain(list_dir(DOCKER_DIR))
         .filter_map(|p| {
             let inode = std::fs::metadata(&p).ok()?.ino();
             Some((inode, p.file_name()?.to_string_lossy().into_owned()))
         })
-        .collect()
+        .collect();
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net")
+        && !names.iter().any(|(i, _)| *i == own.ino())
+    {
+        names.push((own.ino(), HOST.to_string()));
+    }
+    names
 }
 
 /// The display name of the namespace with `inode`: its name, else the inode.
@@ -130,6 +218,15 @@ fn open(path: &Path, names: &[(u64, String)]) -> Result<Netns> {
         path: path.to_path_buf(),
         inode,
     })
+}
+
+/// (inode, path) of every namespace file Docker keeps (an unmounted one
+/// has the inode of the file itself).
+pub fn docker_entries() -> Vec<(u64, PathBuf)> {
+    list_dir(DOCKER_DIR)
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.ino(), p)))
+        .collect()
 }
 
 fn list_dir(dir: &str) -> Vec<PathBuf> {

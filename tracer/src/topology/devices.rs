@@ -4,12 +4,14 @@ use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_route::{
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{
         InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, VxlanDf,
     },
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     nsid::{NsidAttribute, NsidMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
 use crate::{
@@ -50,13 +52,20 @@ pub struct Vxlan {
     pub remote: Option<IpAddr>,
     /// DF on the outer IP header.
     pub df: OuterDf,
+    /// Remote VTEPs of its FDB entries (`bridge fdb ... dst A`): the only
+    /// sign of the underlay of a VXLAN device without local, remote or dev,
+    /// such as Docker's `vxlan0`.
+    pub fdb_remotes: Vec<IpAddr>,
 }
 
 impl Vxlan {
     /// The underlay's address family is IPv6: by `local`, else `remote`
     /// (the kernel opens an IPv4 socket when neither is IPv6).
     pub fn ipv6(&self) -> bool {
-        self.local.or(self.remote).is_some_and(|a| a.is_ipv6())
+        self.local
+            .or(self.remote)
+            .or(self.fdb_remotes.first().copied())
+            .is_some_and(|a| a.is_ipv6())
     }
 }
 
@@ -120,20 +129,93 @@ impl Device {
     }
 }
 
-/// Lists the devices of the calling thread's network namespace.
+/// Lists the devices of the calling thread's network namespace (with the
+/// FDB remotes of its VXLAN devices).
 pub fn list() -> Result<Vec<Device>> {
     let mut nl = Netlink::open()?;
     let msgs = nl.dump(
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         "link dump",
     )?;
-    Ok(msgs
+    let mut devices: Vec<Device> = msgs
         .iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewLink(link) => Some(from_message(link)),
             _ => None,
         })
-        .collect())
+        .collect();
+    if devices.iter().any(|d| matches!(d.kind, Kind::Vxlan(_))) {
+        let remotes = fdb_remotes(&mut nl)?;
+        for d in &mut devices {
+            if let Kind::Vxlan(v) = &mut d.kind {
+                v.fdb_remotes = remotes
+                    .iter()
+                    .filter(|(i, _)| *i == d.ifindex)
+                    .map(|(_, a)| *a)
+                    .filter(|a| !a.is_unspecified() && !a.is_multicast())
+                    .collect();
+                v.fdb_remotes.sort();
+                v.fdb_remotes.dedup();
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// (ifindex, destination) of every bridge FDB entry with a remote
+/// destination (`NDA_DST`): VXLAN devices' remote VTEPs.
+fn fdb_remotes(nl: &mut Netlink) -> Result<Vec<(u32, IpAddr)>> {
+    let mut req = NeighbourMessage::default();
+    req.header.family = AddressFamily::Bridge;
+    let msgs = nl.dump(RouteNetlinkMessage::GetNeighbour(req), "fdb dump")?;
+    let mut out = Vec::new();
+    for m in &msgs {
+        let RouteNetlinkMessage::NewNeighbour(n) = m else {
+            continue;
+        };
+        for a in &n.attributes {
+            let NeighbourAttribute::Destination(dst) = a else {
+                continue;
+            };
+            let ip = match dst {
+                NeighbourAddress::Inet(a) => IpAddr::V4(*a),
+                NeighbourAddress::Inet6(a) => IpAddr::V6(*a),
+                NeighbourAddress::Other(b) => match b.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(&b[..])?),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(&b[..])?),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            out.push((n.header.ifindex, ip));
+        }
+    }
+    Ok(out)
+}
+
+/// The device the calling thread's namespace routes `dst` by (`ip route get`).
+pub fn route_dev(dst: IpAddr) -> Result<Option<u32>> {
+    let mut nl = Netlink::open()?;
+    let mut msg = RouteMessage::default();
+    let (family, len, addr) = match dst {
+        IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+    };
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = len;
+    msg.attributes.push(RouteAttribute::Destination(addr));
+    let answer = match nl.request(RouteNetlinkMessage::GetRoute(msg), "route get") {
+        Ok(a) => a,
+        // No route to it: unreachable.
+        Err(_) => return Ok(None),
+    };
+    let RouteNetlinkMessage::NewRoute(r) = answer else {
+        return Ok(None);
+    };
+    Ok(r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    }))
 }
 
 /// The IP addresses of the calling thread's namespace: (ifindex, address, prefix length).
@@ -216,32 +298,74 @@ pub fn resolve_nsid<'a>(from: &Netns, nsid: i32, traced: &'a [Netns]) -> Result<
 }
 
 /// Reads what [`crate::mtu`] works on from every namespace of `traced`: its
-/// devices, addresses, and the nsids it gives the others.
+/// devices, addresses, the nsids it gives the others, and the routes to the
+/// FDB remotes of VXLAN devices whose socket it holds.
 pub fn topology(traced: &[Netns]) -> Result<Topology> {
     let mut namespaces = Vec::new();
     for ns in traced {
-        let read = || -> Result<NsDevices> {
-            let devices = list()?;
-            let addresses = addresses()?;
-            let others: Vec<Netns> = traced
-                .iter()
-                .filter(|t| t.inode != ns.inode)
-                .cloned()
-                .collect();
-            Ok(NsDevices {
-                name: ns.name.clone(),
-                inode: ns.inode,
-                devices,
-                addresses,
-                nsids: nsids(&others)?,
-            })
-        };
-        namespaces.push(
-            netns::run_in(&ns.path, read)?
-                .with_context(|| format!("reading devices of {}", ns.name))?,
-        );
+        namespaces.push(read_ns(ns, traced)?);
     }
-    Ok(Topology { namespaces })
+    let mut topo = Topology { namespaces };
+    add_routes(&mut topo, traced);
+    Ok(topo)
+}
+
+/// [`topology`] of a live host: a namespace that vanished meanwhile is left
+/// out. Returns the namespaces read, in the order of `traced`.
+pub fn topology_lenient(traced: &[Netns]) -> (Vec<Netns>, Topology) {
+    let mut kept = Vec::new();
+    let mut namespaces = Vec::new();
+    for ns in traced {
+        if let Ok(n) = read_ns(ns, traced) {
+            kept.push(ns.clone());
+            namespaces.push(n);
+        }
+    }
+    let mut topo = Topology { namespaces };
+    add_routes(&mut topo, &kept);
+    (kept, topo)
+}
+
+fn read_ns(ns: &Netns, traced: &[Netns]) -> Result<NsDevices> {
+    let read = || -> Result<NsDevices> {
+        let devices = list()?;
+        let addresses = addresses()?;
+        let others: Vec<Netns> = traced
+            .iter()
+            .filter(|t| t.inode != ns.inode)
+            .cloned()
+            .collect();
+        Ok(NsDevices {
+            name: ns.name.clone(),
+            inode: ns.inode,
+            devices,
+            addresses,
+            nsids: nsids(&others)?,
+            routes: Vec::new(),
+        })
+    };
+    netns::run_in(&ns.path, read)?.with_context(|| format!("reading devices of {}", ns.name))
+}
+
+/// Looks up, in the namespace of each VXLAN device's socket, the route to
+/// each of its FDB remotes (`topo.namespaces` in the order of `traced`).
+fn add_routes(topo: &mut Topology, traced: &[Netns]) {
+    let mut wanted: Vec<(usize, IpAddr)> = Vec::new();
+    for at in topo.all() {
+        if let Kind::Vxlan(v) = &topo.dev(at).kind
+            && let Ok(sock) = topo.socket_ns(at)
+        {
+            wanted.extend(v.fdb_remotes.iter().map(|r| (sock, *r)));
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    for (ns, dst) in wanted {
+        let found = netns::run_in(&traced[ns].path, || route_dev(dst));
+        if let Ok(Ok(Some(oif))) = found {
+            topo.namespaces[ns].routes.push((dst, oif));
+        }
+    }
 }
 
 fn from_message(link: &LinkMessage) -> Device {

@@ -106,6 +106,15 @@ impl Links {
             .insert((netns.to_string(), dev.to_string()), link);
     }
 
+    /// `dev`, and for a veth whose other end is in another traced
+    /// namespace (a container's), that namespace: `veth1a2b3c(web)`.
+    pub fn tied(&self, netns: &str, dev: &str) -> String {
+        match self.get(netns, dev).and_then(|l| l.peer.as_ref()) {
+            Some(Ok((peer_ns, _))) if peer_ns != netns => format!("{dev}({peer_ns})"),
+            _ => dev.to_string(),
+        }
+    }
+
     pub fn get(&self, netns: &str, dev: &str) -> Option<&Link> {
         self.devices.get(&(netns.to_string(), dev.to_string()))
     }

@@ -1,9 +1,11 @@
 //! Choosing what to trace: namespaces, the devices in them, and the VXLAN ports.
 
 pub mod devices;
+pub mod docker;
 pub mod links;
 pub mod mtu;
 pub mod names;
+pub mod watch;
 
 use std::collections::BTreeSet;
 
@@ -29,7 +31,8 @@ pub struct Target {
 }
 
 /// Picks the traced devices of each namespace: `ifaces` if given (each must
-/// exist somewhere), else every veth, bridge and VXLAN device.
+/// exist somewhere), else every veth, bridge and VXLAN device. None at all
+/// is not an error: they may come later.
 pub fn select(found: Vec<(Netns, Vec<Device>)>, ifaces: &[String]) -> Result<Vec<Target>> {
     for name in ifaces {
         if !found
@@ -84,14 +87,34 @@ pub fn select(found: Vec<(Netns, Vec<Device>)>, ifaces: &[String]) -> Result<Vec
             traced,
         });
     }
-    if targets.iter().all(|t| t.traced.is_empty()) {
-        let names: Vec<&str> = targets.iter().map(|t| t.netns.name.as_str()).collect();
-        bail!(
-            "no veth, bridge or VXLAN device in {}; name devices with --iface",
-            names.join(", ")
-        );
-    }
     Ok(targets)
+}
+
+/// [`select`] on a live host, later in the run: devices `ifaces` names that
+/// are not there (yet), or not Ethernet, are simply not traced.
+pub fn select_available(found: Vec<(Netns, Vec<Device>)>, ifaces: &[String]) -> Vec<Target> {
+    found
+        .into_iter()
+        .map(|(netns, devices)| {
+            let traced = devices
+                .iter()
+                .filter(|d| {
+                    d.ethernet
+                        && if ifaces.is_empty() {
+                            d.traced_by_default()
+                        } else {
+                            ifaces.contains(&d.name)
+                        }
+                })
+                .cloned()
+                .collect();
+            Target {
+                netns,
+                devices,
+                traced,
+            }
+        })
+        .collect()
 }
 
 /// The UDP ports decoded as VXLAN: 4789, the user's, and those of VXLAN devices found.
@@ -203,12 +226,18 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_trace_is_an_error() {
+    fn nothing_to_trace_yet_is_not_an_error() {
         let only_eth = vec![dev(2, "eth0", Kind::Other(String::new()))];
-        let e = select(vec![(ns("a"), only_eth)], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("no veth, bridge or VXLAN device in a"), "{e}");
+        let t = select(vec![(ns("a"), only_eth.clone())], &[]).unwrap();
+        assert!(t[0].traced.is_empty());
+        // Later, a device --iface names that is not Ethernet is left alone.
+        let t = select_available(vec![(ns("a"), host())], &["lo".into(), "br0".into()]);
+        assert_eq!(names(&t[0]), ["br0"]);
+        assert!(
+            select_available(vec![(ns("a"), only_eth)], &[])[0]
+                .traced
+                .is_empty()
+        );
     }
 
     #[test]

@@ -32,6 +32,14 @@ impl Names {
         }
     }
 
+    /// (name, inode) of every namespace known, present or gone.
+    pub fn inodes(&self) -> Vec<(String, u64)> {
+        self.netns
+            .iter()
+            .map(|(inode, (name, _))| (name.clone(), *inode))
+            .collect()
+    }
+
     /// The namespace's name, else its inode.
     pub fn netns(&self, inode: u64) -> String {
         match self.netns.get(&inode) {

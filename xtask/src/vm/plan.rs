@@ -16,12 +16,26 @@ use super::guest::Job;
 /// Tests kept off a kernel unless `--full` is given: (kernel, binary, libtest
 /// `--skip` filter, or "" for the whole binary, why). CI has 90 minutes for
 /// every kernel; see `cargo xtask test --kernel all` for the times.
-const SKIP: &[(&str, &str, &str, &str)] = &[(
-    "5.10",
-    "drops",
-    "per_reason_totals_agree_with_bpftrace",
-    "its bpftrace witness counts by args->reason, which 5.10's kfree_skb has not",
-)];
+const SKIP: &[(&str, &str, &str, &str)] = &[
+    (
+        "5.10",
+        "drops",
+        "per_reason_totals_agree_with_bpftrace",
+        "its bpftrace witness counts by args->reason, which 5.10's kfree_skb has not",
+    ),
+    (
+        "5.10",
+        "docker",
+        "",
+        "CI time: the same hooks as the labs' overlay and drop tests, which run here",
+    ),
+    (
+        "5.10",
+        "swarm",
+        "",
+        "CI time: the same hooks as the labs' overlay and drop tests, which run here",
+    ),
+];
 
 /// The paths the guest covers with its own tmpfs: nothing it runs may live there.
 const HIDDEN: &[&str] = &[

@@ -199,6 +199,10 @@ impl Collector for Flows {
         report.flows = self.counts.rows(scope, |e| devices.named(names, e));
     }
 
+    fn sync(&mut self, ebpf: &mut Ebpf, targets: &[crate::topology::Target]) -> Result<usize> {
+        Ok(self.links.sync(ebpf, targets))
+    }
+
     fn stop(&mut self, _ebpf: &mut Ebpf) {
         self.links.detach();
     }

@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     collectors::verdicts::{chains, raw::NfPrograms},
@@ -82,13 +82,18 @@ impl NfLinks {
 
     /// Links the observers around each table at each hook, IPv4 and IPv6,
     /// where the namespace has a base chain of that priority, and unlinks
-    /// those whose chains are gone. Called at start and every interval: a
-    /// table created later is observed from then on.
-    pub fn sync(&mut self, targets: &[Target]) -> Result<()> {
+    /// those whose chains or namespaces are gone. Called at start and every
+    /// interval: a table or namespace created later is observed from then
+    /// on. Returns how many pairs could not be linked (said on stderr); a
+    /// namespace that vanished meanwhile is not a failure.
+    pub fn sync(&mut self, targets: &[Target]) -> usize {
+        self.links
+            .retain(|(ns, ..), _| targets.iter().any(|t| t.netns.path == *ns));
+        let mut failed = 0;
         for t in targets {
             let path = t.netns.path.clone();
             let (progs, tables, links) = (&self.progs, &self.tables, &mut self.links);
-            netns::run_in(&path, || -> Result<()> {
+            let done = netns::run_in(&path, || -> Result<()> {
                 let chains = chains::base_chains()?;
                 let mut needed = Vec::new();
                 for family in IpFamily::BOTH {
@@ -113,22 +118,65 @@ impl NfLinks {
                 for (family, hook, table, prio) in needed {
                     if let Entry::Vacant(e) = links.entry((path.clone(), family, hook, table)) {
                         let (before, after) = programs(table);
-                        let before = progs.link(before, family, hook, prio - 1)?;
-                        let after = progs.link(after, family, hook, prio + 1)?;
+                        let before = link_near(progs, before, family, hook, prio, -1)?;
+                        let after = link_near(progs, after, family, hook, prio, 1)?;
                         e.insert([before, after]);
                     }
                 }
                 Ok(())
-            })?
-            .with_context(|| format!("netfilter observers in {}", t.netns.name))?;
+            });
+            match done {
+                Ok(Ok(())) => {}
+                // Gone (a container stopped): its observers went with it.
+                Err(_) => {}
+                Ok(Err(e)) => {
+                    if path.exists() {
+                        eprintln!("tracer: netfilter observers in {}: {e:#}", t.netns.name);
+                        failed += 1;
+                    }
+                }
+            }
         }
-        Ok(())
+        failed
     }
 
     /// Links held (two per observed table, hook and family).
     pub fn count(&self) -> usize {
         2 * self.links.len()
     }
+}
+
+/// How far from a table's priority an observer may go when another BPF
+/// program (another tracer) holds the nearest one. Every table's neighbours
+/// are further away than this (mangle -150, filter 0, security 50).
+const MAX_SHIFT: i32 = 10;
+
+/// Links `name` at `priority + dir`, or the next free priority further out
+/// on the same side: netfilter refuses two BPF programs at one priority
+/// (EBUSY), and the observer before a table must stay below its priority,
+/// the one after above it.
+fn link_near(
+    progs: &NfPrograms,
+    name: &str,
+    family: IpFamily,
+    hook: Hook,
+    priority: i32,
+    dir: i32,
+) -> Result<OwnedFd> {
+    let mut shift = 1;
+    loop {
+        match progs.link(name, family, hook, priority + dir * shift) {
+            Err(e) if busy(&e) && shift < MAX_SHIFT => shift += 1,
+            other => return other,
+        }
+    }
+}
+
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
+    })
 }
 
 #[cfg(test)]

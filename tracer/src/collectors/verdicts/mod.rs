@@ -170,7 +170,9 @@ impl Collector for Verdicts {
                 match NfPrograms::load(ebpf, &programs) {
                     Ok(p) => {
                         let mut links = NfLinks::new(p, self.tables.clone());
-                        links.sync(setup.targets)?;
+                        if links.sync(setup.targets) > 0 {
+                            anyhow::bail!("cannot link the netfilter observers (see above)");
+                        }
                         self.hooks = Hooks::Links(links);
                         Ok(Vec::new())
                     }
@@ -206,10 +208,10 @@ impl Collector for Verdicts {
         Ok(())
     }
 
-    fn sync(&mut self, targets: &[Target]) -> Result<()> {
+    fn sync(&mut self, _ebpf: &mut Ebpf, targets: &[Target]) -> Result<usize> {
         match &mut self.hooks {
-            Hooks::Links(l) => l.sync(targets),
-            _ => Ok(()),
+            Hooks::Links(l) => Ok(l.sync(targets)),
+            _ => Ok(0),
         }
     }
 

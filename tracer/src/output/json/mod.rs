@@ -66,23 +66,53 @@ impl From<Endpoints> for JsonEndpoints {
     }
 }
 
+/// Where rows are written: the report's scope, and the inodes of the
+/// namespaces its rows name.
+struct At<'a> {
+    scope: Scope,
+    inodes: &'a [(String, u64)],
+    nat: &'a crate::analysis::nat::Ties,
+}
+
+impl At<'_> {
+    fn of(r: &Report) -> At<'_> {
+        At {
+            scope: r.scope,
+            inodes: &r.netns_inodes,
+            nat: &r.nat,
+        }
+    }
+
+    /// The inode of the namespace named `netns` (an unnamed one is named by it).
+    fn inode(&self, netns: &str) -> Option<u64> {
+        self.inodes
+            .iter()
+            .find(|(n, _)| n == netns)
+            .map(|(_, i)| *i)
+            .or_else(|| netns.parse().ok())
+    }
+}
+
 /// The fields every row about a packet carries.
 #[derive(Serialize)]
 struct JsonFlowFields<'a> {
     r#type: &'static str,
     scope: &'static str,
     netns: &'a str,
+    netns_inode: Option<u64>,
     iface: Option<&'a str>,
     dir: Option<&'static str>,
     #[serde(flatten)]
     outer: JsonEndpoints,
     vni: Option<u32>,
     inner: Option<JsonEndpoints>,
+    /// After a destination NAT: the address and port the client used.
+    orig: Option<String>,
 }
 
 fn flow_fields<'a>(
     r#type: &'static str,
-    scope: Scope,
+    at: &At,
     netns: &'a str,
     iface: Option<&'a str>,
     dir: Option<&'static str>,
@@ -90,13 +120,15 @@ fn flow_fields<'a>(
 ) -> JsonFlowFields<'a> {
     JsonFlowFields {
         r#type,
-        scope: scope.as_str(),
+        scope: at.scope.as_str(),
         netns,
+        netns_inode: at.inode(netns),
         iface,
         dir,
         outer: Endpoints::of(&id.outer).into(),
         vni: vni(id),
         inner: inner(id).map(Into::into),
+        orig: crate::analysis::nat::orig(at.nat, id).map(|a| a.to_string()),
     }
 }
 
@@ -196,8 +228,21 @@ struct JsonRule<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonBenign {
+    r#type: &'static str,
+    scope: &'static str,
+    drops: u64,
+    echo_replies: u64,
+    empty_queue_purges: u64,
+    ipv6_link_local: u64,
+    rows_hidden: u64,
+    hint: &'static str,
+}
+
+#[derive(Serialize)]
 struct JsonHop<'a> {
     netns: &'a str,
+    netns_inode: Option<u64>,
     iface: &'a str,
     dir: &'static str,
     vxlan: bool,
@@ -249,14 +294,15 @@ struct JsonHealth {
     explain_events_lost: u64,
     capture_rate_limited: u64,
     capture_lost: u64,
+    attach_failed: u64,
 }
 
 #[cfg(test)]
-fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
+fn flow<'a>(at: &At, row: &'a FlowRow) -> JsonFlow<'a> {
     JsonFlow {
         flow: flow_fields(
             "flow",
-            scope,
+            at,
             &row.netns,
             Some(&row.iface),
             Some(row.dir.as_str()),
@@ -271,16 +317,9 @@ fn flow(scope: Scope, row: &FlowRow) -> JsonFlow<'_> {
     }
 }
 
-fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
+fn drop_row<'a>(at: &At, row: &'a DropRow) -> JsonDrop<'a> {
     JsonDrop {
-        flow: flow_fields(
-            "drop",
-            scope,
-            &row.netns,
-            row.iface.as_deref(),
-            None,
-            &row.id,
-        ),
+        flow: flow_fields("drop", at, &row.netns, row.iface.as_deref(), None, &row.id),
         reason: row.reason.as_deref(),
         location: &row.location,
         fragment: row.fragment,
@@ -290,11 +329,11 @@ fn drop_row(scope: Scope, row: &DropRow) -> JsonDrop<'_> {
     }
 }
 
-fn verdict(scope: Scope, row: &VerdictRow) -> JsonVerdict<'_> {
+fn verdict<'a>(at: &At, row: &'a VerdictRow) -> JsonVerdict<'a> {
     JsonVerdict {
         flow: flow_fields(
             "verdict",
-            scope,
+            at,
             &row.netns,
             row.iface.as_deref(),
             None,
@@ -309,11 +348,11 @@ fn verdict(scope: Scope, row: &VerdictRow) -> JsonVerdict<'_> {
     }
 }
 
-fn icmp(scope: Scope, row: &IcmpRow) -> JsonIcmp<'_> {
+fn icmp<'a>(at: &At, row: &'a IcmpRow) -> JsonIcmp<'a> {
     JsonIcmp {
         flow: flow_fields(
             "icmp",
-            scope,
+            at,
             &row.netns,
             row.iface.as_deref(),
             Some(row.dir.as_str()),
@@ -327,11 +366,11 @@ fn icmp(scope: Scope, row: &IcmpRow) -> JsonIcmp<'_> {
     }
 }
 
-fn frag(scope: Scope, row: &FragRow) -> JsonFrag<'_> {
+fn frag<'a>(at: &At, row: &'a FragRow) -> JsonFrag<'a> {
     JsonFrag {
         flow: flow_fields(
             "frag",
-            scope,
+            at,
             &row.netns,
             Some(&row.iface),
             Some(row.dir.as_str()),
@@ -346,11 +385,11 @@ fn frag(scope: Scope, row: &FragRow) -> JsonFrag<'_> {
     }
 }
 
-fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
+fn mtu<'a>(at: &At, row: &'a MtuRow) -> JsonMtu<'a> {
     let f = &row.finding;
     JsonMtu {
         r#type: "mtu",
-        scope: scope.as_str(),
+        scope: at.scope.as_str(),
         kind: f.kind.as_str(),
         devices: &f.devices,
         overhead: f.overhead,
@@ -362,7 +401,7 @@ fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
             .map(|fl| JsonMtuFlow {
                 flow: flow_fields(
                     "flow",
-                    scope,
+                    at,
                     &fl.netns,
                     Some(&fl.iface),
                     Some(fl.dir.as_str()),
@@ -375,9 +414,9 @@ fn mtu(scope: Scope, row: &MtuRow) -> JsonMtu<'_> {
     }
 }
 
-fn rule(scope: Scope, row: &RuleRow) -> JsonRule<'_> {
+fn rule<'a>(at: &At, row: &'a RuleRow) -> JsonRule<'a> {
     JsonRule {
-        flow: flow_fields("rule", scope, &row.netns, None, None, &row.id),
+        flow: flow_fields("rule", at, &row.netns, None, None, &row.id),
         family: row.family.map_or("?", Family::as_str),
         table: &row.table,
         chain: &row.chain,
@@ -389,17 +428,10 @@ fn rule(scope: Scope, row: &RuleRow) -> JsonRule<'_> {
     }
 }
 
-fn path(scope: Scope, row: &PathRow) -> JsonPath<'_> {
+fn path<'a>(at: &At, row: &'a PathRow) -> JsonPath<'a> {
     let (netns, iface, dir) = row.origin();
     JsonPath {
-        flow: flow_fields(
-            "path",
-            scope,
-            netns,
-            iface,
-            dir.map(|d| d.as_str()),
-            &row.id,
-        ),
+        flow: flow_fields("path", at, netns, iface, dir.map(|d| d.as_str()), &row.id),
         sent: row.sent(),
         arrived: row.arrived(),
         hops: row
@@ -407,6 +439,7 @@ fn path(scope: Scope, row: &PathRow) -> JsonPath<'_> {
             .iter()
             .map(|h| JsonHop {
                 netns: &h.netns,
+                netns_inode: at.inode(&h.netns),
                 iface: &h.iface,
                 dir: h.dir.as_str(),
                 vxlan: h.vxlan,
@@ -444,11 +477,13 @@ fn path(scope: Scope, row: &PathRow) -> JsonPath<'_> {
 /// of thousands a second on a busy host), and serde's generic path escapes
 /// every key and formats through `fmt`; this writes the fixed parts as they
 /// are. A test holds the two byte for byte equal.
-fn write_flow(out: &mut impl Write, scope: Scope, row: &FlowRow) -> io::Result<()> {
+fn write_flow(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<()> {
     out.write_all(b"{\"type\":\"flow\",\"scope\":\"")?;
-    out.write_all(scope.as_str().as_bytes())?;
+    out.write_all(at.scope.as_str().as_bytes())?;
     out.write_all(b"\",\"netns\":")?;
     serde_json::to_writer(&mut *out, &*row.netns)?;
+    out.write_all(b",\"netns_inode\":")?;
+    write_opt(out, at.inode(&row.netns))?;
     out.write_all(b",\"iface\":")?;
     serde_json::to_writer(&mut *out, &*row.iface)?;
     out.write_all(b",\"dir\":\"")?;
@@ -464,6 +499,11 @@ fn write_flow(out: &mut impl Write, scope: Scope, row: &FlowRow) -> io::Result<(
             write_endpoints(out, &e)?;
             out.write_all(b"}")?;
         }
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b",\"orig\":")?;
+    match crate::analysis::nat::orig(at.nat, &row.id) {
+        Some(a) => serde_json::to_writer(&mut *out, &a.to_string())?,
         None => out.write_all(b"null")?,
     }
     let c = &row.counts;
@@ -529,29 +569,42 @@ fn write_opt(out: &mut impl Write, n: Option<impl Into<u64>>) -> io::Result<()> 
 
 impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
+        let at = At::of(r);
         for row in &r.flows {
-            write_flow(&mut self.out, r.scope, row)?;
+            write_flow(&mut self.out, &at, row)?;
         }
         for row in &r.drops {
-            self.line(&drop_row(r.scope, row))?;
+            self.line(&drop_row(&at, row))?;
         }
         for row in &r.verdicts {
-            self.line(&verdict(r.scope, row))?;
+            self.line(&verdict(&at, row))?;
         }
         for row in &r.icmps {
-            self.line(&icmp(r.scope, row))?;
+            self.line(&icmp(&at, row))?;
         }
         for row in &r.frags {
-            self.line(&frag(r.scope, row))?;
+            self.line(&frag(&at, row))?;
         }
         for row in &r.mtu {
-            self.line(&mtu(r.scope, row))?;
+            self.line(&mtu(&at, row))?;
         }
         for row in &r.rules {
-            self.line(&rule(r.scope, row))?;
+            self.line(&rule(&at, row))?;
         }
         for row in &r.paths {
-            self.line(&path(r.scope, row))?;
+            self.line(&path(&at, row))?;
+        }
+        if let Some(b) = &r.benign {
+            self.line(&JsonBenign {
+                r#type: "benign",
+                scope: r.scope.as_str(),
+                drops: b.drops(),
+                echo_replies: b.echo_replies,
+                empty_queue_purges: b.empty_queue_purges,
+                ipv6_link_local: b.ipv6_link_local,
+                rows_hidden: b.rows_hidden,
+                hint: super::text::BENIGN_HINT,
+            })?;
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {
@@ -567,6 +620,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 explain_events_lost: r.health.explain_events_lost,
                 capture_rate_limited: r.health.capture_rate_limited,
                 capture_lost: r.health.capture_lost,
+                attach_failed: r.health.attach_failed,
             })?;
         }
         self.out.flush()

@@ -76,8 +76,19 @@ fn hand_written_flow_rows_are_what_serde_writes() {
                 },
             };
             let mut ours = Vec::new();
-            write_flow(&mut ours, scope, &row).unwrap();
-            let serde = serde_json::to_string(&flow(scope, &row)).unwrap() + "\n";
+            let inodes = [("tl1-ha".to_string(), 4026532000)];
+            // Every other row is one after a published port's DNAT.
+            let mut nat = crate::analysis::nat::Ties::new();
+            if let (0, Some(k)) = (i % 2, crate::analysis::nat::key(&id)) {
+                nat.insert(k, "10.9.1.1:8080".parse().unwrap());
+            }
+            let at = At {
+                scope,
+                inodes: &inodes,
+                nat: &nat,
+            };
+            write_flow(&mut ours, &at, &row).unwrap();
+            let serde = serde_json::to_string(&flow(&at, &row)).unwrap() + "\n";
             assert_eq!(String::from_utf8(ours).unwrap(), serde);
         }
     }
@@ -122,6 +133,7 @@ fn vxlan_flow_row_matches_the_contract() {
             explain_events_lost: 6,
             capture_rate_limited: 8,
             capture_lost: 9,
+            attach_failed: 0,
         },
         ..Report::default()
     };
@@ -129,7 +141,7 @@ fn vxlan_flow_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "flow", "scope": "total", "netns": "hostA", "iface": "ul0",
+            "type": "flow", "scope": "total", "netns": "hostA", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": "egress", "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -144,7 +156,7 @@ fn vxlan_flow_row_matches_the_contract() {
                            "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
                            "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5,
                            "explain_events_lost": 6, "capture_rate_limited": 8,
-                           "capture_lost": 9})
+                           "capture_lost": 9, "attach_failed": 0})
     );
     assert_eq!(lines.len(), 2);
 }
@@ -172,7 +184,7 @@ fn drop_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "drop", "scope": "interval", "netns": "hostB", "iface": "ul0",
+            "type": "drop", "scope": "interval", "netns": "hostB", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -209,7 +221,7 @@ fn verdict_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "verdict", "scope": "total", "netns": "hostB", "iface": "ul0",
+            "type": "verdict", "scope": "total", "netns": "hostB", "netns_inode": null, "orig": null, "iface": "ul0",
             "dir": null, "proto": "udp", "src": "10.0.0.1", "dst": "10.0.0.2",
             "sport": 40000, "dport": 4789, "vni": 42,
             "inner": {"proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
@@ -257,7 +269,7 @@ fn icmp_and_frag_rows_match_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "icmp", "scope": "total", "netns": "hostA", "iface": "vx0",
+            "type": "icmp", "scope": "total", "netns": "hostA", "netns_inode": null, "orig": null, "iface": "vx0",
             "dir": "ingress", "proto": "icmp", "src": "10.0.0.5", "dst": "10.0.0.6",
             "sport": null, "dport": null, "vni": null, "inner": null,
             "kind": "frag_needed", "icmp_type": 3, "icmp_code": 4, "mtu": 1450, "count": 2
@@ -316,7 +328,15 @@ fn plain_flow_has_null_vni_and_inner_and_numeric_unknown_proto() {
         },
         counts: Counts::default(),
     };
-    let v = serde_json::to_value(flow(Scope::Interval, &row)).unwrap();
+    let nat = crate::analysis::nat::Ties::new();
+    let at = At {
+        scope: Scope::Interval,
+        inodes: &[],
+        nat: &nat,
+    };
+    let v = serde_json::to_value(flow(&at, &row)).unwrap();
+    // An unnamed namespace is named by its inode, which is its inode too.
+    assert_eq!(v["netns_inode"], 4026531840u64);
     assert_eq!(v["vni"], serde_json::Value::Null);
     assert_eq!(v["inner"], serde_json::Value::Null);
     assert_eq!(v["proto"], 47);
@@ -378,15 +398,15 @@ fn path_row_matches_the_contract() {
     assert_eq!(
         lines[0],
         serde_json::json!({
-            "type": "path", "scope": "total", "netns": "c1", "iface": "eth0", "dir": "egress",
+            "type": "path", "scope": "total", "netns": "c1", "netns_inode": null, "orig": null, "iface": "eth0", "dir": "egress",
             "proto": "udp", "src": "10.0.0.5", "dst": "10.0.0.6", "sport": 41000, "dport": 5001,
             "vni": 42, "inner": null, "sent": 7, "arrived": 0,
             "hops": [
-                {"netns": "c1", "iface": "eth0", "dir": "egress", "vxlan": false, "packets": 7,
+                {"netns": "c1", "netns_inode": null, "iface": "eth0", "dir": "egress", "vxlan": false, "packets": 7,
                  "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
-                {"netns": "ha", "iface": "ul0", "dir": "egress", "vxlan": true, "packets": 7,
+                {"netns": "ha", "netns_inode": null, "iface": "ul0", "dir": "egress", "vxlan": true, "packets": 7,
                  "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
-                {"netns": "hb", "iface": "ul0", "dir": "ingress", "vxlan": true, "packets": 7,
+                {"netns": "hb", "netns_inode": null, "iface": "ul0", "dir": "ingress", "vxlan": true, "packets": 7,
                  "bytes": 700, "frags_first": 0, "frags_rest": 0, "max_len": 100},
             ],
             "lost": [{

@@ -49,6 +49,11 @@ pub struct LiveSink {
 }
 
 impl LiveSink {
+    /// How the traced devices connect now.
+    pub fn set_links(&mut self, links: Links) {
+        self.state.set_links(links);
+    }
+
     /// Takes over the terminal and draws the view; `filter` is the initial
     /// filter. The terminal's events come on the returned channel.
     pub fn start(links: Links, filter: Option<Filter>) -> io::Result<(Self, Events)> {

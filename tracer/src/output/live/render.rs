@@ -68,6 +68,7 @@ fn header_line(s: &State) -> Line<'static> {
         (h.explain_events_lost, "TRACE EVENTS LOST"),
         (h.capture_rate_limited, "PCAP RATE LIMITED"),
         (h.capture_lost, "PCAP LOST"),
+        (h.attach_failed, "ATTACH FAILED"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)

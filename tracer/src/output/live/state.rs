@@ -158,6 +158,11 @@ fn rate_secs(r: &Report) -> f64 {
 }
 
 impl State {
+    /// How the traced devices connect now (devices and namespaces came or went).
+    pub fn set_links(&mut self, links: Links) {
+        self.links = links;
+    }
+
     pub fn new(links: Links, filter: Option<Filter>) -> Self {
         State {
             links,
@@ -562,4 +567,5 @@ fn add_health(h: &mut Health, o: &Health) {
     h.explain_events_lost += o.explain_events_lost;
     h.capture_rate_limited += o.capture_rate_limited;
     h.capture_lost += o.capture_lost;
+    h.attach_failed += o.attach_failed;
 }

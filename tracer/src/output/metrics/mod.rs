@@ -211,6 +211,7 @@ impl MetricsSink {
             ("explain_events_lost", h.explain_events_lost),
             ("capture_rate_limited", h.capture_rate_limited),
             ("capture_lost", h.capture_lost),
+            ("attach_failed", h.attach_failed),
         ] {
             // Every event is listed from the start: a zero is a finding too.
             *t.health.entry(labels(&[("event", event)])).or_default() += n;

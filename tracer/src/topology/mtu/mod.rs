@@ -42,6 +42,9 @@ pub struct NsDevices {
     /// The nsid this namespace gives each other traced namespace: (nsid, inode).
     /// `link_netnsid`s of this namespace's devices are resolved with it.
     pub nsids: Vec<(i32, u64)>,
+    /// Routes this namespace has to the FDB remotes of VXLAN devices whose
+    /// socket is here: (remote, ifindex of the device it leaves by).
+    pub routes: Vec<(IpAddr, u32)>,
 }
 
 /// Every traced namespace.
@@ -286,6 +289,12 @@ impl Topology {
             .map(|i| (ns, i))
     }
 
+    /// The namespace of the UDP socket of the VXLAN device at `at`;
+    /// `Err(nsid)` if it is not traced.
+    pub(crate) fn socket_ns(&self, at: At) -> Result<usize, i32> {
+        self.ns_of(at.0, self.dev(at).link_netnsid)
+    }
+
     /// The namespace a `link_netnsid` read in namespace `from` refers to;
     /// `Err(nsid)` if it is not traced.
     fn ns_of(&self, from: usize, netnsid: Option<i32>) -> Result<usize, i32> {
@@ -377,8 +386,39 @@ impl Topology {
                 "no device in {sock_name} is on the subnet of its remote {remote}"
             ));
         }
+        // Docker's vxlan0: no local, remote or dev; its remotes are in the
+        // FDB, and the socket's namespace routes to them.
+        let routed: Vec<(At, IpAddr)> = v
+            .fdb_remotes
+            .iter()
+            .filter_map(|r| {
+                let (_, oif) = self.namespaces[sock_ns]
+                    .routes
+                    .iter()
+                    .find(|(dst, _)| dst == r)?;
+                Some((self.by_ifindex(sock_ns, *oif)?, *r))
+            })
+            .collect();
+        // Several remotes by several devices: the smallest MTU bites first.
+        if let Some((u, r)) = routed.iter().min_by_key(|(u, _)| self.dev(*u).mtu) {
+            return Ok((
+                u.to_owned(),
+                format!("{sock_name} routes its FDB remote {r} by it"),
+            ));
+        }
+        if !v.fdb_remotes.is_empty() {
+            let list: Vec<String> = v.fdb_remotes.iter().map(|r| r.to_string()).collect();
+            why.push(format!(
+                "{sock_name} has no route to its FDB remotes {}",
+                list.join(", ")
+            ));
+        }
         if why.is_empty() {
-            why.push("it is bound to no device and has no local or unicast remote address".into());
+            why.push(
+                "it is bound to no device and has no local or unicast remote address, nor \
+                 remotes in its FDB"
+                    .into(),
+            );
         }
         Err(format!("unknown: {}", why.join("; ")))
     }

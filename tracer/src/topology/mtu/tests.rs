@@ -61,6 +61,7 @@ fn ns(
         devices,
         addresses,
         nsids,
+        routes: Vec::new(),
     }
 }
 
@@ -369,7 +370,8 @@ fn underlay_unknown_says_why() {
     assert_eq!((s[0].underlay.as_ref(), s[0].limit), (None, None));
     assert_eq!(
         s[0].underlay_how,
-        "unknown: it is bound to no device and has no local or unicast remote address"
+        "unknown: it is bound to no device and has no local or unicast remote address, nor \
+         remotes in its FDB"
     );
     assert_eq!(s[0].fits(), None);
     assert_eq!(findings(&topo), []);
@@ -529,4 +531,39 @@ fn findings_serialize_without_their_watch_list() {
     assert_eq!(j["limit"], 1450);
     assert!(j.get("watch").is_none());
     assert_eq!(FindingKind::VethPeerUntraced.as_str(), "veth_peer_untraced");
+}
+
+/// Docker's overlay: `vxlan0` without local, remote or dev; the remote
+/// node only in its FDB, and the host routing to it by its underlay.
+#[test]
+fn docker_vxlan_underlay_from_the_fdb_and_the_route() {
+    let mut topo = docker(1450, 1400, 1450);
+    for n in &mut topo.namespaces {
+        for d in &mut n.devices {
+            if let Kind::Vxlan(v) = &mut d.kind {
+                v.local = None;
+                v.fdb_remotes = vec![v4(10, 1, 1, 2)];
+            }
+        }
+    }
+    // Without the route the underlay stays unknown, and says why.
+    let s = path_mtu_summary(&topo);
+    assert_eq!(s[0].underlay, None);
+    assert_eq!(
+        s[0].underlay_how,
+        "unknown: tl1-ha has no route to its FDB remotes 10.1.1.2"
+    );
+    topo.namespaces[0].routes = vec![(v4(10, 1, 1, 2), 2)];
+    let s = path_mtu_summary(&topo);
+    assert_eq!(s[0].underlay, Some(d("tl1-ha", "ul0", 1400)));
+    assert_eq!(
+        s[0].underlay_how,
+        "tl1-ha routes its FDB remote 10.1.1.2 by it"
+    );
+    let f: Vec<Finding> = findings(&topo)
+        .into_iter()
+        .filter(|f| f.kind == FindingKind::VxlanOverhead && f.devices[0].netns == "tl1-ova")
+        .collect();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].limit, 1350);
 }

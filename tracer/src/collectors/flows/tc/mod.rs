@@ -64,12 +64,20 @@ enum Attachment {
     },
 }
 
+/// A traced device: (namespace inode, ifindex, name). The name too: an
+/// ifindex may be reused by a new device.
+type DevKey = (u64, u32, String);
+
+fn dev_key(ns: &Netns, dev: &Device) -> DevKey {
+    (ns.inode, dev.ifindex, dev.name.clone())
+}
+
 /// What tracer attached; undone by [`Links::detach`] (tcx links also when
 /// dropped or when the process dies).
 #[derive(Default)]
 pub struct Links {
     netlink: bool,
-    attached: Vec<Attachment>,
+    attached: Vec<(DevKey, Attachment)>,
     /// clsact qdiscs tracer created, (namespace, ifindex): deleted on detach.
     qdiscs: Vec<(Netns, u32)>,
     /// What is attached over netlink, for the next start if this run is killed.
@@ -105,15 +113,55 @@ impl Links {
         }
     }
 
-    /// Attaches both directions to every traced device. On error, what was
+    /// Attaches both directions to every traced device; one that vanished
+    /// since it was listed (a live host) is left out. On error, what was
     /// attached so far stays in `self` for the caller to detach.
     pub fn attach(&mut self, ebpf: &mut Ebpf, targets: &[Target]) -> Result<()> {
         for t in targets {
             for dev in &t.traced {
-                self.attach_device(ebpf, &t.netns, dev)?;
+                if let Err(e) = self.attach_device(ebpf, &t.netns, dev) {
+                    if still_there(&t.netns, dev) {
+                        return Err(e);
+                    }
+                    self.forget(&dev_key(&t.netns, dev));
+                }
             }
         }
         Ok(())
+    }
+
+    /// Follows `targets` as devices and namespaces come and go: detaches
+    /// from devices no longer traced, attaches to new ones. A device that
+    /// cannot be attached to is said on stderr; returns how many of those
+    /// are still there (a device that vanished meanwhile is not a failure).
+    pub fn sync(&mut self, ebpf: &mut Ebpf, targets: &[Target]) -> usize {
+        let wanted: Vec<(&Netns, &Device)> = targets
+            .iter()
+            .flat_map(|t| t.traced.iter().map(move |d| (&t.netns, d)))
+            .collect();
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(k, _)| wanted.iter().any(|(ns, d)| dev_key(ns, d) == *k));
+        self.attached = keep;
+        for (_, a) in gone {
+            self.detach_one(a);
+        }
+        let mut failed = 0;
+        for (ns, dev) in wanted {
+            let key = dev_key(ns, dev);
+            if self.attached.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            if let Err(e) = self.attach_device(ebpf, ns, dev) {
+                // Half attached (one direction): undo it, try again next time.
+                self.forget(&key);
+                if still_there(ns, dev) {
+                    eprintln!("tracer: {e:#}");
+                    failed += 1;
+                }
+            }
+        }
+        failed
     }
 
     /// Attaches both directions to `dev` of namespace `ns`.
@@ -173,31 +221,52 @@ impl Links {
                 .with_context(what)?;
                 Attachment::Tcx(link)
             };
-            self.attached.push(attachment);
+            self.attached.push((dev_key(ns, dev), attachment));
         }
         Ok(())
+    }
+
+    /// Detaches what is attached to the device `key` (one direction, if
+    /// attaching the other failed).
+    fn forget(&mut self, key: &DevKey) {
+        let (half, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(k, _)| k == key);
+        self.attached = rest;
+        for (_, a) in half {
+            self.detach_one(a);
+        }
+    }
+
+    /// Detaches one program: a filter from inside its namespace (which may
+    /// be gone, and the filter with it).
+    fn detach_one(&mut self, a: Attachment) -> bool {
+        match a {
+            Attachment::Tcx(link) => {
+                drop(link);
+                true
+            }
+            Attachment::Filter {
+                ns,
+                ifindex,
+                hook,
+                priority,
+                handle,
+            } => {
+                let done = netns::run_in(&ns.path, || {
+                    clsact::delete_filter(ifindex, hook, priority, handle)
+                });
+                matches!(done, Ok(Ok(())))
+            }
+        }
     }
 
     /// Detaches everything: tcx links by closing them, filters from inside
     /// their namespace, then the clsact qdiscs tracer created (if empty).
     pub fn detach(&mut self) {
         let mut complete = true;
-        for a in self.attached.drain(..) {
-            match a {
-                Attachment::Tcx(link) => drop(link),
-                Attachment::Filter {
-                    ns,
-                    ifindex,
-                    hook,
-                    priority,
-                    handle,
-                } => {
-                    let done = netns::run_in(&ns.path, || {
-                        clsact::delete_filter(ifindex, hook, priority, handle)
-                    });
-                    complete &= matches!(done, Ok(Ok(())));
-                }
-            }
+        for (_, a) in std::mem::take(&mut self.attached) {
+            complete &= self.detach_one(a);
         }
         for (ns, ifindex) in self.qdiscs.drain(..) {
             let _ = netns::run_in(&ns.path, || clsact::delete_qdisc_if_unused(ifindex));
@@ -219,6 +288,16 @@ impl Drop for Links {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// Whether `dev` is still in namespace `ns` under its name and ifindex.
+fn still_there(ns: &Netns, dev: &Device) -> bool {
+    let Ok(name) = std::ffi::CString::new(dev.name.as_str()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    netns::run_in(&ns.path, || unsafe { libc::if_nametoindex(name.as_ptr()) })
+        .is_ok_and(|i| i == dev.ifindex)
 }
 
 fn tc_attach_type(hook: Hook) -> TcAttachType {
