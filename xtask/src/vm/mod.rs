@@ -61,8 +61,9 @@ pub struct Options {
     pub vm_exec: Option<String>,
 }
 
-/// The matrix CI runs: this machine, Debian 12's kernel, Debian 11's.
-pub const DEFAULT_KERNELS: [&str; 3] = ["host", "6.1", "5.10"];
+/// The matrix CI runs: this machine, Debian 12's kernel, Debian 11's, and
+/// bookworm-backports' 6.12 (a subset, see plan.rs).
+pub const DEFAULT_KERNELS: [&str; 4] = ["host", "6.1", "5.10", "6.12"];
 
 /// Runs the tests on every `--kernel`, prints the report, fails if any failed.
 pub fn run(opts: &Options, args: &[String]) -> Result<()> {
