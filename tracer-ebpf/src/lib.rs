@@ -257,6 +257,15 @@ pub struct Offsets {
     /// `struct nft_base_chain`: where its `chain` is, and its `ops.priority`.
     pub nft_base_chain: u32,
     pub nft_base_priority: u32,
+    /// `struct nf_hook_entries` (vmlinux): `num_hook_entries`, `hooks`, the
+    /// size of one `struct nf_hook_entry` and its `priv`; the `priority` of
+    /// `struct nf_hook_ops`. What the kprobes on kernels without module BTF
+    /// find a base chain's priority with.
+    pub hook_entries_num: u32,
+    pub hook_entries_hooks: u32,
+    pub hook_entry_size: u32,
+    pub hook_entry_priv: u32,
+    pub hook_ops_priority: u32,
 }
 
 /// Load-time configuration of the programs, written into `.rodata` by userspace.

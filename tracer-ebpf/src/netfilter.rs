@@ -9,11 +9,13 @@
 //! Kernels before 6.4 have no netfilter programs: there fentry and fexit
 //! programs on nf_tables' `nft_do_chain` see each base chain's packet and
 //! verdict instead (see [`nft_chain_entry`]), and the same rows come out.
+//! Without nf_tables' BTF (5.10), kprobes on `nf_hook_slow` and
+//! `nft_do_chain` do the same (see [`nft_chain_kprobe`]).
 
 use aya_ebpf::{
-    macros::{classifier, fentry, fexit, map},
+    macros::{classifier, fentry, fexit, kprobe, kretprobe, map},
     maps::PerCpuArray,
-    programs::{FEntryContext, FExitContext, TcContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TcContext},
 };
 use tracer_ebpf::{NF_TABLES, VerdictKey, VerdictStats, counter, hook, table};
 
@@ -234,31 +236,48 @@ pub fn nft_chain_exit(ctx: FExitContext) -> i32 {
 
 #[inline(always)]
 fn chain_entry(pkt: u64, chain: u64) {
-    let Some(calls) = NFT_CALLS.get_ptr_mut(0) else {
+    let Some(call) = push_call() else {
         return;
     };
-    // SAFETY: this CPU's slot; entries and exits on a CPU are strictly nested.
-    let calls = unsafe { &mut *calls };
-    let depth = calls.depth;
-    calls.depth = depth + 1;
-    if depth >= MAX_NESTING {
-        return;
-    }
-    let call = &mut calls.calls[(depth & (MAX_NESTING - 1)) as usize];
-    call.counted = 0;
     // Through the helper: `priv` is a `void *`, and the types of `pkt` come
     // from a module's BTF.
     let skb: u64 = Probe::get(pkt, config!(offsets.nft_pkt_skb)).unwrap_or(0);
     let state: u64 = Probe::get(pkt, config!(offsets.nft_pkt_state)).unwrap_or(0);
-    if skb == 0 || state == 0 {
-        return;
-    }
-    let hook: u8 = Probe::get(state, config!(offsets.state_hook)).unwrap_or(0xff);
     // `priv` is the base chain's `struct nft_chain`, inside its `struct nft_base_chain`.
     let base = chain.wrapping_sub(config!(offsets.nft_base_chain) as u64);
     let Some(priority) = Probe::get::<i32>(base, config!(offsets.nft_base_priority)) else {
         return;
     };
+    begin_call(call, skb, state, chain, priority);
+}
+
+/// A new call of `nft_do_chain` on this CPU, not counted until
+/// [`begin_call`] says so; `None` when nested too deep.
+#[inline(always)]
+fn push_call() -> Option<&'static mut Call> {
+    let calls = NFT_CALLS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; entries and exits on a CPU are strictly nested.
+    let calls = unsafe { &mut *calls };
+    let depth = calls.depth;
+    calls.depth = depth + 1;
+    if depth >= MAX_NESTING {
+        return None;
+    }
+    // Masked in the register that indexes (older verifiers).
+    let call = calls
+        .calls
+        .get_mut(head::mask::<{ MAX_NESTING as usize - 1 }>(depth as usize))?;
+    call.counted = 0;
+    Some(call)
+}
+
+/// Describes `call`: base chain `chain` at `priority` runs on `skb` at hook `state`.
+#[inline(always)]
+fn begin_call(call: &mut Call, skb: u64, state: u64, chain: u64, priority: i32) {
+    if skb == 0 || state == 0 {
+        return;
+    }
+    let hook: u8 = Probe::get(state, config!(offsets.state_hook)).unwrap_or(0xff);
     let Some(table) = table_at(priority, hook) else {
         return;
     };
@@ -268,6 +287,130 @@ fn chain_entry(pkt: u64, chain: u64) {
     }
     (call.skb, call.chain, call.hook, call.table) = (skb, chain, hook, table);
     call.counted = 1;
+}
+
+/// Hook entries of one `nf_hook_slow` call the kprobe looks a chain up in, at most.
+const MAX_HOOK_ENTRIES: u64 = 16;
+
+/// One `nf_hook_slow(skb, state, entries, start)` under way.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HookCall {
+    skb: u64,
+    state: u64,
+    entries: u64,
+}
+
+/// The `nf_hook_slow` calls under way on a CPU (br_netfilter runs IP
+/// hooks inside bridge hooks).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HookCalls {
+    depth: u32,
+    _pad: u32,
+    calls: [HookCall; MAX_NESTING as usize],
+}
+
+#[map]
+static HOOK_CALLS: PerCpuArray<HookCalls> = PerCpuArray::with_max_entries(1, 0);
+
+/// Without nf_tables' BTF (5.10) there is no fentry on it and no layout of
+/// its structs; `nf_hook_slow`'s arguments are vmlinux's, and the
+/// `nft_do_chain` kprobe finds its chain among this call's hook entries.
+#[kprobe]
+pub fn nf_hook_slow_entry(ctx: ProbeContext) -> u32 {
+    let (Some(skb), Some(state), Some(entries)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    let Some(calls) = HOOK_CALLS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; entries and returns on a CPU are strictly nested.
+    let calls = unsafe { &mut *calls };
+    let depth = calls.depth;
+    calls.depth = depth + 1;
+    if depth < MAX_NESTING
+        && let Some(call) = calls
+            .calls
+            .get_mut(head::mask::<{ MAX_NESTING as usize - 1 }>(depth as usize))
+    {
+        *call = HookCall {
+            skb,
+            state,
+            entries,
+        };
+    }
+    0
+}
+
+#[kretprobe]
+pub fn nf_hook_slow_exit(_ctx: RetProbeContext) -> u32 {
+    if let Some(calls) = HOOK_CALLS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let calls = unsafe { &mut *calls };
+        calls.depth = calls.depth.saturating_sub(1);
+    }
+    0
+}
+
+/// `nft_do_chain(pkt, priv)` seen by a kprobe: the packet and the hook
+/// state are those of the `nf_hook_slow` call under way, the chain's
+/// priority that of the hook entry whose `priv` it is.
+#[kprobe]
+pub fn nft_chain_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(call) = push_call() else {
+        return 0;
+    };
+    let (Some(chain), Some(hooks)) = (ctx.arg::<u64>(1), HOOK_CALLS.get_ptr(0)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    let hooks = unsafe { &*hooks };
+    if hooks.depth == 0 || hooks.depth > MAX_NESTING {
+        return 0;
+    }
+    let Some(&h) = hooks
+        .calls
+        .get(head::mask::<{ MAX_NESTING as usize - 1 }>(hooks.depth as usize - 1))
+    else {
+        return 0;
+    };
+    if let Some(priority) = chain_priority(h.entries, chain) {
+        begin_call(call, h.skb, h.state, chain, priority);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn nft_chain_kretprobe(ctx: RetProbeContext) -> u32 {
+    let verdict: u32 = ctx.ret();
+    chain_verdict(verdict);
+    0
+}
+
+/// The priority of the hook entry of `entries` whose `priv` is `chain`:
+/// `orig_ops[i]`, the array right after the entries' `hooks[num]`.
+#[inline(always)]
+fn chain_priority(entries: u64, chain: u64) -> Option<i32> {
+    let num: u16 = Probe::get(entries, config!(offsets.hook_entries_num))?;
+    let num = num as u64;
+    let hooks = entries + config!(offsets.hook_entries_hooks) as u64;
+    let size = config!(offsets.hook_entry_size) as u64;
+    let mut i = 0u64;
+    while i < MAX_HOOK_ENTRIES {
+        if i >= num {
+            return None;
+        }
+        let private: u64 = Probe::get(hooks + i * size, config!(offsets.hook_entry_priv))?;
+        if private == chain {
+            let ops: u64 = Probe::get(hooks + num * size + i * 8, 0)?;
+            return Probe::get::<i32>(ops, config!(offsets.hook_ops_priority));
+        }
+        i += 1;
+    }
+    None
 }
 
 #[inline(always)]

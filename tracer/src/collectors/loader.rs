@@ -82,8 +82,22 @@ pub fn verifier_error(log: &str) -> String {
         l.split_once(": (")
             .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
+    // ` R0_w=map_value(...) R1=...`: the registers after an instruction
+    // (older verifiers print them on a line of their own).
+    let registers = |l: &str| {
+        let l = l.trim_start();
+        l.strip_prefix('R')
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()) && r.contains('='))
+    };
     match lines[..=end].iter().rposition(|l| instruction(l)) {
-        Some(at) if at < end => format!("{} at insn {}", lines[at + 1..=end].join("; "), lines[at]),
+        Some(at) if at < end => {
+            let error: Vec<&str> = lines[at + 1..=end]
+                .iter()
+                .copied()
+                .filter(|l| !registers(l))
+                .collect();
+            format!("{} at insn {}", error.join("; "), lines[at])
+        }
         _ => lines[end].to_string(),
     }
 }
@@ -170,6 +184,16 @@ mod tests {
             verifier_error(log),
             "invalid access to map value, value_size=128 off=150 size=1; R4 max value is \
              outside of the allowed memory range at insn 12: (71) r1 = *(u8 *)(r4 +150)"
+        );
+        // 5.10 prints the registers after the instruction on a line of their own.
+        let log = "12: (79) r2 = *(u64 *)(r0 +16)\n \
+                   R0_w=map_value(id=0,off=0,ks=4,vs=104,umax_value=1030) R1=inv(id=0)\n\
+                   invalid access to map value, value_size=104 off=1030 size=8\n\
+                   processed 12 insns (limit 1000000) max_states_per_insn 0\n";
+        assert_eq!(
+            verifier_error(log),
+            "invalid access to map value, value_size=104 off=1030 size=8 at insn \
+             12: (79) r2 = *(u64 *)(r0 +16)"
         );
         assert_eq!(verifier_error(""), "no verifier log");
         assert_eq!(

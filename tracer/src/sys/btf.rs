@@ -60,6 +60,11 @@ pub fn offsets(btf: &Btf) -> (Offsets, Vec<String>) {
         nft_pkt_state: 0,
         nft_base_chain: 0,
         nft_base_priority: 0,
+        hook_entries_num: 0,
+        hook_entries_hooks: 0,
+        hook_entry_size: 0,
+        hook_entry_priv: 0,
+        hook_ops_priority: 0,
     };
     (offsets, missing)
 }
@@ -89,6 +94,11 @@ fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
             _ => None,
         })
         .ok_or_else(|| anyhow!("struct {name} not in kernel BTF"))
+}
+
+/// Size in bytes of `struct name`.
+pub fn struct_size(btf: &Btf, name: &str) -> Result<u32> {
+    Ok(find_struct(btf, name)?.size() as u32)
 }
 
 /// Byte offset of `path` (dot-separated member names) in `struct name`,

@@ -4,6 +4,7 @@
 
 pub mod chains;
 pub mod fexit;
+pub mod kprobes;
 pub mod links;
 pub mod raw;
 
@@ -23,6 +24,7 @@ use crate::{
     topology::{Target, names::Names},
 };
 use fexit::NfTables;
+use kprobes::NfKprobes;
 use links::NfLinks;
 use raw::NfPrograms;
 
@@ -90,6 +92,9 @@ enum Hooks {
         programs: Vec<(&'static str, OwnedFd)>,
         _links: Vec<OwnedFd>,
     },
+    /// kprobes on `nf_hook_slow` and `nft_do_chain` (no module BTF): held
+    /// by the `Ebpf`.
+    Kprobes,
 }
 
 pub struct Verdicts {
@@ -98,6 +103,8 @@ pub struct Verdicts {
     hooks: Hooks,
     /// On kernels without netfilter programs: nf_tables' BTF, or why not.
     nf_tables: Option<Result<NfTables>>,
+    /// Without nf_tables' BTF either: what the kprobes need, or why not.
+    kprobes: Option<Result<NfKprobes>>,
     counts: Drained<VerdictKey, VerdictStats, VerdictCounts>,
 }
 
@@ -109,6 +116,7 @@ impl Verdicts {
             tables: links::tables(&cli.nf_tables)?,
             hooks: Hooks::None,
             nf_tables: None,
+            kprobes: None,
             counts: Drained::default(),
         })
     }
@@ -139,8 +147,15 @@ impl Collector for Verdicts {
         }
         if self.enabled && !kernel.at_least(6, 4) {
             let nf_tables = NfTables::find(kernel);
-            if let Ok(n) = &nf_tables {
-                n.configure(&mut config.offsets);
+            match &nf_tables {
+                Ok(n) => n.configure(&mut config.offsets),
+                Err(_) => {
+                    let kprobes = NfKprobes::find(&kernel.btf);
+                    if let Ok(k) = &kprobes {
+                        k.configure(&mut config.offsets);
+                    }
+                    self.kprobes = Some(kprobes);
+                }
             }
             self.nf_tables = Some(nf_tables);
         }
@@ -195,10 +210,27 @@ impl Collector for Verdicts {
                             .to_string(),
                     ))
                 }
-                Err(e) => Ok(self.notice(format!(
-                    "netfilter verdicts unavailable: this kernel has no netfilter BPF programs \
-                     (Linux >= 6.4) and fexit on nft_do_chain failed ({e:#}); {WITHOUT}"
-                ))),
+                Err(fexit) => match self.kprobes.take().map(|k| k.and_then(|k| k.attach(ebpf))) {
+                    Some(Ok(())) => {
+                        self.hooks = Hooks::Kprobes;
+                        Ok(self.notice(format!(
+                            "this kernel has no netfilter BPF programs (Linux >= 6.4) and no \
+                             fexit on nft_do_chain ({fexit:#}): verdicts come from kprobes on \
+                             nf_hook_slow and nft_do_chain, which see nftables and iptables-nft \
+                             tables but not iptables-legacy ones, nor nat chains"
+                        )))
+                    }
+                    Some(Err(kprobe)) => Ok(self.notice(format!(
+                        "netfilter verdicts unavailable: this kernel has no netfilter BPF \
+                         programs (Linux >= 6.4), fexit on nft_do_chain failed ({fexit:#}) and \
+                         so did kprobes ({kprobe:#}); {WITHOUT}"
+                    ))),
+                    None => Ok(self.notice(format!(
+                        "netfilter verdicts unavailable: this kernel has no netfilter BPF \
+                         programs (Linux >= 6.4) and fexit on nft_do_chain failed ({fexit:#}); \
+                         {WITHOUT}"
+                    ))),
+                },
             },
         }
     }
@@ -232,7 +264,7 @@ impl Collector for Verdicts {
             Hooks::None => 0,
             Hooks::Links(l) => l.count(),
             // Not observers: the notice at start says what counts instead.
-            Hooks::Fexit { .. } => 0,
+            Hooks::Fexit { .. } | Hooks::Kprobes => 0,
         }
     }
 
@@ -245,6 +277,8 @@ impl Collector for Verdicts {
                 .iter()
                 .map(|(name, fd)| (name.to_string(), fd.as_fd()))
                 .collect(),
+            // aya's own: the metrics read them from the `Ebpf`.
+            Hooks::Kprobes => Vec::new(),
         }
     }
 
