@@ -371,10 +371,9 @@ pub fn nft_chain_kprobe(ctx: ProbeContext) -> u32 {
     if hooks.depth == 0 || hooks.depth > MAX_NESTING {
         return 0;
     }
-    let Some(&h) = hooks
-        .calls
-        .get(head::mask::<{ MAX_NESTING as usize - 1 }>(hooks.depth as usize - 1))
-    else {
+    let Some(&h) = hooks.calls.get(head::mask::<{ MAX_NESTING as usize - 1 }>(
+        hooks.depth as usize - 1,
+    )) else {
         return 0;
     };
     if let Some(priority) = chain_priority(h.entries, chain) {

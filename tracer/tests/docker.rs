@@ -234,7 +234,9 @@ fn a_container_started_after_tracer_is_followed() {
             let e = run.stderr_so_far();
             // The veth may come a poll before the container's namespace,
             // and then is not tied to it yet.
-            e.contains("tracer: following late [eth0(host)]") && e.contains(&veth)
+            // Under its id first where Docker was slow to name it.
+            (e.contains("tracer: following late [eth0(host)]") || e.contains(" is now named late"))
+                && e.contains(&veth)
         }),
         "{veth}: {}",
         run.stderr_so_far()
@@ -279,7 +281,10 @@ fn a_stale_sandbox_file_is_skipped() {
     let run = start_on(&d, &[]);
     let db = d.run("db", "bridge", &[]).unwrap();
     assert!(
-        wait_until(|| run.stderr_so_far().contains("tracer: following db")),
+        wait_until(|| {
+            let e = run.stderr_so_far();
+            e.contains("tracer: following db") || e.contains(" is now named db")
+        }),
         "{}",
         run.stderr_so_far()
     );
@@ -362,7 +367,14 @@ fn two_tracers_at_once_and_benign_noise() {
     assert!(wait_until(|| counted() == 10), "counter at {}", counted());
     let (quiet, full) = (stop(quiet), stop(full));
     for f in [&quiet, &full] {
-        assert!(f.stderr.contains("; 2 netfilter observers"), "{}", f.stderr);
+        // Observers are links (6.4); older kernels count with fexit or kprobes.
+        let observers = if kernel().netfilter_links { 2 } else { 0 };
+        assert!(
+            f.stderr
+                .contains(&format!("; {observers} netfilter observers")),
+            "{}",
+            f.stderr
+        );
         let v: Vec<&Value> = verdicts_at(f, "host", "forward")
             .into_iter()
             .filter(|r| r["dport"] == 5005)

@@ -212,10 +212,7 @@ fn vxlan_drops_to_pcapng_and_metrics() {
         ("table", "filter"),
         ("verdict", "dropped"),
     ];
-    assert_eq!(
-        value(&samples, "tracer_verdicts_total", &verdict),
-        N as f64
-    );
+    assert_eq!(value(&samples, "tracer_verdicts_total", &verdict), N as f64);
     let sent = [
         ("netns", lab.a.ns.as_str()),
         ("iface", "ul0"),

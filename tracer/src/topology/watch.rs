@@ -68,6 +68,10 @@ impl LinkEvents {
 /// How long a new Docker namespace waits for Docker to name it: the
 /// sandbox file appears while the container is still being started.
 const NAMING: Duration = Duration::from_secs(2);
+/// How long Docker is asked again about a namespace it has not named yet
+/// (followed under its id meanwhile): a container on a busy host can take
+/// this long to start.
+const ASKING: Duration = Duration::from_secs(60);
 
 /// Names from Docker, asked for only when a namespace Docker may know appears.
 struct DockerNames {
@@ -95,7 +99,7 @@ impl DockerNames {
                 ask = true;
                 now
             });
-            ask |= self.names.of(p).is_none() && now - first < NAMING;
+            ask |= self.names.of(p).is_none() && now - first < ASKING;
         }
         if let Some(engine) = &self.engine
             && ask
@@ -290,6 +294,12 @@ fn changes(old: &[Target], new: &[Target], links: &Links) -> Vec<String> {
                 tied(&t.netns.name, &devs(t).iter().collect::<Vec<_>>())
             )),
             Some(o) => {
+                if o.netns.name != t.netns.name {
+                    said.push(format!(
+                        "tracer: {} is now named {}",
+                        o.netns.name, t.netns.name
+                    ));
+                }
                 let (was, now) = (devs(o), devs(t));
                 let added: Vec<&String> = now.iter().filter(|d| !was.contains(d)).collect();
                 let removed: Vec<&String> = was.iter().filter(|d| !now.contains(d)).collect();

@@ -25,6 +25,8 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
     ),
     ("5.10", "docker", "", CI_TIME),
     ("5.10", "swarm", "", CI_TIME),
+    ("6.1", "docker", "", CI_TIME),
+    ("6.1", "swarm", "", CI_TIME),
     (
         "5.10",
         "verdicts",
