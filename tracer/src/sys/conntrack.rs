@@ -2,18 +2,15 @@
 //! connections had their destination translated (a published port's DNAT)
 //! and what they were addressed to before.
 
-use std::{io::ErrorKind, net::IpAddr};
+use std::net::IpAddr;
 
-use anyhow::{Context as _, Result};
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use anyhow::Result;
 
-use crate::sys::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, attributes, ne32};
+use crate::sys::netlink::{self, attributes};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -63,55 +60,17 @@ pub struct Dnat {
 
 /// The DNAT'd connections of the calling thread's namespace.
 pub fn dnat() -> Result<Vec<Dnat>> {
-    let socket = netlink::socket(NETLINK_NETFILTER)?;
-    // nlmsghdr + nfgenmsg (AF_UNSPEC: every family).
-    let mut req = Vec::with_capacity(20);
-    req.extend(20u32.to_ne_bytes());
-    req.extend(((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    req.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend(1u32.to_ne_bytes());
-    req.extend(0u32.to_ne_bytes());
-    req.extend([0u8, 0, 0, 0]);
-    socket.send(&req, 0).context("netlink send")?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("netlink recv"),
-        };
-        if let Some(done) = decode(&buf[..n], &mut out) {
-            return done.map(|()| out);
-        }
-    }
+    netlink::netfilter_dump(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        CT_NEW,
+        "conntrack dump",
+        |msg| out.extend(entry(&msg[20..])),
+    )?;
+    Ok(out)
 }
 
-/// Adds the DNAT'd entries of the messages in `buf` to `out`; `Some` at
-/// the end of the dump.
-fn decode(buf: &[u8], out: &mut Vec<Dnat>) -> Option<Result<()>> {
-    for (kind, msg) in netlink::messages(buf) {
-        match kind {
-            NLMSG_DONE => return Some(Ok(())),
-            NLMSG_ERROR => {
-                let code = ne32(msg.get(16..)?).unwrap_or(0) as i32;
-                if code != 0 {
-                    return Some(Err(anyhow::anyhow!(
-                        "conntrack dump: {}",
-                        std::io::Error::from_raw_os_error(-code)
-                    )));
-                }
-            }
-            k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && msg.len() >= 20 => {
-                if let Some(d) = entry(&msg[20..]) {
-                    out.push(d);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
+const CT_NEW: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
 
 fn entry(attrs: &[u8]) -> Option<Dnat> {
     let (mut orig, mut reply, mut status) = (None, None, 0);
@@ -183,7 +142,10 @@ fn tuple(buf: &[u8]) -> Option<Tuple> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::build::{attr, nfnl_message};
+    use crate::sys::netlink::{
+        build::{attr, nfnl_message},
+        decode_dump,
+    };
 
     fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
         attr(kind | 0x8000, &parts.concat())
@@ -232,7 +194,9 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        assert!(decode(&[plain, published].concat(), &mut out).is_none());
+        let mut each = |m: &[u8]| out.extend(entry(&m[20..]));
+        let dump = decode_dump(&[plain, published].concat(), CT_NEW, &mut each);
+        assert_eq!(dump, netlink::Dump::More);
         assert_eq!(out.len(), 1);
         let ip = |a: [u8; 4]| IpAddr::from(a);
         assert_eq!(

@@ -120,6 +120,69 @@ pub fn socket(protocol: isize) -> Result<Socket> {
     Ok(socket)
 }
 
+/// Dumps a netfilter subsystem's objects of every family: sends request
+/// `get` (`subsystem << 8 | message`) and hands `each` every reply message
+/// of type `reply` (header included) until the dump ends. `what` names the
+/// dump in errors.
+pub fn netfilter_dump(get: u16, reply: u16, what: &str, mut each: impl FnMut(&[u8])) -> Result<()> {
+    let socket = socket(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    // nlmsghdr + nfgenmsg (family AF_UNSPEC: every family, version 0, res_id 0).
+    let mut req = Vec::with_capacity(20);
+    req.extend(20u32.to_ne_bytes());
+    req.extend(get.to_ne_bytes());
+    req.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend(1u32.to_ne_bytes());
+    req.extend(0u32.to_ne_bytes());
+    req.extend([0u8, 0, 0, 0]);
+    socket.send(&req, 0).context("netlink send")?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("netlink recv"),
+        };
+        match decode_dump(&buf[..n], reply, &mut each) {
+            Dump::More => {}
+            Dump::Done => return Ok(()),
+            Dump::Error(code) => {
+                anyhow::bail!("{what}: {}", std::io::Error::from_raw_os_error(-code))
+            }
+        }
+    }
+}
+
+/// Where a dump is after one buffer of it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dump {
+    More,
+    Done,
+    /// The kernel's negative errno.
+    Error(i32),
+}
+
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+
+/// Hands `each` the messages of type `reply` in `buf` (at least a
+/// netfilter header long), and says whether the dump ended.
+pub fn decode_dump(buf: &[u8], reply: u16, each: &mut impl FnMut(&[u8])) -> Dump {
+    for (kind, msg) in messages(buf) {
+        match kind {
+            NLMSG_DONE => return Dump::Done,
+            NLMSG_ERROR => {
+                let code = msg.get(16..).and_then(ne32).unwrap_or(0) as i32;
+                if code != 0 {
+                    return Dump::Error(code);
+                }
+            }
+            k if k == reply && msg.len() >= 20 => each(msg),
+            _ => {}
+        }
+    }
+    Dump::More
+}
+
 /// Length of the netlink message header.
 pub const NLMSG_HDRLEN: usize = 16;
 

@@ -3,14 +3,11 @@
 //! iptables-legacy, from /proc. The verdict observers go only around those,
 //! so namespaces without a firewall pay nothing for them.
 
-use std::io::ErrorKind;
-
-use anyhow::{Context as _, Result, bail};
-use netlink_sys::protocols::NETLINK_NETFILTER;
+use anyhow::Result;
 
 use crate::{
     model::{Hook, IpFamily, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, Table},
-    sys::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, attributes, be32, ne32},
+    sys::netlink::{self, attributes, be32},
 };
 
 /// A chain attached to a netfilter hook of the IP families.
@@ -35,8 +32,6 @@ const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 /// Base chains of the calling thread's namespace.
 pub fn base_chains() -> Result<Vec<BaseChain>> {
@@ -46,85 +41,39 @@ pub fn base_chains() -> Result<Vec<BaseChain>> {
 }
 
 fn nft_base_chains() -> Result<Vec<BaseChain>> {
-    let socket = netlink::socket(NETLINK_NETFILTER)?;
-    // nlmsghdr + nfgenmsg (family AF_UNSPEC: every family, version 0, res_id 0).
-    let mut req = Vec::with_capacity(20);
-    req.extend(20u32.to_ne_bytes());
-    req.extend(((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN).to_ne_bytes());
-    req.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend(1u32.to_ne_bytes());
-    req.extend(0u32.to_ne_bytes());
-    req.extend([0u8, 0, 0, 0]);
-    socket.send(&req, 0).context("netlink send")?;
     let mut chains = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("netlink recv"),
-        };
-        match decode(&buf[..n], &mut chains) {
-            Decoded::More => {}
-            Decoded::Done => return Ok(chains),
-            Decoded::Error(code) => {
-                bail!(
-                    "nftables chain dump: {}",
-                    std::io::Error::from_raw_os_error(-code)
-                )
-            }
-        }
-    }
+    netlink::netfilter_dump(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
+        NEWCHAIN,
+        "nftables chain dump",
+        |msg| chains.extend(base_chain(msg)),
+    )?;
+    Ok(chains)
 }
 
-enum Decoded {
-    More,
-    Done,
-    Error(i32),
-}
+const NEWCHAIN: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN;
 
-/// Adds the base chains of the messages in `buf` to `chains`.
-fn decode(buf: &[u8], chains: &mut Vec<BaseChain>) -> Decoded {
-    for (kind, msg) in netlink::messages(buf) {
-        match kind {
-            NLMSG_DONE => return Decoded::Done,
-            NLMSG_ERROR => {
-                let code = ne32(&msg[16..]).unwrap_or(0) as i32;
-                if code != 0 {
-                    return Decoded::Error(code);
-                }
-            }
-            k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN && msg.len() >= 20 => {
-                let family = msg[16];
-                let Some((_, hook_attrs)) =
-                    attributes(&msg[20..]).find(|(t, _)| *t == NFTA_CHAIN_HOOK)
-                else {
-                    continue;
-                };
-                let (mut num, mut priority) = (None, None);
-                for (t, p) in attributes(hook_attrs) {
-                    match t {
-                        NFTA_HOOK_HOOKNUM => num = be32(p),
-                        NFTA_HOOK_PRIORITY => priority = be32(p).map(|v| v as i32),
-                        _ => {}
-                    }
-                }
-                // Only the IP families' hooks: arp, bridge and netdev number theirs apart.
-                let ip = [NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6].contains(&family);
-                if let (true, Some(hook), Some(priority)) =
-                    (ip, num.and_then(|n| Hook::from_raw(n as u8)), priority)
-                {
-                    chains.push(BaseChain {
-                        family,
-                        hook,
-                        priority,
-                    });
-                }
-            }
+/// The base chain a chain message describes, if it is one of an IP family.
+fn base_chain(msg: &[u8]) -> Option<BaseChain> {
+    let family = *msg.get(16)?;
+    let (_, hook_attrs) = attributes(msg.get(20..)?).find(|(t, _)| *t == NFTA_CHAIN_HOOK)?;
+    let (mut num, mut priority) = (None, None);
+    for (t, p) in attributes(hook_attrs) {
+        match t {
+            NFTA_HOOK_HOOKNUM => num = be32(p),
+            NFTA_HOOK_PRIORITY => priority = be32(p).map(|v| v as i32),
             _ => {}
         }
     }
-    Decoded::More
+    // Only the IP families' hooks: arp, bridge and netdev number theirs apart.
+    if ![NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6].contains(&family) {
+        return None;
+    }
+    Some(BaseChain {
+        family,
+        hook: Hook::from_raw(num? as u8)?,
+        priority: priority?,
+    })
 }
 
 /// iptables-legacy tables of the calling thread's namespace, as the base
@@ -152,7 +101,11 @@ fn legacy_base_chains() -> Vec<BaseChain> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::build::{attr, nfnl_message as message};
+    use crate::sys::netlink::{
+        Dump, NLMSG_DONE, NLMSG_ERROR,
+        build::{attr, nfnl_message as message},
+        decode_dump,
+    };
 
     fn chain(family: u8, hook: u32, priority: i32) -> Vec<u8> {
         let hook_attrs = [
@@ -187,7 +140,8 @@ mod tests {
         ]
         .concat();
         let mut chains = Vec::new();
-        assert!(matches!(decode(&buf, &mut chains), Decoded::Done));
+        let mut each = |m: &[u8]| chains.extend(base_chain(m));
+        assert_eq!(decode_dump(&buf, NEWCHAIN, &mut each), Dump::Done);
         assert_eq!(
             chains,
             [
@@ -219,11 +173,12 @@ mod tests {
         err.extend((-1i32).to_ne_bytes());
         err.extend([0u8; 16]);
         let mut chains = Vec::new();
-        assert!(matches!(decode(&err, &mut chains), Decoded::Error(-1)));
-        assert!(matches!(
-            decode(&chain(2, 1, 0)[..10], &mut chains),
-            Decoded::More
-        ));
+        let mut each = |m: &[u8]| chains.extend(base_chain(m));
+        assert_eq!(decode_dump(&err, NEWCHAIN, &mut each), Dump::Error(-1));
+        assert_eq!(
+            decode_dump(&chain(2, 1, 0)[..10], NEWCHAIN, &mut each),
+            Dump::More
+        );
         assert!(chains.is_empty());
     }
 
