@@ -178,14 +178,7 @@ fn a_drop_in_docker_user_is_named() {
     )
     .unwrap();
     // The rule's own counter is the ground truth.
-    let counted = || {
-        d.iptables(&["-L", "DOCKER-USER", "-v", "-x", "-n"])
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("dpt:5002"))
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
+    let counted = || docker_user_packets(&d, 5002);
     assert!(wait_until(|| counted() == 10), "counter at {}", counted());
     let f = stop(run);
     let rule = "-A DOCKER-USER -p udp -m udp --dport 5002 -j DROP";
@@ -304,6 +297,17 @@ fn a_stale_sandbox_file_is_skipped() {
     assert_eq!(flow_total(&f, "db", "eth0", "ingress", 41003)["packets"], 5);
 }
 
+/// Packets DOCKER-USER's rules for UDP port `dport` matched: the rule's
+/// own counter, the ground truth.
+fn docker_user_packets(d: &Daemon, dport: u16) -> u64 {
+    d.iptables(&["-L", "DOCKER-USER", "-v", "-x", "-n"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("dpt:{dport}")))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn wait_said(run: &TracerRun, what: &str) {
     assert!(
         wait_until(|| run.stderr_so_far().contains(what)),
@@ -356,14 +360,7 @@ fn two_tracers_at_once_and_benign_noise() {
         100,
     )
     .unwrap();
-    let counted = || {
-        d.iptables(&["-L", "DOCKER-USER", "-v", "-x", "-n"])
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("dpt:5005"))
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
+    let counted = || docker_user_packets(&d, 5005);
     assert!(wait_until(|| counted() == 10), "counter at {}", counted());
     let (quiet, full) = (stop(quiet), stop(full));
     for f in [&quiet, &full] {
