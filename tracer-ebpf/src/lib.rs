@@ -353,10 +353,10 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<DeviceInfo>(), 8);
-        assert_eq!(size_of::<Offsets>(), 24 * 4);
+        assert_eq!(size_of::<Offsets>(), 29 * 4);
         assert_eq!(
             size_of::<Config>(),
-            24 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4 + 2 * 4
+            29 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4 + 2 * 4
         );
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
         assert_eq!(size_of::<VerdictStats>(), 24);
