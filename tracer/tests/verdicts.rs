@@ -428,11 +428,13 @@ fn explain_table_removed_on_exit_and_after_a_kill() {
 }
 
 /// Observers go only where a table can decide, and follow tables created
-/// after tracer started.
+/// after tracer started. Kernels without netfilter links (< 6.4) have no
+/// observers: fentry/fexit or kprobes see every table, the later one too.
 #[test]
 fn observers_follow_the_namespaces_tables() {
     let p = Pair::new(1500).unwrap();
     let (client, server) = (&p.a, &p.b);
+    let with_table = if kernel().netfilter_links { 2 } else { 0 };
     let run = start(p.namespaces(), &[]);
     let observers = || {
         xtask::bpf::links_held_by(run.pid())
@@ -447,7 +449,11 @@ fn observers_follow_the_namespaces_tables() {
         &["-A", "INPUT", "-p", "udp", "--dport", "7300", "-j", "DROP"],
     )
     .unwrap();
-    assert!(wait_until(|| observers() == 2), "{} observers", observers());
+    assert!(
+        wait_until(|| observers() == with_table),
+        "{} observers",
+        observers()
+    );
     let before = nstat(&server.ns, "IpInReceives").unwrap();
     send_udp(
         &client.ns,

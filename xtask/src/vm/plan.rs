@@ -27,12 +27,6 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
     ("5.10", "swarm", "", CI_TIME),
     ("6.1", "docker", "", CI_TIME),
     ("6.1", "swarm", "", CI_TIME),
-    (
-        "5.10",
-        "verdicts",
-        "observers_follow",
-        "about netfilter links (6.4); 5.10 counts verdicts with kprobes",
-    ),
     // 6.12 has what 6.18 has (tcx, BPF netfilter programs, drop reasons,
     // icmp:icmp_send): it runs what differs by kernel, as the issue asks.
     ("6.12", "docker", "", SAME_AS_HOST),
