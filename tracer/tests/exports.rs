@@ -212,7 +212,9 @@ fn vxlan_drops_to_pcapng_and_metrics() {
         ("table", "filter"),
         ("verdict", "dropped"),
     ];
-    assert_eq!(value(&samples, "tracer_verdicts_total", &verdict), N as f64);
+    // Kernels without a verdict hook (5.10) have no verdict rows at all.
+    let verdicts = if has_verdicts() { N as f64 } else { 0.0 };
+    assert_eq!(value(&samples, "tracer_verdicts_total", &verdict), verdicts);
     let sent = [
         ("netns", lab.a.ns.as_str()),
         ("iface", "ul0"),

@@ -185,11 +185,12 @@ pub fn assert_dropped_for(d: &Value, reason: &str) {
 }
 
 /// Whether this kernel gives tracer netfilter verdicts (BPF netfilter
-/// links, fentry/fexit or kprobes on nft_do_chain), hence the hook and the rule.
+/// links, or fentry/fexit on nft_do_chain; kprobes only with --nf-kprobes),
+/// hence the hook and the rule.
 #[allow(dead_code)]
 pub fn has_verdicts() -> bool {
     let k = kernel();
-    k.netfilter_links || k.nft_tracing || k.nft_kprobes
+    k.netfilter_links || k.nft_tracing
 }
 
 /// Asserts that a path's loss `l` is a netfilter drop at `hook` by `rule`,
@@ -219,9 +220,6 @@ pub struct KernelFacts {
     pub netfilter_links: bool,
     /// fentry/fexit on nf_tables' nft_do_chain instead (module BTF, 5.11).
     pub nft_tracing: bool,
-    /// kprobes on nf_hook_slow and nft_do_chain where neither of those is
-    /// there (5.10; every kernel of the matrix allows kprobes).
-    pub nft_kprobes: bool,
     /// The icmp:icmp_send tracepoint.
     pub icmp_send: bool,
 }
@@ -244,7 +242,6 @@ pub fn kernel() -> &'static KernelFacts {
             tcx: at_least(6, 6),
             netfilter_links,
             nft_tracing,
-            nft_kprobes: !netfilter_links && !nft_tracing,
             icmp_send: tracer::sys::btf::tracepoint_args(&btf, "icmp_send").is_some(),
         }
     })

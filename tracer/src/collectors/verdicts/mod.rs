@@ -99,6 +99,8 @@ enum Hooks {
 
 pub struct Verdicts {
     enabled: bool,
+    /// `--nf-kprobes`: the inexact last resort is allowed.
+    allow_kprobes: bool,
     tables: Vec<Table>,
     hooks: Hooks,
     /// On kernels without netfilter programs: nf_tables' BTF, or why not.
@@ -113,6 +115,7 @@ impl Verdicts {
     pub fn new(cli: &Cli) -> Result<Self> {
         Ok(Verdicts {
             enabled: !cli.no_netfilter,
+            allow_kprobes: cli.nf_kprobes,
             tables: links::tables(&cli.nf_tables)?,
             hooks: Hooks::None,
             nf_tables: None,
@@ -149,13 +152,14 @@ impl Collector for Verdicts {
             let nf_tables = NfTables::find(kernel);
             match &nf_tables {
                 Ok(n) => n.configure(&mut config.offsets),
-                Err(_) => {
+                Err(_) if self.allow_kprobes => {
                     let kprobes = NfKprobes::find(&kernel.btf);
                     if let Ok(k) = &kprobes {
                         k.configure(&mut config.offsets);
                     }
                     self.kprobes = Some(kprobes);
                 }
+                Err(_) => {}
             }
             self.nf_tables = Some(nf_tables);
         }
@@ -216,8 +220,9 @@ impl Collector for Verdicts {
                         Ok(self.notice(format!(
                             "this kernel has no netfilter BPF programs (Linux >= 6.4) and no \
                              fexit on nft_do_chain ({fexit:#}): verdicts come from kprobes on \
-                             nf_hook_slow and nft_do_chain, which see nftables and iptables-nft \
-                             tables but not iptables-legacy ones, nor nat chains"
+                             nf_hook_slow and nft_do_chain (--nf-kprobes), which see nftables and \
+                             iptables-nft tables but not iptables-legacy ones, nor nat chains, and \
+                             miss packets processed while another kprobe program runs"
                         )))
                     }
                     Some(Err(kprobe)) => Ok(self.notice(format!(
@@ -228,7 +233,7 @@ impl Collector for Verdicts {
                     None => Ok(self.notice(format!(
                         "netfilter verdicts unavailable: this kernel has no netfilter BPF \
                          programs (Linux >= 6.4) and fexit on nft_do_chain failed ({fexit:#}); \
-                         {WITHOUT}"
+                         {WITHOUT} (--nf-kprobes counts verdicts with kprobes, missing some)"
                     ))),
                 },
             },
