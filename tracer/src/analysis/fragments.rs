@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tracer_ebpf::FlowId;
 
 use crate::{
-    collectors::drops::reasons::reassembly_failure,
+    collectors::drops::reasons::{reassembly_failure, specific},
     model::Direction,
     output::{DropRow, FlowRow},
 };
@@ -73,12 +73,12 @@ pub fn frag_rows(flows: &[FlowRow], drops: &[DropRow]) -> Vec<FragRow> {
             continue;
         };
         let n = d.counts.packets;
-        let failed = match d.reason.as_deref() {
+        let failed = match specific(d.reason.as_deref()) {
             Some(r) if NOT_A_LOSS.contains(&r) => continue,
-            Some(r) if r != "NOT_SPECIFIED" => REASSEMBLY_FAILURES.contains(&r),
-            // Kernels without reasons, or without these (6.1 frees expired
-            // fragments as NOT_SPECIFIED): where it was dropped says it.
-            _ => reassembly_failure(&d.location),
+            Some(r) => REASSEMBLY_FAILURES.contains(&r),
+            // 6.1 frees expired fragments as NOT_SPECIFIED, 5.10 has no
+            // reasons: where it was dropped says it.
+            None => reassembly_failure(&d.location),
         };
         if failed {
             row.reassembly_failed += n;

@@ -131,12 +131,16 @@ impl ReasonFilter {
 /// the vague ones, and is all there is on kernels without reasons (or
 /// without the specific one: 6.1 frees expired fragments as NOT_SPECIFIED).
 pub fn hint(reason: Option<&str>, location: &str) -> Option<&'static str> {
-    match reason {
-        Some("NOT_SPECIFIED") | None => {
-            hint_by_location(location).or_else(|| reason.and_then(reason_hint))
-        }
+    match specific(reason) {
         Some(name) => reason_hint(name),
+        None => hint_by_location(location).or_else(|| reason.and_then(reason_hint)),
     }
+}
+
+/// The reason, unless it says nothing (none on 5.10, NOT_SPECIFIED where
+/// the kernel lacks the specific one): then only the location tells.
+pub fn specific(reason: Option<&str>) -> Option<&str> {
+    reason.filter(|r| *r != "NOT_SPECIFIED")
 }
 
 fn hint_by_location(location: &str) -> Option<&'static str> {
