@@ -7,9 +7,9 @@
 //! constant (the offsets live in read-only, frozen `.rodata`). A load costs
 //! a nanosecond, a helper call tens.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_probe_read_kernel};
 use tracer_ebpf::{
-    FlowId,
+    FlowId, KFUNC_CAST_TO_KERN_CTX,
     parse::{ETH_P_IP, ETH_P_IPV6, Parsed, Reader, parse_ethernet, parse_from_l3},
 };
 
@@ -52,6 +52,29 @@ impl Mem for Btf {
         // constant offset, and turns a fault into a zero read.
         Some(unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) })
     }
+}
+
+/// The kernel's `struct sk_buff` behind a TC program's context, as a
+/// BTF-typed pointer that [`Btf`] reads with plain loads: a call of
+/// `bpf_cast_to_kern_ctx` once userspace has made the placeholder one (see
+/// [`KFUNC_CAST_TO_KERN_CTX`]). Only where [`Config::kern_ctx`] is set.
+///
+/// [`Config::kern_ctx`]: tracer_ebpf::Config::kern_ctx
+#[inline(always)]
+pub fn kern_ctx(ctx: *mut __sk_buff) -> u64 {
+    let skb: u64;
+    // SAFETY: a call that takes the context in r1 and returns in r0; r1-r5
+    // are clobbered as by any call. The verifier checks the real call.
+    unsafe {
+        core::arch::asm!(
+            "call {id}",
+            id = const KFUNC_CAST_TO_KERN_CTX,
+            inlateout("r1") ctx => _,
+            lateout("r0") skb,
+            lateout("r2") _, lateout("r3") _, lateout("r4") _, lateout("r5") _,
+        );
+    }
+    skb
 }
 
 /// `skb->dev`.

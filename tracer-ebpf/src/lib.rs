@@ -81,6 +81,24 @@ pub struct FlowStats {
     pub _pad: u32,
 }
 
+/// Slots of the per-CPU flow cache, per map generation. A power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 64;
+
+/// One slot of the per-CPU flow cache the TC programs count in before the
+/// flow map: the packets of a flow a CPU keeps seeing are added here without
+/// hashing the key; an entry goes to the flow map when another flow takes its
+/// slot, and userspace drains the rest with the map it belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// Map generation (as `FLOW_GENERATION` counts) the entry belongs to; an
+    /// entry of an older generation is empty. So is one with no packets.
+    pub generation: u32,
+    pub _pad: u32,
+    pub key: FlowKey,
+    pub stats: FlowStats,
+}
+
 /// What a `struct net_device` address in a [`FlowKey`] stands for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -287,7 +305,18 @@ pub struct Config {
     pub capture_snaplen: u32,
     /// Dropped packets captured per second and CPU at most; 0: no limit.
     pub capture_rate: u32,
+    /// 1: the TC programs' [`KFUNC_CAST_TO_KERN_CTX`] calls were made calls
+    /// of the kernel's `bpf_cast_to_kern_ctx` (6.2+), so the programs read
+    /// `skb->dev` with a load instead of `bpf_probe_read_kernel`.
+    pub kern_ctx: u32,
+    pub _pad: u32,
 }
+
+/// The immediate of the placeholder helper call the TC programs make where
+/// they want `bpf_cast_to_kern_ctx`: userspace rewrites each such call in
+/// the object, to that kfunc where the kernel has it and to a plain helper
+/// (in a branch the verifier drops, as [`Config::kern_ctx`] is 0) where not.
+pub const KFUNC_CAST_TO_KERN_CTX: i32 = 0x7ace_0001;
 
 /// Largest `Config::capture_snaplen`: the ring buffer entries have a fixed size.
 pub const CAPTURE_MAX: usize = 2048;
@@ -327,6 +356,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowId {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::DeviceInfo {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStats {}
@@ -352,11 +382,12 @@ mod tests {
         assert_eq!(size_of::<FlowId>(), 40 + 40 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
+        assert_eq!(size_of::<FlowSlot>(), 4 + 4 + 104 + 48);
         assert_eq!(size_of::<DeviceInfo>(), 8);
         assert_eq!(size_of::<Offsets>(), 29 * 4);
         assert_eq!(
             size_of::<Config>(),
-            29 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4 + 2 * 4
+            29 * 4 + 2 * MAX_VXLAN_PORTS + 2 * 4 + 32 * 4 + 2 * 4 + 2 * 4
         );
         assert_eq!(size_of::<VerdictKey>(), 4 + 4 + 1 + 1 + 1 + 5 + 88);
         assert_eq!(size_of::<VerdictStats>(), 24);

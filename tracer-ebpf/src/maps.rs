@@ -64,6 +64,8 @@ pub static CONFIG: Config = Config {
     nf_priority: [NF_NO_TABLE; 32],
     capture_snaplen: 0,
     capture_rate: 0,
+    kern_ctx: 0,
+    _pad: 0,
 };
 
 /// Reads a field of [`CONFIG`]: `config!(offsets.skb_dev)`. Volatile so that
@@ -120,18 +122,56 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
     }
 }
 
+/// `*dst = *src` eight bytes at a time, for 8-aligned structs.
+#[inline(always)]
+pub fn copy8<T: Copy>(dst: &mut T, src: &T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    let (d, s) = (
+        (dst as *mut T).cast::<u64>(),
+        (src as *const T).cast::<u64>(),
+    );
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: i < size_of::<T>() / 8 and T is 8-aligned: inside both structs.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+    }
+}
+
+/// This CPU's word for [`store_fence`].
+#[map]
+static FENCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Waits until this CPU's earlier stores have reached its cache: an atomic
+/// add (a `lock add` on x86, a full barrier there) to a per-CPU word.
+#[inline(always)]
+pub fn store_fence() {
+    if let Some(word) = FENCE.get_ptr_mut(0) {
+        // SAFETY: an atomic add of 0 to this CPU's word of the map, valid
+        // during the program's run; BPF_XADD, which every kernel accepts.
+        unsafe {
+            core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) word, v = in(reg) 0u64,
+                options(nostack));
+        }
+    }
+}
+
 #[inline(always)]
 pub fn count(index: u32) {
+    count_n(index, 1);
+}
+
+#[inline(always)]
+pub fn count_n(index: u32, n: u64) {
     if let Some(v) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: the map's value for this CPU, valid during the program's run.
-        unsafe { *v += 1 };
+        unsafe { *v += n };
     }
 }
 
 /// Declares a double-buffered per-CPU hash map: two maps the programs fill
 /// in turn and a one-entry array saying which (userspace's `DoubleBuffer`
-/// flips it, waits for running programs, and drains the other). Defines
-/// `$generation()`, the buffer to write to now, and `$buffer(g)`.
+/// counts it up, waits for running programs, and drains the other). Defines
+/// `$generation()`, the count now (its parity is the buffer to write to), and
+/// `$buffer(g)`.
 macro_rules! double_buffered {
     ($key:ty => $value:ty, $entries:expr,
      $m0:ident, $m1:ident, $gen:ident, $generation:ident, $buffer:ident) => {
@@ -146,15 +186,12 @@ macro_rules! double_buffered {
 
         #[inline(always)]
         fn $generation() -> u32 {
-            match $gen.get(0) {
-                Some(1) => 1,
-                _ => 0,
-            }
+            $gen.get(0).copied().unwrap_or(0)
         }
 
         #[inline(always)]
         fn $buffer(generation: u32) -> &'static aya_ebpf::maps::PerCpuHashMap<$key, $value> {
-            if generation == 1 { &$m1 } else { &$m0 }
+            if generation & 1 == 1 { &$m1 } else { &$m0 }
         }
     };
 }

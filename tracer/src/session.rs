@@ -80,7 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     collectors::configure(&mut registered, &kernel, &mut config);
 
-    let mut ebpf = loader::load(&config, cli.flow_map_size)?;
+    let mut ebpf = loader::load(&config, cli.flow_map_size, &kernel)?;
     loader::set_traced_netns(&mut ebpf, &targets)?;
     let setup = Setup {
         cli: &cli,

@@ -6,7 +6,9 @@
 //! lookup-and-delete. No update is lost between the read and the delete, which a
 //! single map drained in place cannot promise.
 
-use std::{hash::Hash, marker::PhantomData, os::fd::AsFd as _};
+use std::{
+    cell::RefCell, collections::HashMap, hash::Hash, marker::PhantomData, os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -23,6 +25,8 @@ use crate::{
 pub struct DoubleBuffer {
     generation: Array<MapData, u32>,
     maps: [MapData; 2],
+    /// The generation the programs write to now: a count of drains, whose
+    /// parity is the map.
     active: u32,
     ncpus: usize,
     /// Entries of the last drain.
@@ -59,23 +63,27 @@ impl DoubleBuffer {
     /// Switches the programs to the other map and hands every entry of the one
     /// they were writing to `f`, with one value per possible CPU; returns the
     /// number of entries.
+    /// `settled` runs once no program writes to the old generation any more,
+    /// before its map is drained, and is given that generation.
     pub fn drain<K: Pod, V: Pod>(
         &mut self,
         barrier: &Barrier,
+        settled: impl FnOnce(u32) -> Result<()>,
         mut f: impl FnMut(K, &[V]),
     ) -> Result<usize> {
         let old = self.active;
-        let new = 1 - old;
+        let new = old.wrapping_add(1);
         self.generation
             .set(0, new, 0)
             .context("switch map generation")?;
         barrier.wait().context("wait for running BPF programs")?;
         self.active = new;
+        settled(old)?;
 
         let stride = size_of::<V>().div_ceil(8) * 8;
         let mut values: Vec<V> = Vec::with_capacity(self.ncpus);
         let n = drain_percpu_hash(
-            self.maps[old as usize].fd().as_fd(),
+            self.maps[(old & 1) as usize].fd().as_fd(),
             size_of::<K>(),
             size_of::<V>(),
             self.ncpus,
@@ -136,13 +144,44 @@ where
 
     /// Moves what the programs counted since the last drain into the tally.
     pub fn drain(&mut self, barrier: &Barrier) -> Result<()> {
+        self.drain_with(barrier, |_| Ok(Vec::new()))
+    }
+
+    /// [`Drained::drain`], plus what `cached` returns for the drained
+    /// generation: counts the programs kept outside the maps (a per-CPU
+    /// cache in front of them), merged with the map's entry of the same key
+    /// so that each key is still one entry of the interval.
+    pub fn drain_with(
+        &mut self,
+        barrier: &Barrier,
+        cached: impl FnOnce(u32) -> Result<Vec<(K, S)>>,
+    ) -> Result<()> {
         let Some(maps) = &mut self.maps else {
             return Ok(());
         };
         let tally = &mut self.tally;
-        maps.drain::<K, S>(barrier, |key, values| {
-            tally.add(key, sum_percpu(values));
-        })?;
+        // Filled once the programs are off the generation, read per map entry after.
+        let extra: RefCell<HashMap<K, V>> = RefCell::default();
+        maps.drain::<K, S>(
+            barrier,
+            |generation| {
+                let mut extra = extra.borrow_mut();
+                for (key, stats) in cached(generation)? {
+                    extra.entry(key).or_default().add(&V::from(&stats));
+                }
+                Ok(())
+            },
+            |key, values| {
+                let mut sum: V = sum_percpu(values);
+                if let Some(e) = extra.borrow_mut().remove(&key) {
+                    sum.add(&e);
+                }
+                tally.add(key, sum);
+            },
+        )?;
+        for (key, v) in extra.into_inner() {
+            tally.add(key, v);
+        }
         Ok(())
     }
 

@@ -1,19 +1,23 @@
 //! Loading the eBPF object with this run's configuration.
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::HashMap,
     programs::{BtfTracePoint, ProgramError, SchedClassifier},
 };
-use tracer_ebpf::Config;
+use tracer_ebpf::{Config, KFUNC_CAST_TO_KERN_CTX};
 
-use crate::topology::Target;
+use crate::{sys::kernel::Kernel, topology::Target};
 
 /// The eBPF programs, compiled by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-pub fn load(config: &Config, flow_map_size: u32) -> Result<Ebpf> {
+pub fn load(config: &Config, flow_map_size: u32, kernel: &Kernel) -> Result<Ebpf> {
+    let object = with_kfuncs(
+        OBJECT,
+        kernel.cast_to_kern_ctx.filter(|_| config.kern_ctx != 0),
+    )?;
     let mut loader = EbpfLoader::new();
     loader
         .override_global("CONFIG", config, true)
@@ -26,7 +30,38 @@ pub fn load(config: &Config, flow_map_size: u32) -> Result<Ebpf> {
             crate::collectors::drops::capture::RING_BYTES,
         );
     }
-    loader.load(OBJECT).context("load eBPF object (maps)")
+    loader.load(&object).context("load eBPF object (maps)")
+}
+
+const BPF_CALL: u8 = 0x85;
+const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
+
+/// `object` with each placeholder call ([`KFUNC_CAST_TO_KERN_CTX`]) made a
+/// call of kfunc `id` (aya does not resolve kfuncs), or without `id` a call
+/// of a helper every kernel has, in code the verifier then finds dead.
+fn with_kfuncs(object: &[u8], id: Option<u32>) -> Result<Vec<u8>> {
+    let mut placeholder = [0u8; 8];
+    placeholder[0] = BPF_CALL;
+    placeholder[4..].copy_from_slice(&KFUNC_CAST_TO_KERN_CTX.to_le_bytes());
+    let (regs, imm) = match id {
+        Some(id) => (BPF_PSEUDO_KFUNC_CALL << 4, id as i32),
+        None => (0, BPF_FUNC_GET_SMP_PROCESSOR_ID),
+    };
+    let mut object = object.to_vec();
+    let mut found = 0;
+    // Instructions are 8-byte aligned in their section, and sections in the object.
+    for insn in object.chunks_exact_mut(8) {
+        if insn == placeholder {
+            insn[1] = regs;
+            insn[4..].copy_from_slice(&imm.to_le_bytes());
+            found += 1;
+        }
+    }
+    if found == 0 {
+        bail!("eBPF object has no bpf_cast_to_kern_ctx placeholder (built differently?)");
+    }
+    Ok(object)
 }
 
 /// Loads the TC program `name` into the kernel.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{Endianness, util::KernelVersion};
+use aya_obj::btf::BtfKind;
 
 use crate::sys::btf;
 
@@ -16,6 +17,9 @@ pub struct Kernel {
     pub aya_btf: aya::Btf,
     /// `None` if the release string could not be read.
     pub version: Option<KernelVersion>,
+    /// BTF id of the kfunc `bpf_cast_to_kern_ctx` (6.2+), when the BTF is
+    /// the running kernel's own (a kfunc call names it by that id).
+    pub cast_to_kern_ctx: Option<u32>,
 }
 
 impl Kernel {
@@ -24,10 +28,18 @@ impl Kernel {
         let btf = btf::load(btf_path)?;
         let aya_btf = aya::Btf::parse_file(btf_path, Endianness::default())
             .with_context(|| format!("parse {}", btf_path.display()))?;
+        let cast_to_kern_ctx = (btf_path == Path::new(btf::VMLINUX))
+            .then(|| {
+                aya_btf
+                    .id_by_type_name_kind("bpf_cast_to_kern_ctx", BtfKind::Func)
+                    .ok()
+            })
+            .flatten();
         Ok(Kernel {
             btf,
             aya_btf,
             version: KernelVersion::current().ok(),
+            cast_to_kern_ctx,
         })
     }
 

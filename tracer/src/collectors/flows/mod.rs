@@ -8,17 +8,19 @@ use std::{cmp::Ordering, collections::HashMap, rc::Rc};
 use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use rustc_hash::FxHashMap;
-use tracer_ebpf::{DeviceInfo, FlowId, FlowKey, FlowStats, Tuple};
+use tracer_ebpf::{
+    Config, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey, FlowSlot, FlowStats, Tuple,
+};
 
 use crate::{
     cli::Cli,
     collectors::{Collector, Notice, Setup, double_buffer::Drained, loader, tally::Accumulate},
     model::Direction,
     output::{Report, Scope},
-    sys::bpf::Barrier,
+    sys::{bpf::Barrier, kernel::Kernel},
     topology::names::Names,
 };
 
@@ -75,7 +77,30 @@ pub struct Flows {
     mode: tc::AttachMode,
     links: tc::Links,
     counts: Drained<FlowKey, FlowStats, Counts>,
+    /// The programs' per-CPU cache in front of the flow maps.
+    cache: Option<PerCpuArray<MapData, FlowSlot>>,
     devices: DeviceNames,
+}
+
+/// What the flow cache holds for `generation`: the entries of its half that
+/// belong to it and counted something, one per CPU that has one.
+fn cached(
+    cache: Option<&PerCpuArray<MapData, FlowSlot>>,
+    generation: u32,
+) -> Result<Vec<(FlowKey, FlowStats)>> {
+    let Some(cache) = cache else {
+        return Ok(Vec::new());
+    };
+    let first = (generation & 1) * FLOW_CACHE_SLOTS;
+    let mut entries = Vec::new();
+    for index in first..first + FLOW_CACHE_SLOTS {
+        for slot in cache.get(&index, 0)?.iter() {
+            if slot.generation == generation && slot.stats.packets != 0 {
+                entries.push((slot.key, slot.stats));
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Names of the devices flow keys name by their `struct net_device` address.
@@ -93,6 +118,7 @@ impl Flows {
             mode: cli.tc_attach,
             links: tc::Links::default(),
             counts: Drained::default(),
+            cache: None,
             devices: DeviceNames::default(),
         }
     }
@@ -166,6 +192,12 @@ impl Collector for Flows {
         "flows"
     }
 
+    fn configure(&mut self, kernel: &Kernel, config: &mut Config) {
+        // A load of skb->dev instead of a helper call on every packet.
+        config.kern_ctx = (kernel.cast_to_kern_ctx.is_some()
+            && std::env::var_os("TRACER_NO_KCTX").is_none()) as u32;
+    }
+
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
         // Which device a packet crossed, in which namespace.
         setup.require(&["sk_buff.dev", "net_device.nd_net.net", "net.ns.inum"])?;
@@ -179,6 +211,10 @@ impl Collector for Flows {
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.counts.take(ebpf, "FLOW_GENERATION", "FLOWS")?;
+        let cache = ebpf
+            .take_map("FLOW_CACHE")
+            .ok_or_else(|| anyhow!("eBPF object has no map FLOW_CACHE"))?;
+        self.cache = Some(PerCpuArray::try_from(cache)?);
         let devices = ebpf
             .take_map("DEVICES")
             .ok_or_else(|| anyhow!("eBPF object has no map DEVICES"))?;
@@ -187,7 +223,9 @@ impl Collector for Flows {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        self.counts.drain(barrier)
+        let cache = self.cache.as_ref();
+        self.counts
+            .drain_with(barrier, |generation| cached(cache, generation))
     }
 
     fn fill(&self) -> Option<(usize, u32)> {
