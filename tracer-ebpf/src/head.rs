@@ -60,6 +60,9 @@ pub fn mask<const M: usize>(x: usize) -> usize {
 
 /// This CPU's buffer of `map`.
 #[inline(always)]
+// Map memory is written through a shared reference to the map: it is the
+// kernel's, one slot per CPU, and each program kind has its own map.
+#[allow(clippy::mut_from_ref)]
 pub fn buffer(map: &'static PerCpuArray<Head>) -> Option<&'static mut Head> {
     // SAFETY: the map's one slot for this CPU; each program kind has its own map.
     map.get_ptr_mut(0).map(|p| unsafe { &mut *p })

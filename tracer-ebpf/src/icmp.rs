@@ -38,6 +38,8 @@ fn add(key: &IcmpKey) {
 /// If the packet a TC program just parsed is an ICMP error, counts it.
 /// `outer` is its own L3/L4: protocol, family and fragment flags.
 #[inline(always)]
+// Inlined into the TC programs: the arguments are registers, not a call.
+#[allow(clippy::too_many_arguments)]
 pub fn seen<R: Reader>(
     r: &R,
     p: &Parsed,

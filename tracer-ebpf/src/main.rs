@@ -4,6 +4,9 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Inline assembly keeps bounds checks the verifier needs out of the optimiser's reach.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+// Map keys are passed by reference on purpose: by value, aya copies them
+// onto the 512-byte eBPF stack first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(target_arch = "bpf")]
 mod capture;

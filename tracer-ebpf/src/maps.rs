@@ -98,7 +98,7 @@ pub fn zeroed<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
 
 #[inline(always)]
 fn zero_raw<T>(p: *mut T) {
-    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
+    const { assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4) };
     let words = p.cast::<u32>();
     for i in 0..size_of::<T>() / 4 {
         // Volatile, or the compiler merges the stores back into a memset.
@@ -111,7 +111,7 @@ fn zero_raw<T>(p: *mut T) {
 /// with a byte-at-a-time `memmove` (when it cannot tell they do not overlap).
 #[inline(always)]
 pub fn copy<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>() % 2 == 0 && align_of::<T>() >= 2) };
+    const { assert!(size_of::<T>().is_multiple_of(2) && align_of::<T>() >= 2) };
     let (d, s) = (
         (dst as *mut T).cast::<u16>(),
         (src as *const T).cast::<u16>(),
@@ -125,7 +125,7 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
 /// `*dst = *src` eight bytes at a time, for 8-aligned structs.
 #[inline(always)]
 pub fn copy8<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let (d, s) = (
         (dst as *mut T).cast::<u64>(),
         (src as *const T).cast::<u64>(),

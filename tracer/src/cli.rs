@@ -104,6 +104,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = crate::collectors::flows::tc::AttachMode::Auto)]
     pub tc_attach: crate::collectors::flows::tc::AttachMode,
 
+    /// Read each packet's device with bpf_probe_read_kernel, as kernels
+    /// before 6.2 must, even where bpf_cast_to_kern_ctx makes it a plain
+    /// load. For comparing the two (`cargo xtask bench` does), or if the
+    /// kfunc path misbehaves on some kernel.
+    #[arg(long)]
+    pub no_kfuncs: bool,
+
     /// Kernel BTF to take struct offsets from, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (e.g. a file from BTFHub).
     #[arg(long, value_name = "PATH", default_value = crate::sys::btf::VMLINUX)]

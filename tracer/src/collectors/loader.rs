@@ -204,7 +204,24 @@ pub fn attach_tracepoint(
 mod tests {
     use std::collections::HashSet;
 
-    use super::{OBJECT, verifier_error};
+    use super::{OBJECT, verifier_error, with_kfuncs};
+
+    #[test]
+    fn placeholder_calls_become_the_kfunc_or_a_helper() {
+        let placeholder = [0x85, 0, 0, 0, 0x01, 0x00, 0xce, 0x7a];
+        let other = [0xb7, 0x01, 0, 0, 0x01, 0x00, 0xce, 0x7a];
+        let object = [other, placeholder, other, placeholder].concat();
+        let kfunc = with_kfuncs(&object, Some(0x1234)).unwrap();
+        assert_eq!(kfunc[..8], other);
+        assert_eq!(kfunc[8..16], [0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
+        assert_eq!(kfunc[16..24], other);
+        assert_eq!(kfunc[24..], kfunc[8..16]);
+        let helper = with_kfuncs(&object, None).unwrap();
+        assert_eq!(helper[8..16], [0x85, 0, 0, 0, 8, 0, 0, 0]);
+        assert!(with_kfuncs(&[other, other].concat(), None).is_err());
+        // The real object: its TC programs carry the placeholder.
+        assert!(with_kfuncs(OBJECT, None).is_ok());
+    }
 
     #[test]
     fn verifier_error_names_the_error_and_its_instruction() {

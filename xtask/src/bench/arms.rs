@@ -1,6 +1,7 @@
 //! The arms: nothing, tracer, a bpftrace script doing the closest equivalent,
-//! tcpdump on every traced device, and tracer attached as on kernels before
-//! tcx (clsact filters over netlink); each started, measured and stopped.
+//! tcpdump on every traced device, and tracer with the hooks of kernels before
+//! tcx and bpf_cast_to_kern_ctx (clsact filters over netlink, skb->dev by
+//! bpf_probe_read_kernel); each started, measured and stopped.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -26,7 +27,9 @@ pub enum Arm {
     B,
     C,
     D,
-    /// tracer with `--tc-attach netlink`: the attachment of kernels < 6.6.
+    /// tracer with the hooks of kernels before 6.2: clsact filters over
+    /// netlink (tcx is 6.6) and `skb->dev` by bpf_probe_read_kernel (no
+    /// bpf_cast_to_kern_ctx).
     E,
 }
 
@@ -39,7 +42,7 @@ impl Arm {
             Arm::B => "B: tracer",
             Arm::C => "C: bpftrace",
             Arm::D => "D: tcpdump",
-            Arm::E => "E: tracer, clsact over netlink",
+            Arm::E => "E: tracer, pre-6.2 hooks",
         }
     }
 }
@@ -195,7 +198,7 @@ impl Tool {
             Arm::B => Tool::Tracer(TracerRun::start(tracer, tracer_args)?),
             Arm::E => {
                 let mut args = tracer_args.to_vec();
-                args.extend(["--tc-attach".into(), "netlink".into()]);
+                args.extend(["--tc-attach", "netlink", "--no-kfuncs"].map(String::from));
                 Tool::Tracer(TracerRun::start(tracer, &args)?)
             }
             Arm::C => {

@@ -48,8 +48,9 @@ pub struct Args {
     /// Datapaths to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL)]
     pub paths: Vec<PathKind>,
-    /// Arms to run: A none, B tracer, C bpftrace, D tcpdump, E tracer attached
-    /// as before tcx (clsact over netlink).
+    /// Arms to run: A none, B tracer, C bpftrace, D tcpdump, E tracer with
+    /// the hooks of kernels before 6.2 (clsact over netlink, skb->dev by
+    /// bpf_probe_read_kernel).
     #[arg(long, value_enum, value_delimiter = ',', ignore_case = true, default_values_t = Arm::ALL)]
     pub arms: Vec<Arm>,
     /// Distinct flows of the churn load (more than --churn-map-size holds).

@@ -80,6 +80,8 @@ pub struct Flows {
     /// The programs' per-CPU cache in front of the flow maps.
     cache: Option<PerCpuArray<MapData, FlowSlot>>,
     devices: DeviceNames,
+    /// Kfuncs may be used where the kernel has them (not `--no-kfuncs`).
+    kfuncs: bool,
 }
 
 /// What the flow cache holds for `generation`: the entries of its half that
@@ -120,6 +122,7 @@ impl Flows {
             counts: Drained::default(),
             cache: None,
             devices: DeviceNames::default(),
+            kfuncs: !cli.no_kfuncs,
         }
     }
 }
@@ -194,8 +197,7 @@ impl Collector for Flows {
 
     fn configure(&mut self, kernel: &Kernel, config: &mut Config) {
         // A load of skb->dev instead of a helper call on every packet.
-        config.kern_ctx = (kernel.cast_to_kern_ctx.is_some()
-            && std::env::var_os("TRACER_NO_KCTX").is_none()) as u32;
+        config.kern_ctx = (kernel.cast_to_kern_ctx.is_some() && self.kfuncs) as u32;
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
