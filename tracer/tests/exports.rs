@@ -686,13 +686,13 @@ fn both_kfree_skb_variants_load_with_capture_on() {
         sys::{btf, kernel::Kernel},
     };
     let kernel = Kernel::read(Path::new(btf::VMLINUX)).unwrap();
-    let (offsets, missing) = btf::offsets(&kernel.btf);
+    let (offsets, missing) = btf::offsets(kernel.btf());
     assert!(
         !SKB_FIELDS.iter().any(|f| missing.iter().any(|m| m == f)),
         "{missing:?}"
     );
     let mut programs = vec!["kfree_skb_noreason"];
-    if kernel.tracepoint_args("kfree_skb").is_some_and(|n| n >= 3) {
+    if kernel.kfree_skb_args.is_some_and(|n| n >= 3) {
         programs.push("kfree_skb");
     }
     for (snaplen, rate) in [(256, 1000), (tracer_ebpf::CAPTURE_MAX as u32, 0)] {
@@ -705,7 +705,7 @@ fn both_kfree_skb_variants_load_with_capture_on() {
         for &program in &programs {
             // Attached with no namespace traced: it sees drops, records none.
             let mut ebpf = loader::load(&config, 1024, &kernel).unwrap();
-            loader::attach_tracepoint(&mut ebpf, &kernel.aya_btf, program, "kfree_skb")
+            loader::attach_tracepoint(&mut ebpf, kernel.aya_btf().unwrap(), program, "kfree_skb")
                 .unwrap_or_else(|e| panic!("{program} ({snaplen}, {rate}): {e:#}"));
         }
     }

@@ -4,7 +4,7 @@
 //! namespaces.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -22,11 +22,16 @@ use crate::{
 /// Translated conversations (both directions) -> the address the client used.
 pub type Ties = HashMap<Tuple, SocketAddr>;
 
-/// The connection tracking of the traced namespaces, read every interval.
+/// The connection tracking of the traced namespaces, read when a report
+/// has a conversation it has not looked up yet.
 pub struct Nat {
     namespaces: Vec<Netns>,
     /// Every tie seen in the run: the run's totals keep those whose entries expired.
     ties: Ties,
+    /// Conversations looked up in a dump: a dump walks the whole conntrack
+    /// table (every bucket, 10 ms a namespace on a host with 262,144), so it
+    /// is made only for new ones.
+    looked_up: HashSet<Tuple>,
 }
 
 impl Nat {
@@ -34,6 +39,7 @@ impl Nat {
         Nat {
             namespaces: namespaces.to_vec(),
             ties: HashMap::new(),
+            looked_up: HashSet::new(),
         }
     }
 
@@ -41,8 +47,17 @@ impl Nat {
         self.namespaces = namespaces.to_vec();
     }
 
-    /// Reads the DNAT'd connections of every namespace; the ties so far.
-    pub fn refresh(&mut self) -> &Ties {
+    /// The ties of the conversations of `flows`, reading the DNAT'd
+    /// connections of every namespace if one of them is new.
+    pub fn refresh<'a>(&mut self, flows: impl Iterator<Item = &'a FlowId>) -> &Ties {
+        let new: Vec<Tuple> = flows
+            .filter_map(key)
+            .filter(|k| !self.looked_up.contains(k))
+            .collect();
+        if new.is_empty() {
+            return &self.ties;
+        }
+        self.looked_up.extend(new);
         for ns in &self.namespaces {
             // A namespace without connection tracking, or gone: nothing to tie.
             let Ok(Ok(entries)) = netns::run_in(&ns.path, conntrack::dnat) else {

@@ -1070,12 +1070,22 @@ mod tests {
         assert_eq!(num(1.2345), "1.23");
     }
 
+    fn md_floor(fl: &[Floor], what: &str, measured: &str) -> bool {
+        fl.iter()
+            .any(|f| f.what == what && f.measured == measured && f.met)
+    }
+
     #[test]
     fn all_floors_met() {
         let fl = floors(&results(9.9));
         assert!(fl.iter().all(|f| f.met), "{fl:#?}");
-        // TCP, UDP, ns/run, CPU, RSS, exact below, churn.
-        assert_eq!(fl.len(), 7);
+        // TCP, UDP, ns/run <= 80, ns/run < bpftrace, CPU, RSS, exact below, churn.
+        assert_eq!(fl.len(), 8);
+        assert!(md_floor(
+            &fl,
+            "tracer TC ns/run, veth",
+            "50.0 ns [50.0–50.0]"
+        ));
         let md = markdown(&results(9.9));
         assert!(
             md.contains("| TCP throughput, veth | B/A 99.0% [99.0–99.0] | >= 97% | met |"),

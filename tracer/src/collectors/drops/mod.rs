@@ -91,10 +91,10 @@ impl Drops {
     /// Checks `--reason` and `--exclude-reason` against the kernel's
     /// reasons, and picks the program for its `kfree_skb` tracepoint.
     pub fn new(cli: &Cli, kernel: &Kernel) -> Result<Self> {
-        let reasons = Reasons::from_btf(&kernel.btf);
+        let reasons = Reasons::from_btf(kernel.btf());
         let filter = ReasonFilter::new(reasons.as_ref(), &cli.reasons, &cli.exclude_reasons)?;
         // Before 5.17 the tracepoint is kfree_skb(skb, location): no reason to read.
-        let program = match kernel.tracepoint_args("kfree_skb") {
+        let program = match kernel.kfree_skb_args {
             Some(n) if n >= 3 && reasons.is_some() => "kfree_skb",
             _ => "kfree_skb_noreason",
         };
@@ -175,10 +175,9 @@ impl Collector for Drops {
         if !self.enabled {
             return Ok(Vec::new());
         }
-        let btf = &setup.kernel.aya_btf;
-        let started = setup
-            .require(SKB_FIELDS)
-            .and_then(|()| loader::attach_tracepoint(ebpf, btf, self.program, "kfree_skb"));
+        let started = setup.require(SKB_FIELDS).and_then(|()| {
+            loader::attach_tracepoint(ebpf, setup.kernel.aya_btf()?, self.program, "kfree_skb")
+        });
         if let Err(e) = started {
             self.enabled = false;
             return Ok(vec![Notice {

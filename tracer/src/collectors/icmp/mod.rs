@@ -68,15 +68,14 @@ impl Collector for Icmp {
     }
 
     fn start(&mut self, ebpf: &mut Ebpf, setup: &Setup) -> Result<Vec<Notice>> {
-        let text = if setup.kernel.tracepoint_args("icmp_send").is_none() {
+        let text = if setup.kernel.icmp_send_args.is_none() {
             "this kernel has no icmp:icmp_send tracepoint: ICMP errors its stack sends are \
              not counted as sent; those that cross a traced device still are"
                 .to_string()
         } else {
-            let btf = &setup.kernel.aya_btf;
-            let started = setup
-                .require(SKB_FIELDS)
-                .and_then(|()| loader::attach_tracepoint(ebpf, btf, "icmp_send", "icmp_send"));
+            let started = setup.require(SKB_FIELDS).and_then(|()| {
+                loader::attach_tracepoint(ebpf, setup.kernel.aya_btf()?, "icmp_send", "icmp_send")
+            });
             match started {
                 Ok(()) => return Ok(Vec::new()),
                 Err(e) => format!(

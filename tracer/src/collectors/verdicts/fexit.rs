@@ -53,7 +53,7 @@ impl NfTables {
                  CONFIG_DEBUG_INFO_BTF_MODULES, and the module loaded)"
             ));
         }
-        let module = btf_rs::Btf::from_split_file(&path, &kernel.btf)
+        let module = btf_rs::Btf::from_split_file(&path, kernel.btf())
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let function = module
             .resolve_ids_by_name(FUNCTION)

@@ -153,7 +153,7 @@ impl Collector for Verdicts {
             match &nf_tables {
                 Ok(n) => n.configure(&mut config.offsets),
                 Err(_) if self.allow_kprobes => {
-                    let kprobes = NfKprobes::find(&kernel.btf);
+                    let kprobes = NfKprobes::find(kernel.btf());
                     if let Ok(k) = &kprobes {
                         k.configure(&mut config.offsets);
                     }
