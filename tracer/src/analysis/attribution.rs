@@ -11,7 +11,8 @@
 //! against 10 + 0). So each interval is matched alone, then together with
 //! the one before; and the run's totals are matched over the whole run.
 
-use std::collections::HashMap;
+// Per verdict row, every interval: FxHash (kernel-made keys).
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     model::{Hook, IpFamily, Table},
@@ -50,7 +51,7 @@ pub fn attribute(rows: &mut [&mut VerdictRow], moved: &[(Rule, u64)]) {
         .filter(|(r, _)| matches!(r.verdict, Verdict::Drop | Verdict::Reject))
         .collect();
     // Group the rows by where they were dropped.
-    let mut groups: HashMap<(IpFamily, Hook, Table), Vec<usize>> = HashMap::new();
+    let mut groups: HashMap<(IpFamily, Hook, Table), Vec<usize>> = HashMap::default();
     for (i, row) in rows.iter().enumerate() {
         if row.counts.dropped() > 0 {
             groups
@@ -130,7 +131,7 @@ impl Attributor {
     pub fn new(namespaces: &[Netns]) -> Self {
         let mut a = Attributor {
             namespaces: Vec::new(),
-            tied: HashMap::new(),
+            tied: HashMap::default(),
             told: Vec::new(),
         };
         a.sync(namespaces);
@@ -519,7 +520,7 @@ mod tests {
                 last: vec![counted(drop.clone(), 0)],
                 previous: None,
             }],
-            tied: HashMap::new(),
+            tied: HashMap::default(),
             told: Vec::new(),
         };
         let at = |n| {

@@ -3,10 +3,11 @@
 //! and port before it, from the connection tracking of the traced
 //! namespaces.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
+
+// Every row's conversation is looked up every interval: FxHash, as for the
+// counters' totals (the keys come from the kernel, not an attacker).
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use tracer_ebpf::FlowId;
 
@@ -38,8 +39,8 @@ impl Nat {
     pub fn new(namespaces: &[Netns]) -> Self {
         Nat {
             namespaces: namespaces.to_vec(),
-            ties: HashMap::new(),
-            looked_up: HashSet::new(),
+            ties: HashMap::default(),
+            looked_up: HashSet::default(),
         }
     }
 

@@ -12,7 +12,10 @@
 //! device or namespace that is not traced), the path says so in
 //! `incomplete` rather than guess.
 
-use std::{collections::HashMap, rc::Rc};
+use std::rc::Rc;
+
+// Grouped by conversation on every report, tens of thousands of rows: FxHash.
+use rustc_hash::FxHashMap as HashMap;
 
 use tracer_ebpf::{FlowId, TUPLE_PORTS, Tuple};
 
@@ -187,7 +190,7 @@ struct Group<'a> {
 
 /// The paths of every conversation of `rows`, busiest first.
 pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
-    let mut groups: HashMap<Tuple, Group> = HashMap::new();
+    let mut groups: HashMap<Tuple, Group> = HashMap::default();
     for f in rows.flows {
         let key = conversation(&f.id);
         if key.family == 0 {

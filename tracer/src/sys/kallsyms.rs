@@ -1,6 +1,9 @@
 //! Naming kernel code addresses (drop locations) as `function+0xoffset`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Looked up for every drop row of every report: FxHash.
+use rustc_hash::FxHashMap as HashMap;
 
 /// The kernel's symbols (aya reads /proc/kallsyms), loaded on first use.
 #[derive(Default)]
