@@ -78,7 +78,7 @@ fn hand_written_flow_rows_are_what_serde_writes() {
             let mut ours = Vec::new();
             let inodes = [("tl1-ha".to_string(), 4026532000)];
             // Every other row is one after a published port's DNAT.
-            let mut nat = crate::analysis::nat::Ties::new();
+            let mut nat = crate::analysis::nat::Ties::default();
             if let (0, Some(k)) = (i % 2, crate::analysis::nat::key(&id)) {
                 nat.insert(k, "10.9.1.1:8080".parse().unwrap());
             }
@@ -328,7 +328,7 @@ fn plain_flow_has_null_vni_and_inner_and_numeric_unknown_proto() {
         },
         counts: Counts::default(),
     };
-    let nat = crate::analysis::nat::Ties::new();
+    let nat = crate::analysis::nat::Ties::default();
     let at = At {
         scope: Scope::Interval,
         inodes: &[],
