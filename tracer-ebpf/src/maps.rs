@@ -111,27 +111,26 @@ fn zero_raw<T>(p: *mut T) {
 /// with a byte-at-a-time `memmove` (when it cannot tell they do not overlap).
 #[inline(always)]
 pub fn copy<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>().is_multiple_of(2) && align_of::<T>() >= 2) };
-    let (d, s) = (
-        (dst as *mut T).cast::<u16>(),
-        (src as *const T).cast::<u16>(),
-    );
-    for i in 0..size_of::<T>() / 2 {
-        // SAFETY: i < size_of::<T>() / 2 and T is 2-aligned: inside both structs.
-        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
-    }
+    copy_as::<u16, T>(dst, src);
 }
 
-/// `*dst = *src` eight bytes at a time, for 8-aligned structs.
+/// [`copy`] eight bytes at a time, for 8-aligned structs.
 #[inline(always)]
 pub fn copy8<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
-    let (d, s) = (
-        (dst as *mut T).cast::<u64>(),
-        (src as *const T).cast::<u64>(),
-    );
-    for i in 0..size_of::<T>() / 8 {
-        // SAFETY: i < size_of::<T>() / 8 and T is 8-aligned: inside both structs.
+    copy_as::<u64, T>(dst, src);
+}
+
+/// `*dst = *src` one `W` at a time, with volatile accesses the compiler
+/// cannot merge back into a `memmove`.
+#[inline(always)]
+fn copy_as<W: Copy, T: Copy>(dst: &mut T, src: &T) {
+    const {
+        assert!(size_of::<T>().is_multiple_of(size_of::<W>()) && align_of::<T>() >= align_of::<W>())
+    };
+    let (d, s) = ((dst as *mut T).cast::<W>(), (src as *const T).cast::<W>());
+    for i in 0..size_of::<T>() / size_of::<W>() {
+        // SAFETY: i < size_of::<T>() / size_of::<W>() and T is at least
+        // W-aligned: each word is inside both structs.
         unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
     }
 }
