@@ -1,5 +1,7 @@
 //! Per-hop flow counters: TC programs on ingress and egress of each traced device.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
@@ -7,9 +9,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_ebpf::{
-    DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowKey, FlowSlot, FlowStats, TUPLE_DF,
-    TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, counter,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, parse_ethernet},
+    DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey, FlowSlot, FlowStats,
+    TUPLE_DF, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, Tuple, counter,
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, inplace, parse_ethernet},
 };
 
 use crate::{
@@ -17,7 +19,7 @@ use crate::{
     head::{self, HeadReader},
     icmp,
     kernel::{self, Btf, Probe},
-    maps::{self, Upsert, config, copy8, count_n, double_buffered, upsert, zero},
+    maps::{self, Upsert, config, count_n, double_buffered, upsert, zero},
 };
 
 /// Default size of each flow map; userspace resizes it from `--flow-map-size`.
@@ -50,12 +52,6 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn record(ctx: &TcContext, dir: u8) {
-    let Some(key) = FLOW_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the map's one slot for this CPU, used by no other program kind,
-    // so nothing else refers to it during this run.
-    let key = unsafe { &mut *key };
     let skb = ctx.skb.skb;
     let (ifindex, gso_segs, gso_size) =
         // SAFETY: the context of a TC program is a valid `__sk_buff`.
@@ -65,28 +61,57 @@ fn record(ctx: &TcContext, dir: u8) {
     } else {
         kernel::skb_dev::<Probe>(skb as u64)
     };
+    let len = ctx.len() as u64;
+    // A GSO skb is `gso_segs` packets on the wire, each with its own copy of the headers.
+    let packet = |hdr_end: u32, frag: u8, df: bool| {
+        let hdr = hdr_end as u64;
+        let (packets, bytes, seg_len) = if gso_segs > 1 {
+            let segs = gso_segs as u64;
+            (segs, len + (segs - 1) * hdr, hdr + gso_size as u64)
+        } else {
+            (1, len, len)
+        };
+        Packet {
+            packets,
+            bytes,
+            seg_len: seg_len as u32,
+            frag,
+            df,
+        }
+    };
+    let device = device_word(ifindex, dir);
+    if let Some(c) = Linear::of(ctx).and_then(|w| inplace::common(&w, &config!(vxlan_ports))) {
+        // Hashed with the other words: it must be a number (with the kfunc, a BTF pointer).
+        let dev_word = if config!(kern_ctx) != 0 {
+            maps::as_scalar(dev)
+        } else {
+            dev
+        };
+        let key = InPlace {
+            dev: dev_word,
+            device,
+            c,
+        };
+        count(&key, &packet(c.hdr_end, 0, c.df), dev, ifindex);
+        return;
+    }
+
+    let Some(key) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the map's one slot for this CPU, used by no other program kind,
+    // so nothing else refers to it during this run.
+    let key = unsafe { &mut *key };
     zero(&mut key.id);
     let Some(head) = head::buffer(&head::TC_HEAD) else {
         return;
     };
-    let packet = HeadReader::from_skb(ctx, head);
-    let parsed = parse_ethernet(&packet, &config!(vxlan_ports), &mut key.id);
+    let bytes = HeadReader::from_skb(ctx, head);
+    let parsed = parse_ethernet(&bytes, &config!(vxlan_ports), &mut key.id);
     if key.id.outer.family == 0 {
         // Not IP (ARP, LLDP...): not a flow.
         return;
     }
-    // A GSO skb is `gso_segs` packets on the wire, each with its own copy of the headers.
-    let len = ctx.len() as u64;
-    let (packets, bytes, seg_len) = if gso_segs > 1 {
-        let hdr = parsed.hdr_end as u64;
-        (
-            gso_segs as u64,
-            len + (gso_segs as u64 - 1) * hdr,
-            hdr + gso_size as u64,
-        )
-    } else {
-        (1, len, len)
-    };
     // Counters are about this packet; the key is about its flow.
     let outer = key.id.outer.flags;
     let frag = if outer & (TUPLE_FRAG_FIRST | TUPLE_FRAG_REST) != 0 {
@@ -97,7 +122,7 @@ fn record(ctx: &TcContext, dir: u8) {
     let df = outer & TUPLE_DF != 0;
     if key.id.outer.proto == IPPROTO_ICMP || key.id.outer.proto == IPPROTO_ICMPV6 {
         icmp::seen(
-            &packet,
+            &bytes,
             &parsed,
             key.id.outer.proto,
             key.id.outer.family,
@@ -110,28 +135,144 @@ fn record(ctx: &TcContext, dir: u8) {
     frags::attribute(&mut key.id, &parsed);
     frags::strip_packet_flags(&mut key.id);
     key.dev = dev;
-    set_device_word(key, ifindex, dir);
-    let apply = |s: &mut FlowStats| {
-        s.packets += packets;
-        s.bytes += bytes;
-        if frag & TUPLE_FRAG_FIRST != 0 {
-            s.frags_first += packets;
-        }
-        if frag & TUPLE_FRAG_REST != 0 {
-            s.frags_rest += packets;
-        }
-        if df {
-            s.df += packets;
-        }
-        if seg_len as u32 > s.max_len {
-            s.max_len = seg_len as u32;
-        }
-    };
+    set_device_word(key, device);
     // The key was written a byte or two at a time and is read below eight at
     // a time: on x86 such a load waits until the narrow stores it spans are
     // in the cache, once per load (~50 ns a packet measured). A locked
     // instruction empties the store buffer once instead.
     maps::store_fence();
+    count(key, &packet(parsed.hdr_end, frag, df), dev, ifindex);
+}
+
+/// What one packet (or GSO skb) adds to its flow's counters.
+struct Packet {
+    packets: u64,
+    bytes: u64,
+    /// Length of one segment on the wire.
+    seg_len: u32,
+    /// Its fragment flags ([`TUPLE_FRAG_FIRST`], [`TUPLE_FRAG_REST`]).
+    frag: u8,
+    df: bool,
+}
+
+impl Packet {
+    #[inline(always)]
+    fn apply(&self, s: &mut FlowStats) {
+        s.packets += self.packets;
+        s.bytes += self.bytes;
+        if self.frag & TUPLE_FRAG_FIRST != 0 {
+            s.frags_first += self.packets;
+        }
+        if self.frag & TUPLE_FRAG_REST != 0 {
+            s.frags_rest += self.packets;
+        }
+        if self.df {
+            s.df += self.packets;
+        }
+        if self.seg_len > s.max_len {
+            s.max_len = self.seg_len;
+        }
+    }
+}
+
+/// A flow key as its eight-byte words, wherever they are.
+trait KeyWords {
+    fn word(&self, i: usize) -> u64;
+}
+
+const KEY_WORDS: usize = size_of::<FlowKey>() / 8;
+
+impl KeyWords for FlowKey {
+    #[inline(always)]
+    fn word(&self, i: usize) -> u64 {
+        // SAFETY: callers pass i < KEY_WORDS, and FlowKey is 8-aligned: the word is inside *self.
+        unsafe { (self as *const FlowKey).cast::<u64>().add(i).read() }
+    }
+}
+
+/// The key of a common packet ([`inplace::common`]), never written out
+/// whole: most of its words are zero, and the rest stay in registers.
+struct InPlace {
+    dev: u64,
+    device: u64,
+    c: inplace::Common,
+}
+
+// The words InPlace fills: the device, and the outer tuple's addresses and tail.
+const SRC_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, outer)) / 8;
+const DST_WORD: usize = SRC_WORD + offset_of!(Tuple, dst) / 8;
+const TAIL_WORD: usize = SRC_WORD + offset_of!(Tuple, sport) / 8;
+const _: () = assert!(offset_of!(FlowKey, dev) == 0 && offset_of!(Tuple, src) == 0);
+const _: () = assert!(SRC_WORD == 2 && DST_WORD == 4 && TAIL_WORD == 6);
+
+impl KeyWords for InPlace {
+    #[inline(always)]
+    fn word(&self, i: usize) -> u64 {
+        match i {
+            0 => self.dev,
+            1 => self.device,
+            SRC_WORD => self.c.src as u64,
+            DST_WORD => self.c.dst as u64,
+            TAIL_WORD => self.c.tail,
+            _ => 0,
+        }
+    }
+}
+
+/// A TC packet's linear data, checked to hold [`inplace::LEN`] bytes.
+struct Linear {
+    data: usize,
+}
+
+impl Linear {
+    #[inline(always)]
+    fn of(ctx: &TcContext) -> Option<Self> {
+        let data = ctx.data();
+        if data + inplace::LEN > ctx.data_end() {
+            return None;
+        }
+        Some(Linear { data })
+    }
+}
+
+/// Loads of `$width` at a constant offset from the packet pointer the
+/// bounds check above was made on (by the verifier's rules, the very
+/// register), whatever the alignment: a plain `read` would assume it, and
+/// `read_unaligned` becomes byte loads on eBPF.
+macro_rules! load {
+    ($width:literal, $p:expr, $off:expr) => {{
+        let v: u64;
+        // SAFETY: $off + width <= inplace::LEN, which Linear::of checked.
+        unsafe {
+            core::arch::asm!(concat!("{v} = *(", $width, " *)({p} + {off})"), v = out(reg) v,
+                p = in(reg) $p, off = const $off, options(pure, readonly, nostack));
+        }
+        v
+    }};
+}
+
+impl inplace::Window for Linear {
+    #[inline(always)]
+    fn u8_at<const OFF: usize>(&self) -> u8 {
+        const { assert!(OFF < inplace::LEN) };
+        load!("u8", self.data, OFF) as u8
+    }
+    #[inline(always)]
+    fn be16_at<const OFF: usize>(&self) -> u16 {
+        const { assert!(OFF + 2 <= inplace::LEN) };
+        u16::from_be(load!("u16", self.data, OFF) as u16)
+    }
+    #[inline(always)]
+    fn le32_at<const OFF: usize>(&self) -> u32 {
+        const { assert!(OFF + 4 <= inplace::LEN) };
+        load!("u32", self.data, OFF) as u32
+    }
+}
+
+/// Counts `p` for `key` in this CPU's flow cache, pushing out to the flow
+/// map the flow whose slot it takes.
+#[inline(always)]
+fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
     let generation = flow_generation();
     let Some(slot) = FLOW_CACHE.get_ptr_mut(cache_index(key, generation)) else {
         return;
@@ -141,7 +282,7 @@ fn record(ctx: &TcContext, dir: u8) {
     let slot = unsafe { &mut *slot };
     if slot.generation == generation && slot.stats.packets != 0 {
         if same(&slot.key, key) {
-            apply(&mut slot.stats);
+            p.apply(&mut slot.stats);
             return;
         }
         // Another flow had the slot: its counts go to the map of its generation.
@@ -161,9 +302,13 @@ fn record(ctx: &TcContext, dir: u8) {
         }
     }
     slot.generation = generation;
-    copy8(&mut slot.key, key);
+    let words = (&raw mut slot.key).cast::<u64>();
+    for i in 0..KEY_WORDS {
+        // SAFETY: i < KEY_WORDS and FlowKey is 8-aligned: each word is inside the slot's key.
+        unsafe { words.add(i).write_volatile(key.word(i)) };
+    }
     zero(&mut slot.stats);
-    apply(&mut slot.stats);
+    p.apply(&mut slot.stats);
     name_device(dev, ifindex);
 }
 
@@ -177,28 +322,30 @@ fn netns_of(dev: u64) -> u32 {
     }
 }
 
-/// Writes `ifindex`, `dir` and the padding after them with one store, so that
-/// the eight-byte load of them in [`cache_index`] is served by that store.
+/// `ifindex`, `dir` and the padding after them as the key's second word.
 #[inline(always)]
-fn set_device_word(key: &mut FlowKey, ifindex: u32, dir: u8) {
-    const { assert!(core::mem::offset_of!(FlowKey, ifindex) == 8) };
-    const { assert!(core::mem::offset_of!(FlowKey, dir) == 12) };
-    let word = ifindex as u64 | (dir as u64) << 32;
-    // SAFETY: bytes 8..16 of the key are ifindex, dir and padding (checked
-    // above); eBPF is little-endian here, so ifindex comes first.
+fn device_word(ifindex: u32, dir: u8) -> u64 {
+    const { assert!(offset_of!(FlowKey, ifindex) == 8) };
+    const { assert!(offset_of!(FlowKey, dir) == 12) };
+    // eBPF is little-endian here, so ifindex comes first.
+    ifindex as u64 | (dir as u64) << 32
+}
+
+/// Writes the key's second word with one store, so that the eight-byte load
+/// of it in [`cache_index`] is served by that store.
+#[inline(always)]
+fn set_device_word(key: &mut FlowKey, word: u64) {
+    // SAFETY: bytes 8..16 of the key are ifindex, dir and padding (see device_word).
     unsafe { (key as *mut FlowKey).cast::<u64>().add(1).write(word) };
 }
 
 /// Which slot of this CPU's cache `key` goes to: the words of the key folded
 /// and mixed (Fibonacci hashing), in the half of the cache of `generation`.
 #[inline(always)]
-fn cache_index(key: &FlowKey, generation: u32) -> u32 {
-    const WORDS: usize = size_of::<FlowKey>() / 8;
-    let words = (key as *const FlowKey).cast::<u64>();
+fn cache_index(key: &impl KeyWords, generation: u32) -> u32 {
     let mut x = 0u64;
-    for i in 0..WORDS {
-        // SAFETY: i < WORDS and FlowKey is 8-aligned: each word is inside *key.
-        x ^= unsafe { words.add(i).read() };
+    for i in 0..KEY_WORDS {
+        x ^= key.word(i);
     }
     let slot =
         (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32;
@@ -208,16 +355,10 @@ fn cache_index(key: &FlowKey, generation: u32) -> u32 {
 /// `a == b` for flow keys, a word at a time without a branch per word (a
 /// derived `==` compares the address arrays with a `memcmp` eBPF lacks).
 #[inline(always)]
-fn same(a: &FlowKey, b: &FlowKey) -> bool {
-    const WORDS: usize = size_of::<FlowKey>() / 8;
-    let (a, b) = (
-        (a as *const FlowKey).cast::<u64>(),
-        (b as *const FlowKey).cast::<u64>(),
-    );
+fn same(a: &FlowKey, b: &impl KeyWords) -> bool {
     let mut diff = 0u64;
-    for i in 0..WORDS {
-        // SAFETY: i < WORDS and FlowKey is 8-aligned: each word is inside both keys.
-        diff |= unsafe { a.add(i).read() ^ b.add(i).read() };
+    for i in 0..KEY_WORDS {
+        diff |= a.word(i) ^ b.word(i);
     }
     diff == 0
 }

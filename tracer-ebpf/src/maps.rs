@@ -114,12 +114,6 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
     copy_as::<u16, T>(dst, src);
 }
 
-/// [`copy`] eight bytes at a time, for 8-aligned structs.
-#[inline(always)]
-pub fn copy8<T: Copy>(dst: &mut T, src: &T) {
-    copy_as::<u64, T>(dst, src);
-}
-
 /// `*dst = *src` one `W` at a time, with volatile accesses the compiler
 /// cannot merge back into a `memmove`.
 #[inline(always)]
@@ -135,7 +129,7 @@ fn copy_as<W: Copy, T: Copy>(dst: &mut T, src: &T) {
     }
 }
 
-/// This CPU's word for [`store_fence`].
+/// This CPU's word for [`store_fence`] and [`as_scalar`].
 #[map]
 static FENCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -150,6 +144,22 @@ pub fn store_fence() {
             core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) word, v = in(reg) 0u64,
                 options(nostack));
         }
+    }
+}
+
+/// `p` as a number the verifier lets the program compute with: a pointer
+/// it knows by BTF type may be stored and compared but not hashed, and a
+/// load from map memory is a number whatever was stored there.
+#[inline(always)]
+pub fn as_scalar(p: u64) -> u64 {
+    match FENCE.get_ptr_mut(0) {
+        // SAFETY: this CPU's word of the map, valid during the program's run;
+        // volatile so that the store and load are not folded away.
+        Some(word) => unsafe {
+            word.write_volatile(p);
+            word.read_volatile()
+        },
+        None => 0,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::{
     TUPLE_PORTS, Tuple, VNI_PRESENT,
 };
 
+pub mod inplace;
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -1265,5 +1267,159 @@ mod tests {
                 );
             }
         }
+    }
+
+    // ---- In place -------------------------------------------------------------
+
+    /// What the TC programs count a packet as: its flow with the packet's
+    /// own flags cleared, DF, and hdr_end.
+    type Counted = (FlowId, bool, u32);
+
+    /// A packet as counted by the full parse, and in place.
+    fn both(pkt: &[u8], ports: &[u16; MAX_VXLAN_PORTS]) -> (Counted, Option<Counted>) {
+        let (mut id, p) = parse_ports(pkt, ports);
+        let df = id.outer.flags & TUPLE_DF != 0;
+        id.outer.flags &= TUPLE_PORTS;
+        id.inner.flags &= TUPLE_PORTS;
+        let fast = (pkt.len() >= inplace::LEN)
+            .then(|| inplace::common(&inplace::Slice(pkt), ports))
+            .flatten()
+            .map(|c| (plain(c.tuple()), c.df, c.hdr_end));
+        ((id, df, p.hdr_end), fast)
+    }
+
+    fn padded(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut pkt = parts.concat();
+        pkt.resize(pkt.len().max(inplace::LEN + 10), 0xee);
+        pkt
+    }
+
+    #[test]
+    fn in_place_equals_the_full_parse_for_common_packets() {
+        let mut cases = Vec::new();
+        for frag in [0, DF] {
+            for doff in [5, 8, 15] {
+                let ip = Ip4 {
+                    frag,
+                    ..ip4(IPPROTO_TCP)
+                };
+                cases.push(padded(&[
+                    eth(&[], ETH_P_IP),
+                    ip.bytes(),
+                    tcp(443, 51000, doff),
+                ]));
+            }
+            for dport in [53, 4790, 8472] {
+                let ip = Ip4 {
+                    frag,
+                    ..ip4(IPPROTO_UDP)
+                };
+                cases.push(padded(&[eth(&[], ETH_P_IP), ip.bytes(), udp(40000, dport)]));
+            }
+        }
+        let addrs = Ip4 {
+            src: [192, 168, 255, 1],
+            dst: [172, 31, 0, 254],
+            ..ip4(IPPROTO_UDP)
+        };
+        cases.push(padded(&[eth(&[], ETH_P_IP), addrs.bytes(), udp(65535, 1)]));
+        for pkt in &cases {
+            let (full, fast) = both(pkt, &PORTS);
+            assert_eq!(fast, Some(full), "{pkt:02x?}");
+        }
+    }
+
+    #[test]
+    fn in_place_leaves_every_other_packet_to_the_full_parse() {
+        let frag = |frag| Ip4 {
+            frag,
+            ..ip4(IPPROTO_UDP)
+        };
+        let cases = [
+            // VXLAN, to the default port and to one configured.
+            padded(&[
+                eth(&[], ETH_P_IP),
+                ip4(IPPROTO_UDP).bytes(),
+                udp(50000, 4789),
+                vxlan(8, 42),
+            ]),
+            // Fragments: first, middle, last.
+            padded(&[eth(&[], ETH_P_IP), frag(MF).bytes(), udp(1, 2)]),
+            padded(&[eth(&[], ETH_P_IP), frag(MF | 3).bytes()]),
+            padded(&[eth(&[], ETH_P_IP), frag(DF | 3).bytes()]),
+            // Options, ICMP, other protocols, VLAN tags, IPv6, not IP.
+            padded(&[
+                eth(&[], ETH_P_IP),
+                Ip4 {
+                    options: &[1, 1, 1, 1],
+                    ..ip4(IPPROTO_TCP)
+                }
+                .bytes(),
+                tcp(1, 2, 5),
+            ]),
+            padded(&[eth(&[], ETH_P_IP), ip4(IPPROTO_ICMP).bytes(), icmp()]),
+            padded(&[eth(&[], ETH_P_IP), ip4(47).bytes()]),
+            padded(&[
+                eth(&[0x8100], ETH_P_IP),
+                ip4(IPPROTO_UDP).bytes(),
+                udp(1, 2),
+            ]),
+            padded(&[eth(&[], ETH_P_IPV6), ip6(IPPROTO_UDP), udp(1, 2)]),
+            padded(&[eth(&[], ETH_P_ARP)]),
+            padded(&[
+                eth(&[], ETH_P_IP),
+                Ip4 {
+                    ver_ihl: Some(0x65),
+                    ..ip4(IPPROTO_UDP)
+                }
+                .bytes(),
+                udp(1, 2),
+            ]),
+        ];
+        for pkt in &cases {
+            assert_eq!(both(pkt, &PORTS).1, None, "{pkt:02x?}");
+        }
+        let other = [8472, 0, 0, 0, 0, 0, 0, 0];
+        let pkt = padded(&[
+            eth(&[], ETH_P_IP),
+            ip4(IPPROTO_UDP).bytes(),
+            udp(1, 8472),
+            vxlan(8, 1),
+        ]);
+        assert_eq!(both(&pkt, &other).1, None);
+        // Not a VXLAN port here: common, and equal to the full parse.
+        let (full, fast) = both(&pkt, &PORTS);
+        assert_eq!(fast, Some(full));
+    }
+
+    /// Random headers with the fields the in-place path looks at set to
+    /// the values it takes: whenever it answers, it answers as the full parse.
+    #[test]
+    fn in_place_agrees_with_the_full_parse_on_random_headers() {
+        let mut seed = 0x9e37_79b9u32;
+        let mut byte = move || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) as u8
+        };
+        let mut taken = 0;
+        for i in 0..20_000 {
+            let mut pkt: Vec<u8> = (0..inplace::LEN + (i % 40)).map(|_| byte()).collect();
+            pkt[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+            if i % 4 != 0 {
+                pkt[14] = 0x45;
+                // Mostly not fragments (DF or not), some anything.
+                if (i / 3) % 4 != 0 {
+                    pkt[20] &= 0x40;
+                    pkt[21] = 0;
+                }
+                pkt[23] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP][i % 3];
+            }
+            let (full, fast) = both(&pkt, &PORTS);
+            if let Some(fast) = fast {
+                assert_eq!(fast, full, "{pkt:02x?}");
+                taken += 1;
+            }
+        }
+        assert!(taken > 5_000, "only {taken} packets were common");
     }
 }
