@@ -33,6 +33,10 @@ enum Cmd {
     /// Set up, then measure tracer's overhead against no tracer, bpftrace and
     /// tcpdump on veth, bridge and VXLAN paths; writes bench/RESULTS.md.
     Bench(bench::Args),
+    /// The bench's arm F: hold an empty TC program on NETNS/DEVICE... until
+    /// stopped (started by the bench itself).
+    #[command(hide = true)]
+    BenchEmptyTc { devices: Vec<String> },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Demo => setup::setup().and_then(|()| demo::demo()),
         Cmd::Test { vm, args } => setup::setup().and_then(|()| vm::run(&vm, &args)),
         Cmd::Bench(args) => setup::setup().and_then(|()| bench::bench(args)),
+        Cmd::BenchEmptyTc { devices } => bench::hold_empty_tc(&devices),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

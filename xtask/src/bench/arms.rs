@@ -19,7 +19,10 @@ use xtask::{
     tracer::{Finished, TracerRun},
 };
 
-use super::sys::{self, BpfStats, CpuTime, Proc, ProgStat};
+use super::{
+    empty,
+    sys::{self, BpfStats, CpuTime, Proc, ProgStat},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ValueEnum)]
 pub enum Arm {
@@ -31,10 +34,13 @@ pub enum Arm {
     /// netlink (tcx is 6.6) and `skb->dev` by bpf_probe_read_kernel (no
     /// bpf_cast_to_kern_ctx).
     E,
+    /// An eBPF program that returns at once, on the same TC hooks: what any
+    /// program pays per run, which tracer's figure is judged net of.
+    F,
 }
 
 impl Arm {
-    pub const ALL: [Arm; 5] = [Arm::A, Arm::B, Arm::C, Arm::D, Arm::E];
+    pub const ALL: [Arm; 6] = [Arm::A, Arm::B, Arm::C, Arm::D, Arm::E, Arm::F];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -43,6 +49,7 @@ impl Arm {
             Arm::C => "C: bpftrace",
             Arm::D => "D: tcpdump",
             Arm::E => "E: tracer, pre-6.2 hooks",
+            Arm::F => "F: empty TC program",
         }
     }
 }
@@ -168,12 +175,39 @@ pub fn parse_tcpdump_stats(stderr: &str) -> TcpdumpStats {
     }
 }
 
+/// This program again as `bench-empty-tc`, holding [`empty`]'s program on
+/// `devices` until it is stopped; returns once the links are in place.
+fn start_empty(devices: &[(String, String)]) -> Result<Proc> {
+    let mut proc = Proc::spawn(
+        Command::new(std::env::current_exe()?)
+            .arg("bench-empty-tc")
+            .args(devices.iter().map(|(ns, dev)| format!("{ns}/{dev}")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        "empty TC program",
+    )?;
+    let mut line = String::new();
+    let stdout = proc.child.stdout.take().expect("piped");
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != empty::READY {
+        let mut err = String::new();
+        if let Some(mut e) = proc.child.stderr.take() {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("empty TC program did not attach: {}", err.trim());
+    }
+    Ok(proc)
+}
+
 /// What an arm runs while the loads run.
 pub enum Tool {
     None,
     Tracer(TracerRun),
     Bpftrace(Bpftrace),
     Tcpdump(Vec<Tcpdump>),
+    Empty(Proc),
 }
 
 /// What a tool printed when stopped.
@@ -212,6 +246,7 @@ impl Tool {
                     .map(|(ns, dev)| Tcpdump::start(ns, dev))
                     .collect::<Result<_>>()?,
             ),
+            Arm::F => Tool::Empty(start_empty(devices)?),
         })
     }
 
@@ -221,6 +256,7 @@ impl Tool {
             Tool::Tracer(t) => vec![t.pid()],
             Tool::Bpftrace(b) => vec![b.pid()],
             Tool::Tcpdump(t) => t.iter().map(|t| t.proc.pid()).collect(),
+            Tool::Empty(p) => vec![p.pid()],
         }
     }
 
@@ -243,6 +279,10 @@ impl Tool {
                     sum.dropped_by_kernel += s.dropped_by_kernel;
                 }
                 Output::Tcpdump(sum)
+            }
+            Tool::Empty(mut p) => {
+                p.stop_with(libc::SIGTERM, Duration::from_secs(10))?;
+                Output::None
             }
         })
     }

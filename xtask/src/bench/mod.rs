@@ -5,6 +5,7 @@
 
 mod arms;
 mod counts;
+mod empty;
 mod loads;
 mod paths;
 mod report;
@@ -77,6 +78,11 @@ pub struct Args {
     /// Only render RESULTS.md again from this results.json.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub render: Option<PathBuf>,
+}
+
+/// The bench's arm F in its own process: see [`empty`].
+pub fn hold_empty_tc(devices: &[String]) -> Result<()> {
+    empty::hold(devices)
 }
 
 /// Destination port of the many-flows loads, and their first source port.
@@ -359,7 +365,7 @@ fn progress(s: &Sample, reps: u32) {
         })
         .unwrap_or_default();
     eprintln!(
-        "bench: rep {}/{reps} {:<6} {:<13} tcp {:6.2} Gbit/s  udp64 {:6.1} kpps  rr p50 {:5.1} p99 {:6.1} us{cost}",
+        "bench: rep {}/{reps} {:<6} {:<24} tcp {:6.2} Gbit/s  udp64 {:6.1} kpps  rr p50 {:5.1} p99 {:6.1} us{cost}",
         s.rep,
         s.path.name(),
         s.arm.label(),

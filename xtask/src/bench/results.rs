@@ -261,6 +261,27 @@ pub fn paired_ratio(
     summarize(&ratios)
 }
 
+/// Per repetition, `arm`'s value less `base`'s on the same path.
+pub fn paired_difference(
+    samples: &[Sample],
+    path: PathKind,
+    arm: Arm,
+    base: Arm,
+    metric: &Metric,
+) -> Option<Summary> {
+    let diffs: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.path == path && s.arm == arm)
+        .filter_map(|s| {
+            let b = samples
+                .iter()
+                .find(|b| b.path == path && b.arm == base && b.rep == s.rep)?;
+            Some((metric.get)(s)? - (metric.get)(b)?)
+        })
+        .collect();
+    summarize(&diffs)
+}
+
 pub fn metric(key: &str) -> &'static Metric {
     METRICS.iter().find(|m| m.key == key).expect("known metric")
 }
