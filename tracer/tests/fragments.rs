@@ -67,3 +67,42 @@ fn fragments_of_known_datagrams_are_counted_exactly() {
     assert!(f.totals("drop").is_empty(), "{:#?}", f.totals("drop"));
     assert_eq!(f.totals("health")[0]["frag_unmatched"], 0);
 }
+
+/// Whole datagrams of a flow are read in place and its fragments parsed in
+/// full: both must land on the flow's one row per hop.
+#[test]
+fn whole_datagrams_and_fragments_of_one_flow_share_its_row() {
+    const N: u64 = 10;
+    let p = Pair::new(1000).unwrap();
+    let (a, b) = (&p.a, &p.b);
+    let to = SocketAddrV4::new(b.ip, 6000);
+    let from = SocketAddrV4::new(a.ip, 6001);
+    let sink = UdpSink::start(&b.ns, to).unwrap();
+    let run = start(p.namespaces(), &[]);
+    send_udp(&a.ns, from, to, N as u32, 100).unwrap();
+    send_udp(&a.ns, from, to, N as u32, 2500).unwrap();
+    send_udp(&a.ns, from, to, N as u32, 100).unwrap();
+    assert!(
+        sink.wait_for(3 * N, Duration::from_secs(10)),
+        "{} arrived",
+        sink.received()
+    );
+    let f = stop(run);
+
+    let (small, full, last) = (14 + 20 + 8 + 100, 14 + 20 + 976, 14 + 20 + 556);
+    let (ip_a, ip_b) = (a.ip.to_string(), b.ip.to_string());
+    for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
+        let rows = flows_at(&f, ns, "v0", dir);
+        assert_eq!(rows.len(), 1, "{ns} {dir}: {rows:#?}");
+        let r = rows[0];
+        assert!(
+            endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))),
+            "{r}"
+        );
+        assert_eq!(r["packets"], 2 * N + 3 * N, "{r}");
+        assert_eq!(r["frags_first"], N, "{r}");
+        assert_eq!(r["frags_rest"], 2 * N, "{r}");
+        assert_eq!(r["bytes"], 2 * N * small + N * (2 * full + last), "{r}");
+        assert_eq!(r["max_len"], full, "{r}");
+    }
+}
