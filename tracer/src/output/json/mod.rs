@@ -239,6 +239,7 @@ struct JsonBenign {
     hint: &'static str,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct JsonHop<'a> {
     netns: &'a str,
@@ -253,6 +254,7 @@ struct JsonHop<'a> {
     max_len: u32,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct JsonLost<'a> {
     after: Option<usize>,
@@ -268,6 +270,8 @@ struct JsonLost<'a> {
     icmp: Option<&'a str>,
 }
 
+/// The path row through serde: the reference [`write_path`] is held to.
+#[cfg(test)]
 #[derive(Serialize)]
 struct JsonPath<'a> {
     #[serde(flatten)]
@@ -428,6 +432,7 @@ fn rule<'a>(at: &At, row: &'a RuleRow) -> JsonRule<'a> {
     }
 }
 
+#[cfg(test)]
 fn path<'a>(at: &At, row: &'a PathRow) -> JsonPath<'a> {
     let (netns, iface, dir) = row.origin();
     JsonPath {
@@ -478,34 +483,15 @@ fn path<'a>(at: &At, row: &'a PathRow) -> JsonPath<'a> {
 /// every key and formats through `fmt`; this writes the fixed parts as they
 /// are. A test holds the two byte for byte equal.
 fn write_flow(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<()> {
-    out.write_all(b"{\"type\":\"flow\",\"scope\":\"")?;
-    out.write_all(at.scope.as_str().as_bytes())?;
-    out.write_all(b"\",\"netns\":")?;
-    serde_json::to_writer(&mut *out, &*row.netns)?;
-    out.write_all(b",\"netns_inode\":")?;
-    write_opt(out, at.inode(&row.netns))?;
-    out.write_all(b",\"iface\":")?;
-    serde_json::to_writer(&mut *out, &*row.iface)?;
-    out.write_all(b",\"dir\":\"")?;
-    out.write_all(row.dir.as_str().as_bytes())?;
-    out.write_all(b"\",")?;
-    write_endpoints(out, &Endpoints::of(&row.id.outer))?;
-    out.write_all(b",\"vni\":")?;
-    write_opt(out, vni(&row.id))?;
-    out.write_all(b",\"inner\":")?;
-    match inner(&row.id) {
-        Some(e) => {
-            out.write_all(b"{")?;
-            write_endpoints(out, &e)?;
-            out.write_all(b"}")?;
-        }
-        None => out.write_all(b"null")?,
-    }
-    out.write_all(b",\"orig\":")?;
-    match crate::analysis::nat::orig(at.nat, &row.id) {
-        Some(a) => serde_json::to_writer(&mut *out, &a.to_string())?,
-        None => out.write_all(b"null")?,
-    }
+    write_fields(
+        out,
+        "flow",
+        at,
+        &row.netns,
+        Some(&row.iface),
+        Some(row.dir.as_str()),
+        &row.id,
+    )?;
     let c = &row.counts;
     for (key, n) in [
         (&b",\"packets\":"[..], c.packets),
@@ -519,6 +505,160 @@ fn write_flow(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<()> {
         write_num(out, n)?;
     }
     out.write_all(b"}\n")
+}
+
+/// Writes a path row as [`JsonPath`] would, without serde: one per
+/// conversation every interval, as [`write_flow`] for the same reasons. A
+/// test holds the two byte for byte equal.
+fn write_path(out: &mut impl Write, at: &At, row: &PathRow) -> io::Result<()> {
+    let (netns, iface, dir) = row.origin();
+    write_fields(
+        out,
+        "path",
+        at,
+        netns,
+        iface,
+        dir.map(|d| d.as_str()),
+        &row.id,
+    )?;
+    out.write_all(b",\"sent\":")?;
+    write_num(out, row.sent())?;
+    out.write_all(b",\"arrived\":")?;
+    write_num(out, row.arrived())?;
+    out.write_all(b",\"hops\":[")?;
+    for (i, h) in row.hops.iter().enumerate() {
+        out.write_all(if i == 0 {
+            b"{\"netns\":"
+        } else {
+            b",{\"netns\":"
+        })?;
+        write_str(out, &h.netns)?;
+        out.write_all(b",\"netns_inode\":")?;
+        write_opt(out, at.inode(&h.netns))?;
+        out.write_all(b",\"iface\":")?;
+        write_str(out, &h.iface)?;
+        out.write_all(b",\"dir\":\"")?;
+        out.write_all(h.dir.as_str().as_bytes())?;
+        out.write_all(if h.vxlan {
+            b"\",\"vxlan\":true"
+        } else {
+            b"\",\"vxlan\":false"
+        })?;
+        let c = &h.counts;
+        for (key, n) in [
+            (&b",\"packets\":"[..], c.packets),
+            (b",\"bytes\":", c.bytes),
+            (b",\"frags_first\":", c.frags_first),
+            (b",\"frags_rest\":", c.frags_rest),
+            (b",\"max_len\":", c.max_len as u64),
+        ] {
+            out.write_all(key)?;
+            write_num(out, n)?;
+        }
+        out.write_all(b"}")?;
+    }
+    out.write_all(b"],\"lost\":[")?;
+    for (i, l) in row.lost.iter().enumerate() {
+        out.write_all(if i == 0 {
+            b"{\"after\":"
+        } else {
+            b",{\"after\":"
+        })?;
+        write_opt(out, l.after.map(|a| a as u64))?;
+        out.write_all(b",\"netns\":")?;
+        write_str(out, &l.netns)?;
+        out.write_all(b",\"iface\":")?;
+        write_opt_str(out, l.iface.as_deref())?;
+        out.write_all(b",\"count\":")?;
+        write_num(out, l.count)?;
+        for (key, v) in [
+            (&b",\"reason\":"[..], l.reason.as_deref()),
+            (b",\"location\":", l.location.as_deref()),
+            (b",\"hook\":", l.hook.map(Hook::as_str)),
+            (b",\"rule\":", l.rule.as_deref()),
+            (b",\"hint\":", l.hint()),
+            (b",\"mtu\":", l.mtu.as_deref()),
+            (b",\"icmp\":", l.icmp.as_deref()),
+        ] {
+            out.write_all(key)?;
+            write_opt_str(out, v)?;
+        }
+        out.write_all(b"}")?;
+    }
+    for (key, list) in [
+        (&b"],\"incomplete\":["[..], &row.incomplete),
+        (b"],\"notes\":[", &row.notes),
+    ] {
+        out.write_all(key)?;
+        for (i, s) in list.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write_str(out, s)?;
+        }
+    }
+    out.write_all(b"]}\n")
+}
+
+/// `{"type":..` up to `"orig":..`: the fields of [`JsonFlowFields`].
+fn write_fields(
+    out: &mut impl Write,
+    r#type: &'static str,
+    at: &At,
+    netns: &str,
+    iface: Option<&str>,
+    dir: Option<&'static str>,
+    id: &FlowId,
+) -> io::Result<()> {
+    out.write_all(b"{\"type\":\"")?;
+    out.write_all(r#type.as_bytes())?;
+    out.write_all(b"\",\"scope\":\"")?;
+    out.write_all(at.scope.as_str().as_bytes())?;
+    out.write_all(b"\",\"netns\":")?;
+    write_str(out, netns)?;
+    out.write_all(b",\"netns_inode\":")?;
+    write_opt(out, at.inode(netns))?;
+    out.write_all(b",\"iface\":")?;
+    write_opt_str(out, iface)?;
+    out.write_all(b",\"dir\":")?;
+    match dir {
+        Some(d) => {
+            out.write_all(b"\"")?;
+            out.write_all(d.as_bytes())?;
+            out.write_all(b"\",")?;
+        }
+        None => out.write_all(b"null,")?,
+    }
+    write_endpoints(out, &Endpoints::of(&id.outer))?;
+    out.write_all(b",\"vni\":")?;
+    write_opt(out, vni(id))?;
+    out.write_all(b",\"inner\":")?;
+    match inner(id) {
+        Some(e) => {
+            out.write_all(b"{")?;
+            write_endpoints(out, &e)?;
+            out.write_all(b"}")?;
+        }
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b",\"orig\":")?;
+    match crate::analysis::nat::orig(at.nat, id) {
+        Some(a) => serde_json::to_writer(&mut *out, &a.to_string())?,
+        None => out.write_all(b"null")?,
+    }
+    Ok(())
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn write_str(out: &mut impl Write, s: &str) -> io::Result<()> {
+    Ok(serde_json::to_writer(out, s)?)
+}
+
+fn write_opt_str(out: &mut impl Write, s: Option<&str>) -> io::Result<()> {
+    match s {
+        Some(s) => write_str(out, s),
+        None => out.write_all(b"null"),
+    }
 }
 
 /// `"proto":..,"src":..,"dst":..,"sport":..,"dport":..`
@@ -592,7 +732,7 @@ impl<W: Write> Sink for JsonSink<W> {
             self.line(&rule(&at, row))?;
         }
         for row in &r.paths {
-            self.line(&path(&at, row))?;
+            write_path(&mut self.out, &at, row)?;
         }
         if let Some(b) = &r.benign {
             self.line(&JsonBenign {
