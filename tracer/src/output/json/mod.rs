@@ -18,16 +18,36 @@ use crate::{collectors::drops::reasons::hint, model::Hook, rules::Family};
 
 pub struct JsonSink<W: Write> {
     out: W,
+    /// Rows are written here first, then to `out` in large pieces: a row is
+    /// dozens of small writes, which on a `Vec` are inlined copies, and tens
+    /// of thousands of rows are written a second. Kept between reports.
+    buf: Vec<u8>,
 }
+
+/// What `buf` holds before it is handed to `out`.
+const CHUNK: usize = 1 << 16;
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self {
+            out,
+            buf: Vec::with_capacity(CHUNK + 4096),
+        }
     }
 
     fn line(&mut self, row: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, row)?;
-        self.out.write_all(b"\n")
+        serde_json::to_writer(&mut self.buf, row)?;
+        self.buf.push(b'\n');
+        self.spill()
+    }
+
+    /// Hands `buf` to `out` once it holds a chunk.
+    fn spill(&mut self) -> io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 }
 
@@ -649,9 +669,16 @@ fn write_fields(
     Ok(())
 }
 
-/// A JSON string, escaped as serde_json escapes it.
+/// A JSON string, escaped as serde_json escapes it. Names rarely need
+/// escaping: those are written as they are.
 fn write_str(out: &mut impl Write, s: &str) -> io::Result<()> {
-    Ok(serde_json::to_writer(out, s)?)
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        out.write_all(b"\"")
+    } else {
+        Ok(serde_json::to_writer(out, s)?)
+    }
 }
 
 fn write_opt_str(out: &mut impl Write, s: Option<&str>) -> io::Result<()> {
@@ -711,7 +738,8 @@ impl<W: Write> Sink for JsonSink<W> {
     fn report(&mut self, r: &Report) -> io::Result<()> {
         let at = At::of(r);
         for row in &r.flows {
-            write_flow(&mut self.out, &at, row)?;
+            write_flow(&mut self.buf, &at, row)?;
+            self.spill()?;
         }
         for row in &r.drops {
             self.line(&drop_row(&at, row))?;
@@ -732,7 +760,8 @@ impl<W: Write> Sink for JsonSink<W> {
             self.line(&rule(&at, row))?;
         }
         for row in &r.paths {
-            write_path(&mut self.out, &at, row)?;
+            write_path(&mut self.buf, &at, row)?;
+            self.spill()?;
         }
         if let Some(b) = &r.benign {
             self.line(&JsonBenign {
@@ -763,6 +792,8 @@ impl<W: Write> Sink for JsonSink<W> {
                 attach_failed: r.health.attach_failed,
             })?;
         }
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
         self.out.flush()
     }
 }
