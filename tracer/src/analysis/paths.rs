@@ -586,7 +586,8 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
                 l.mtu = mtu;
                 l.icmp = icmp;
             }
-            None => {
+            // Named only when there is a note: most places have none.
+            None if mtu.is_some() || icmp.is_some() => {
                 let here = match after {
                     Some(i) => format!("after {}", hops[i].label()),
                     None => "before the first hop".to_string(),
@@ -594,6 +595,7 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
                 notes.extend(mtu.map(|m| format!("{here}: MTU: {m}")));
                 notes.extend(icmp.map(|i| format!("{here}: ICMP {i}")));
             }
+            None => {}
         }
     }
     if let Some(expected) = vanished {
