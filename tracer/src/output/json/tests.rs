@@ -1,6 +1,6 @@
 //! JSON rows against the contract the README documents.
 
-use std::time::Duration;
+use std::{rc::Rc, time::Duration};
 
 use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
@@ -491,4 +491,49 @@ fn hand_written_path_rows_are_what_serde_writes() {
             assert_eq!(String::from_utf8(ours).unwrap(), serde);
         }
     }
+}
+
+#[test]
+fn flow_rows_of_a_report_are_what_write_flow_writes() {
+    let shared: (Rc<str>, Rc<str>) = ("tl1-ha".into(), "ul0".into());
+    let row = |netns: &Rc<str>, iface: &Rc<str>, dir, sport| FlowRow {
+        netns: netns.clone(),
+        iface: iface.clone(),
+        dir,
+        id: FlowId {
+            outer: tuple(1, 2, 17, Some((sport, 53))),
+            ..FlowId::default()
+        },
+        counts: Counts {
+            packets: sport as u64,
+            ..Counts::default()
+        },
+    };
+    // Same names in other allocations, and a change of direction only.
+    let other: (Rc<str>, Rc<str>) = ("tl1-ha".into(), "ul0".into());
+    let eth: Rc<str> = "eth\"0".into();
+    let flows = vec![
+        row(&shared.0, &shared.1, Direction::Egress, 1),
+        row(&shared.0, &shared.1, Direction::Egress, 2),
+        row(&shared.0, &shared.1, Direction::Ingress, 3),
+        row(&other.0, &other.1, Direction::Ingress, 4),
+        row(&shared.0, &eth, Direction::Ingress, 5),
+        row(&shared.0, &shared.1, Direction::Egress, 6),
+    ];
+    let report = Report {
+        scope: Scope::First,
+        flows,
+        netns_inodes: vec![("tl1-ha".to_string(), 4026532000)],
+        ..Report::default()
+    };
+    let mut ours = Vec::new();
+    JsonSink::new(&mut ours).report(&report).unwrap();
+    let mut each = Vec::new();
+    for f in &report.flows {
+        write_flow(&mut each, &At::of(&report), f).unwrap();
+    }
+    assert_eq!(
+        String::from_utf8(ours).unwrap(),
+        String::from_utf8(each).unwrap()
+    );
 }
