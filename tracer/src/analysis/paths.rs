@@ -20,7 +20,11 @@ use rustc_hash::FxHashMap as HashMap;
 use tracer_ebpf::{FlowId, TUPLE_PORTS, Tuple};
 
 use crate::{
-    collectors::{drops::reasons::hint, flows::Counts, tally::Accumulate as _},
+    collectors::{
+        drops::reasons::hint,
+        flows::{Counts, id_order},
+        tally::Accumulate as _,
+    },
     model::{Direction, Hook},
     output::{DropRow, FlowRow, IcmpRow, MtuRow, VerdictRow, vni},
     topology::links::{LinkKind, Links},
@@ -190,13 +194,13 @@ struct Group<'a> {
 
 /// The paths of every conversation of `rows`, busiest first.
 pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
-    let mut groups: HashMap<Tuple, Group> = HashMap::default();
+    let mut groups = Groups::default();
     for f in rows.flows {
         let key = conversation(&f.id);
         if key.family == 0 {
             continue;
         }
-        let g = groups.entry(key).or_default();
+        let g = groups.entry(key);
         let vxlan = f.id.inner.family != 0;
         if vxlan && g.vni == 0 {
             g.vni = f.id.vni;
@@ -224,7 +228,7 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
     for d in rows.drops {
         let key = conversation(&d.id);
         if key.family != 0 {
-            let g = groups.entry(key).or_default();
+            let g = groups.entry(key);
             if g.vni == 0 {
                 g.vni = d.id.vni;
             }
@@ -234,7 +238,7 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
     for v in rows.verdicts.iter().filter(|v| v.counts.dropped() > 0) {
         let key = conversation(&v.id);
         if key.family != 0 {
-            groups.entry(key).or_default().verdicts.push(v);
+            groups.entry(key).verdicts.push(v);
         }
     }
     for i in rows.icmps {
@@ -250,13 +254,67 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
             }
         }
     }
+    let mut nexts = Nexts::default();
     let mut out: Vec<PathRow> = groups
+        .list
         .into_iter()
         .filter(|(_, g)| !g.hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty())
-        .map(|(key, g)| build(links, key, g))
+        .map(|(key, g)| build(links, &mut nexts, key, g))
         .collect();
-    out.sort_by(|a, b| b.sent().cmp(&a.sent()).then_with(|| a.id.cmp(&b.id)));
+    // Ids are unique (one path per conversation), so unstable is stable here.
+    out.sort_unstable_by(|a, b| b.sent().cmp(&a.sent()).then_with(|| id_order(&a.id, &b.id)));
     out
+}
+
+/// The groups by conversation, in a list: a map of them would move every
+/// `Group` as it grows (tens of thousands every report).
+#[derive(Default)]
+struct Groups<'a> {
+    index: HashMap<Tuple, usize>,
+    list: Vec<(Tuple, Group<'a>)>,
+}
+
+impl<'a> Groups<'a> {
+    fn entry(&mut self, key: Tuple) -> &mut Group<'a> {
+        let i = *self.index.entry(key).or_insert_with(|| {
+            self.list.push((key, Group::default()));
+            self.list.len() - 1
+        });
+        &mut self.list[i].1
+    }
+
+    fn get_mut(&mut self, key: &Tuple) -> Option<&mut Group<'a>> {
+        let i = *self.index.get(key)?;
+        Some(&mut self.list[i].1)
+    }
+}
+
+/// [`next`] of each distinct hop of one report: tens of thousands of paths
+/// cross a handful of devices. Keyed by the addresses of the hop's shared
+/// names (alive while the report's rows are), so a lookup compares no text.
+#[derive(Default)]
+struct Nexts {
+    known: HashMap<NextOf, Rc<Next>>,
+}
+
+/// (netns and iface addresses, dir, vxlan, port, vni): what [`next`] is of.
+type NextOf = (usize, usize, Direction, bool, Option<u16>, Option<u32>);
+
+impl Nexts {
+    fn get(&mut self, links: &Links, h: &Hop, port: Option<u16>, vni: Option<u32>) -> Rc<Next> {
+        let key = (
+            Rc::as_ptr(&h.netns).cast::<u8>() as usize,
+            Rc::as_ptr(&h.iface).cast::<u8>() as usize,
+            h.dir,
+            h.vxlan,
+            port,
+            vni,
+        );
+        self.known
+            .entry(key)
+            .or_insert_with(|| Rc::new(next(links, h, port, vni)))
+            .clone()
+    }
 }
 
 /// What follows a hop, by the topology.
@@ -344,13 +402,13 @@ enum End {
     Untraced(String),
 }
 
-fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
+fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
     let vni_id = FlowId {
         vni: g.vni,
         ..FlowId::default()
     };
     let vni = vni(&vni_id);
-    let (order, ends) = order(links, &g.hops, vni);
+    let (order, ends) = order(links, nexts, &g.hops, vni);
     let hops: Vec<Hop> = order.iter().map(|&i| g.hops[i].0.clone()).collect();
     let mut incomplete = Vec::new();
     if let Some(first) = hops.first()
@@ -457,11 +515,13 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
     let mut notes = Vec::new();
     for (s, p) in at.into_iter().enumerate() {
         let after = s.checked_sub(1);
-        let (ns, iface) = match after {
-            Some(i) => (hops[i].netns.to_string(), Some(hops[i].iface.to_string())),
-            None => (String::new(), None),
+        // Made into Strings only for a loss: most places have none.
+        let (ns, iface): (&str, Option<&str>) = match after {
+            Some(i) => (&hops[i].netns, Some(&hops[i].iface)),
+            None => ("", None),
         };
-        let ns = p.netns.clone().unwrap_or(ns);
+        let ns = p.netns.as_deref().unwrap_or(ns);
+        let iface = || iface.map(String::from);
         let first = lost.len();
         let nf = p
             .verdicts
@@ -474,8 +534,8 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
             explained += n;
             lost.push(Lost {
                 after,
-                netns: ns.clone(),
-                iface: diface.clone().or(iface.clone()),
+                netns: ns.to_string(),
+                iface: diface.clone().or_else(iface),
                 count: *n,
                 reason: reason.clone(),
                 location: Some(location.clone()),
@@ -493,8 +553,8 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
             explained += n;
             lost.push(Lost {
                 after,
-                netns: ns.clone(),
-                iface: viface.clone().or(iface.clone()),
+                netns: ns.to_string(),
+                iface: viface.clone().or_else(iface),
                 count: n,
                 reason: None,
                 location: None,
@@ -508,8 +568,8 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
         if gone > explained {
             lost.push(Lost {
                 after,
-                netns: ns.clone(),
-                iface: iface.clone(),
+                netns: ns.to_string(),
+                iface: iface(),
                 count: gone - explained,
                 reason: None,
                 location: None,
@@ -526,7 +586,8 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
                 l.mtu = mtu;
                 l.icmp = icmp;
             }
-            None => {
+            // Named only when there is a note: most places have none.
+            None if mtu.is_some() || icmp.is_some() => {
                 let here = match after {
                     Some(i) => format!("after {}", hops[i].label()),
                     None => "before the first hop".to_string(),
@@ -534,6 +595,7 @@ fn build(links: &Links, key: Tuple, g: Group) -> PathRow {
                 notes.extend(mtu.map(|m| format!("{here}: MTU: {m}")));
                 notes.extend(icmp.map(|i| format!("{here}: ICMP {i}")));
             }
+            None => {}
         }
     }
     if let Some(expected) = vanished {
@@ -571,22 +633,26 @@ struct Place {
 /// ordered hops a run ended and how.
 fn order(
     links: &Links,
+    known: &mut Nexts,
     hops: &[(Hop, Option<u16>)],
     vni: Option<u32>,
 ) -> (Vec<usize>, Vec<(usize, End)>) {
-    let nexts: Vec<Next> = hops.iter().map(|(h, p)| next(links, h, *p, vni)).collect();
-    let is = |j: usize, (n, d, dir, vx): &(String, String, Direction, bool)| {
+    let nexts: Vec<Rc<Next>> = hops
+        .iter()
+        .map(|(h, p)| known.get(links, h, *p, vni))
+        .collect();
+    let is = |j: usize, n: &str, d: &str, dir: Direction, vx: bool| {
         let h = &hops[j].0;
-        &*h.netns == n && &*h.iface == d && h.dir == *dir && h.vxlan == *vx
+        &*h.netns == n && &*h.iface == d && h.dir == dir && h.vxlan == vx
     };
     // Candidates for what follows hop i, among the hops seen.
     let follows = |i: usize, j: usize| -> bool {
         if i == j {
             return false;
         }
-        match &nexts[i] {
-            Next::Hop(n, d, dir, vx) => is(j, &(n.clone(), d.clone(), *dir, *vx)),
-            Next::AnyOf(any) => any.iter().any(|c| is(j, c)),
+        match &*nexts[i] {
+            Next::Hop(n, d, dir, vx) => is(j, n, d, *dir, *vx),
+            Next::AnyOf(any) => any.iter().any(|(n, d, dir, vx)| is(j, n, d, *dir, *vx)),
             Next::Routed => {
                 let (a, b) = (&hops[i].0, &hops[j].0);
                 a.netns == b.netns && b.dir == Direction::Egress && a.iface != b.iface
@@ -632,7 +698,7 @@ fn order(
             match cand {
                 Some(j) => cur = j,
                 None => {
-                    let end = match &nexts[cur] {
+                    let end = match &*nexts[cur] {
                         Next::Hop(n, d, dir, _) => End::Vanished(format!(
                             "{n}/{d} {}",
                             if *dir == Direction::Ingress {

@@ -162,21 +162,22 @@ impl DeviceNames {
         for (rank, (dev, _)) in devices.iter().enumerate() {
             ranks.insert(*dev, rank as u32);
         }
-        let mut ordered: Vec<(u32, Direction, &FlowKey, &Counts)> = flows
+        // The leading fields of the order beside each row: the keys are
+        // scattered over megabytes, and a comparison that follows the
+        // pointers misses the cache. Ties on them go to the whole id.
+        let mut ordered: Vec<(Prefix, &FlowKey, &Counts)> = flows
             .into_iter()
             .map(|(key, counts)| {
                 let dir = Direction::from_raw(key.dir);
-                (ranks[&(key.dev, key.ifindex)], dir, key, counts)
+                let rank = ranks[&(key.dev, key.ifindex)];
+                (Prefix::of(rank, dir, &key.id.outer), key, counts)
             })
             .collect();
-        ordered.sort_unstable_by(|a, b| {
-            (a.0, a.1)
-                .cmp(&(b.0, b.1))
-                .then_with(|| id_order(&a.2.id, &b.2.id))
-        });
+        ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id_order(&a.1.id, &b.1.id)));
         ordered
             .into_iter()
-            .map(|(rank, dir, key, counts)| {
+            .map(|(prefix, key, counts)| {
+                let (rank, dir) = (prefix.rank, prefix.dir);
                 let (netns, iface) = devices[rank as usize].1.clone();
                 FlowRow {
                     netns,
@@ -249,6 +250,35 @@ impl Collector for Flows {
 
     fn attached(&self) -> usize {
         self.links.count()
+    }
+}
+
+/// The start of the order of rows: (device rank, direction, then
+/// [`id_order`] of the outer tuple), in fields compared in that order.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Prefix {
+    rank: u32,
+    dir: Direction,
+    src: u128,
+    dst: u128,
+    /// sport, dport, proto, family, flags, pad from the high bits down.
+    rest: u64,
+}
+
+impl Prefix {
+    fn of(rank: u32, dir: Direction, t: &Tuple) -> Self {
+        Prefix {
+            rank,
+            dir,
+            src: u128::from_be_bytes(t.src),
+            dst: u128::from_be_bytes(t.dst),
+            rest: (t.sport as u64) << 48
+                | (t.dport as u64) << 32
+                | (t.proto as u64) << 24
+                | (t.family as u64) << 16
+                | (t.flags as u64) << 8
+                | t._pad as u64,
+        }
     }
 }
 

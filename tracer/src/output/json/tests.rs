@@ -1,6 +1,6 @@
 //! JSON rows against the contract the README documents.
 
-use std::time::Duration;
+use std::{rc::Rc, time::Duration};
 
 use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
 
@@ -431,5 +431,109 @@ fn path_text_line_says_where_and_why() {
          reason=NETFILTER_DROP location=nft_do_chain+0x3e8 hook=input \
          rule=\"-A INPUT -p udp -m udp --dport 4789 -j DROP\"] \
          note=\"none of what passed hb/ul0 in was seen at hb/vx0 in\""
+    );
+}
+
+#[test]
+fn hand_written_path_rows_are_what_serde_writes() {
+    use crate::analysis::paths::{Hop, Lost};
+    let full = lost_path();
+    let mut odd = lost_path();
+    odd.id = FlowId::default();
+    odd.hops[0].netns = "a\"b\\c\u{1}é".into();
+    odd.hops[1].iface = "vx\tlan".into();
+    odd.hops[2].dir = Direction::Sent;
+    odd.lost.push(Lost {
+        after: None,
+        netns: "tl1-ha".into(),
+        iface: None,
+        count: u64::MAX,
+        reason: None,
+        location: None,
+        hook: None,
+        rule: None,
+        mtu: Some("too \"big\"".into()),
+        icmp: Some("frag needed mtu 1400 x3".into()),
+    });
+    odd.incomplete = vec!["it is first seen\n".into(), String::new()];
+    odd.notes = vec![];
+    // Only losses: the row's place is its first loss's.
+    let mut lost_only = lost_path();
+    lost_only.hops.clear();
+    lost_only.lost[0].iface = None;
+    let mut empty = lost_path();
+    empty.hops.clear();
+    empty.lost.clear();
+    empty.notes.clear();
+    let one = crate::output::PathRow {
+        hops: vec![Hop {
+            netns: "4026531840".into(),
+            ..full.hops[0].clone()
+        }],
+        lost: vec![],
+        ..full.clone()
+    };
+    for (i, row) in [full, odd, lost_only, empty, one].iter().enumerate() {
+        for scope in [Scope::Interval, Scope::Total] {
+            let inodes = [("tl1-ha".to_string(), 4026532000), ("c1".to_string(), 7)];
+            let mut nat = crate::analysis::nat::Ties::default();
+            if let (0, Some(k)) = (i % 2, crate::analysis::nat::key(&row.id)) {
+                nat.insert(k, "10.9.1.1:8080".parse().unwrap());
+            }
+            let at = At {
+                scope,
+                inodes: &inodes,
+                nat: &nat,
+            };
+            let mut ours = Vec::new();
+            write_path(&mut ours, &at, row).unwrap();
+            let serde = serde_json::to_string(&path(&at, row)).unwrap() + "\n";
+            assert_eq!(String::from_utf8(ours).unwrap(), serde);
+        }
+    }
+}
+
+#[test]
+fn flow_rows_of_a_report_are_what_write_flow_writes() {
+    let shared: (Rc<str>, Rc<str>) = ("tl1-ha".into(), "ul0".into());
+    let row = |netns: &Rc<str>, iface: &Rc<str>, dir, sport| FlowRow {
+        netns: netns.clone(),
+        iface: iface.clone(),
+        dir,
+        id: FlowId {
+            outer: tuple(1, 2, 17, Some((sport, 53))),
+            ..FlowId::default()
+        },
+        counts: Counts {
+            packets: sport as u64,
+            ..Counts::default()
+        },
+    };
+    // Same names in other allocations, and a change of direction only.
+    let other: (Rc<str>, Rc<str>) = ("tl1-ha".into(), "ul0".into());
+    let eth: Rc<str> = "eth\"0".into();
+    let flows = vec![
+        row(&shared.0, &shared.1, Direction::Egress, 1),
+        row(&shared.0, &shared.1, Direction::Egress, 2),
+        row(&shared.0, &shared.1, Direction::Ingress, 3),
+        row(&other.0, &other.1, Direction::Ingress, 4),
+        row(&shared.0, &eth, Direction::Ingress, 5),
+        row(&shared.0, &shared.1, Direction::Egress, 6),
+    ];
+    let report = Report {
+        scope: Scope::First,
+        flows,
+        netns_inodes: vec![("tl1-ha".to_string(), 4026532000)],
+        ..Report::default()
+    };
+    let mut ours = Vec::new();
+    JsonSink::new(&mut ours).report(&report).unwrap();
+    let mut each = Vec::new();
+    for f in &report.flows {
+        write_flow(&mut each, &At::of(&report), f).unwrap();
+    }
+    assert_eq!(
+        String::from_utf8(ours).unwrap(),
+        String::from_utf8(each).unwrap()
     );
 }
