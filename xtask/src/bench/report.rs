@@ -277,17 +277,22 @@ Arm E keeps the probe read (as kernels before 6.2 must) and clsact attachment; t
 /// What a profile of the active-flows load showed (perf, 10,000 flows on
 /// two hops, JSON to a file), written down by hand: a profile is not part of
 /// the bench.
-const CPU_PROFILE: &str = "A perf profile of this load (tracer at 9de4f1b, \
-    10,000 flows, JSON to a file) puts about 55-65% of tracer's time in draining the flow \
-    map: the kernel's batched lookup-and-delete alone is 30-40% (about 0.4 µs per entry: \
-    each entry's 104-byte key and per-CPU values are cache misses), and adding each entry \
-    to the run totals' hash table 15-20% (20,000 keys of 104 bytes do not stay in cache); \
-    sorting the rows takes about 7% and writing the JSON lines about 15%. Deleting is not \
-    the cost: the same drain with BPF_MAP_LOOKUP_BATCH (no delete) measured within noise \
-    (2.5% against 2.7% of a core). What would close the gap is less memory per entry: a \
-    compact IPv4 flow key (about 40 bytes, with the 104-byte key kept for IPv6 and VXLAN) \
-    would cut the cache lines the kernel copy, the totals table and the sort touch by more \
-    than half. With today's layout, a longer --interval lowers the cost in proportion.";
+const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe81, \
+    10,000 flows over a veth pair, JSON to /dev/null) puts 25-30% of tracer's time in the kernel's batched \
+    lookup-and-delete of the flow map (about 0.8 µs per entry: each entry's 104-byte key \
+    and per-CPU values are cache misses, last written on other CPUs): over 1% of a core \
+    by itself, so the 2% floor is out of reach of userspace work alone. The rest: path \
+    rows about 13% (small per-path allocations), the JSON lines about 10%, naming and \
+    sorting the rows about 8%, cache misses in the run totals' hash table 7-9%, the NAT \
+    ties' per-row lookup 3.5%. Already done (460fe81 against ff4fe14, same hour, bench \
+    load: 8.1% -> 5.6-6.2% of a core): path rows written by hand like flow rows, each \
+    hop's next hop worked out once per report, JSON built in a buffer with names written \
+    unescaped where they need no escaping, the sort on keys held inline, a row's device \
+    part written once per device. What would close the gap: less memory per entry (a \
+    compact IPv4 key of 40 bytes where the in-place path already builds one, the \
+    104-byte key kept for IPv6 and VXLAN), or flow counters userspace reads without a \
+    copy (a memory-mapped array). With today's layout, a longer --interval lowers the \
+    cost in proportion.";
 
 /// Every floor the results allow to judge.
 pub fn floors(r: &Results) -> Vec<Floor> {
