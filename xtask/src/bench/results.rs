@@ -247,18 +247,9 @@ pub fn paired_ratio(
     arm: Arm,
     metric: &Metric,
 ) -> Option<Summary> {
-    let ratios: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.path == path && s.arm == arm)
-        .filter_map(|s| {
-            let base = samples
-                .iter()
-                .find(|b| b.path == path && b.arm == Arm::A && b.rep == s.rep)?;
-            let (v, b) = ((metric.get)(s)?, (metric.get)(base)?);
-            (b > 0.0).then(|| v / b)
-        })
-        .collect();
-    summarize(&ratios)
+    paired(samples, path, arm, Arm::A, metric, |v, b| {
+        (b > 0.0).then(|| v / b)
+    })
 }
 
 /// Per repetition, `arm`'s value less `base`'s on the same path.
@@ -269,17 +260,29 @@ pub fn paired_difference(
     base: Arm,
     metric: &Metric,
 ) -> Option<Summary> {
-    let diffs: Vec<f64> = samples
+    paired(samples, path, arm, base, metric, |v, b| Some(v - b))
+}
+
+/// `combine(arm's value, base's value)` of each repetition, summarised.
+fn paired(
+    samples: &[Sample],
+    path: PathKind,
+    arm: Arm,
+    base: Arm,
+    metric: &Metric,
+    combine: impl Fn(f64, f64) -> Option<f64>,
+) -> Option<Summary> {
+    let values: Vec<f64> = samples
         .iter()
         .filter(|s| s.path == path && s.arm == arm)
         .filter_map(|s| {
             let b = samples
                 .iter()
                 .find(|b| b.path == path && b.arm == base && b.rep == s.rep)?;
-            Some((metric.get)(s)? - (metric.get)(b)?)
+            combine((metric.get)(s)?, (metric.get)(b)?)
         })
         .collect();
-    summarize(&diffs)
+    summarize(&values)
 }
 
 pub fn metric(key: &str) -> &'static Metric {

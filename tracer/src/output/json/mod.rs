@@ -526,17 +526,17 @@ fn write_flow_place(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<
 fn write_flow_rest(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<()> {
     write_id(out, at, &row.id)?;
     let c = &row.counts;
-    for (key, n) in [
-        (&b",\"packets\":"[..], c.packets),
-        (b",\"bytes\":", c.bytes),
-        (b",\"frags_first\":", c.frags_first),
-        (b",\"frags_rest\":", c.frags_rest),
-        (b",\"df\":", c.df),
-        (b",\"max_len\":", c.max_len as u64),
-    ] {
-        out.write_all(key)?;
-        write_num(out, n)?;
-    }
+    write_nums(
+        out,
+        [
+            (&b",\"packets\":"[..], c.packets),
+            (b",\"bytes\":", c.bytes),
+            (b",\"frags_first\":", c.frags_first),
+            (b",\"frags_rest\":", c.frags_rest),
+            (b",\"df\":", c.df),
+            (b",\"max_len\":", c.max_len as u64),
+        ],
+    )?;
     out.write_all(b"}\n")
 }
 
@@ -578,16 +578,16 @@ fn write_path(out: &mut impl Write, at: &At, row: &PathRow) -> io::Result<()> {
             b"\",\"vxlan\":false"
         })?;
         let c = &h.counts;
-        for (key, n) in [
-            (&b",\"packets\":"[..], c.packets),
-            (b",\"bytes\":", c.bytes),
-            (b",\"frags_first\":", c.frags_first),
-            (b",\"frags_rest\":", c.frags_rest),
-            (b",\"max_len\":", c.max_len as u64),
-        ] {
-            out.write_all(key)?;
-            write_num(out, n)?;
-        }
+        write_nums(
+            out,
+            [
+                (&b",\"packets\":"[..], c.packets),
+                (b",\"bytes\":", c.bytes),
+                (b",\"frags_first\":", c.frags_first),
+                (b",\"frags_rest\":", c.frags_rest),
+                (b",\"max_len\":", c.max_len as u64),
+            ],
+        )?;
         out.write_all(b"}")?;
     }
     out.write_all(b"],\"lost\":[")?;
@@ -752,6 +752,15 @@ fn write_endpoints(out: &mut impl Write, e: &Endpoints) -> io::Result<()> {
     write_opt(out, e.sport)?;
     out.write_all(b",\"dport\":")?;
     write_opt(out, e.dport)
+}
+
+/// `key` then its number, for each pair: the keys carry their own `,"..":`.
+fn write_nums<const N: usize>(out: &mut impl Write, fields: [(&[u8], u64); N]) -> io::Result<()> {
+    for (key, n) in fields {
+        out.write_all(key)?;
+        write_num(out, n)?;
+    }
+    Ok(())
 }
 
 fn write_num(out: &mut impl Write, n: u64) -> io::Result<()> {
