@@ -16,7 +16,7 @@ use tracer_ebpf::{
 
 use crate::{
     frags,
-    head::{self, HeadReader},
+    head::{self, HeadReader, Linear},
     icmp,
     kernel::{self, Btf, Probe},
     maps::{self, Upsert, config, count_n, double_buffered, upsert, zero},
@@ -216,56 +216,6 @@ impl KeyWords for InPlace {
             TAIL_WORD => self.c.tail,
             _ => 0,
         }
-    }
-}
-
-/// A TC packet's linear data, checked to hold [`inplace::LEN`] bytes.
-struct Linear {
-    data: usize,
-}
-
-impl Linear {
-    #[inline(always)]
-    fn of(ctx: &TcContext) -> Option<Self> {
-        let data = ctx.data();
-        if data + inplace::LEN > ctx.data_end() {
-            return None;
-        }
-        Some(Linear { data })
-    }
-}
-
-/// Loads of `$width` at a constant offset from the packet pointer the
-/// bounds check above was made on (by the verifier's rules, the very
-/// register), whatever the alignment: a plain `read` would assume it, and
-/// `read_unaligned` becomes byte loads on eBPF.
-macro_rules! load {
-    ($width:literal, $p:expr, $off:expr) => {{
-        let v: u64;
-        // SAFETY: $off + width <= inplace::LEN, which Linear::of checked.
-        unsafe {
-            core::arch::asm!(concat!("{v} = *(", $width, " *)({p} + {off})"), v = out(reg) v,
-                p = in(reg) $p, off = const $off, options(pure, readonly, nostack));
-        }
-        v
-    }};
-}
-
-impl inplace::Window for Linear {
-    #[inline(always)]
-    fn u8_at<const OFF: usize>(&self) -> u8 {
-        const { assert!(OFF < inplace::LEN) };
-        load!("u8", self.data, OFF) as u8
-    }
-    #[inline(always)]
-    fn be16_at<const OFF: usize>(&self) -> u16 {
-        const { assert!(OFF + 2 <= inplace::LEN) };
-        u16::from_be(load!("u16", self.data, OFF) as u16)
-    }
-    #[inline(always)]
-    fn le32_at<const OFF: usize>(&self) -> u32 {
-        const { assert!(OFF + 4 <= inplace::LEN) };
-        load!("u32", self.data, OFF) as u32
     }
 }
 

@@ -1,10 +1,11 @@
 //! The first bytes of a packet, copied with one helper call per program run
 //! so that parsing reads memory instead of calling a helper per header.
 //! Enough for the headers of a VXLAN packet and of the packet it carries;
-//! headers beyond (long IPv6 extension chains) are not parsed.
+//! headers beyond (long IPv6 extension chains) are not parsed. The common
+//! packet of a TC program is read where it lies instead ([`Linear`]).
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, macros::map, maps::PerCpuArray, programs::TcContext};
-use tracer_ebpf::parse::Reader;
+use tracer_ebpf::parse::{Reader, inplace};
 
 pub const HEAD: usize = 128;
 /// Room past [`HEAD`] for the largest single read (an IPv4 header, 20
@@ -153,5 +154,55 @@ impl Reader for HeadReader<'_> {
             core::ptr::copy_nonoverlapping(self.head.bytes.as_ptr().add(off), dst.as_mut_ptr(), N)
         };
         true
+    }
+}
+
+/// A TC packet's linear data, checked to hold [`inplace::LEN`] bytes.
+pub struct Linear {
+    data: usize,
+}
+
+impl Linear {
+    #[inline(always)]
+    pub fn of(ctx: &TcContext) -> Option<Self> {
+        let data = ctx.data();
+        if data + inplace::LEN > ctx.data_end() {
+            return None;
+        }
+        Some(Linear { data })
+    }
+}
+
+/// Loads of `$width` at a constant offset from the packet pointer the
+/// bounds check above was made on (by the verifier's rules, the very
+/// register), whatever the alignment: a plain `read` would assume it, and
+/// `read_unaligned` becomes byte loads on eBPF.
+macro_rules! load {
+    ($width:literal, $p:expr, $off:expr) => {{
+        let v: u64;
+        // SAFETY: $off + width <= inplace::LEN, which Linear::of checked.
+        unsafe {
+            core::arch::asm!(concat!("{v} = *(", $width, " *)({p} + {off})"), v = out(reg) v,
+                p = in(reg) $p, off = const $off, options(pure, readonly, nostack));
+        }
+        v
+    }};
+}
+
+impl inplace::Window for Linear {
+    #[inline(always)]
+    fn u8_at<const OFF: usize>(&self) -> u8 {
+        const { assert!(OFF < inplace::LEN) };
+        load!("u8", self.data, OFF) as u8
+    }
+    #[inline(always)]
+    fn be16_at<const OFF: usize>(&self) -> u16 {
+        const { assert!(OFF + 2 <= inplace::LEN) };
+        u16::from_be(load!("u16", self.data, OFF) as u16)
+    }
+    #[inline(always)]
+    fn le32_at<const OFF: usize>(&self) -> u32 {
+        const { assert!(OFF + 4 <= inplace::LEN) };
+        load!("u32", self.data, OFF) as u32
     }
 }
