@@ -5,9 +5,12 @@ mod common;
 
 use std::{net::SocketAddrV4, time::Duration};
 
+use serde_json::Value;
+
 use common::*;
 use xtask::{
     lab::Pair,
+    tracer::Finished,
     traffic::{UdpSink, send_udp},
 };
 
@@ -30,17 +33,9 @@ fn fragments_of_known_datagrams_are_counted_exactly() {
 
     // 8 + 2500 bytes of UDP in fragments of at most MTU - 20 rounded down to 8: 976, 976, 556.
     let (full, last) = (14 + 20 + 976, 14 + 20 + 556);
-    let (ip_a, ip_b) = (a.ip.to_string(), b.ip.to_string());
-    for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
-        let rows = flows_at(&f, ns, "v0", dir);
+    for r in flow_rows(&f, &p) {
         // Non-first fragments have no UDP header, yet they count against the
         // flow with its ports, through their first fragment.
-        assert_eq!(rows.len(), 1, "{ns} {dir}: {rows:#?}");
-        let r = rows[0];
-        assert!(
-            endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))),
-            "{r}"
-        );
         assert_eq!(r["packets"], 3 * N);
         assert_eq!(r["frags_first"], N);
         assert_eq!(r["frags_rest"], 2 * N);
@@ -51,7 +46,13 @@ fn fragments_of_known_datagrams_are_counted_exactly() {
     assert_eq!(frags.len(), 1, "{frags:#?}");
     let fr = frags[0];
     assert!(
-        endpoints_are(fr, "udp", &ip_a, &ip_b, Some((6001, 6000))),
+        endpoints_are(
+            fr,
+            "udp",
+            &a.ip.to_string(),
+            &b.ip.to_string(),
+            Some((6001, 6000))
+        ),
         "{fr}"
     );
     for (k, v) in [
@@ -90,19 +91,30 @@ fn whole_datagrams_and_fragments_of_one_flow_share_its_row() {
     let f = stop(run);
 
     let (small, full, last) = (14 + 20 + 8 + 100, 14 + 20 + 976, 14 + 20 + 556);
-    let (ip_a, ip_b) = (a.ip.to_string(), b.ip.to_string());
-    for (ns, dir) in [(&a.ns, "egress"), (&b.ns, "ingress")] {
-        let rows = flows_at(&f, ns, "v0", dir);
-        assert_eq!(rows.len(), 1, "{ns} {dir}: {rows:#?}");
-        let r = rows[0];
-        assert!(
-            endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))),
-            "{r}"
-        );
+    for r in flow_rows(&f, &p) {
         assert_eq!(r["packets"], 2 * N + 3 * N, "{r}");
         assert_eq!(r["frags_first"], N, "{r}");
         assert_eq!(r["frags_rest"], 2 * N, "{r}");
         assert_eq!(r["bytes"], 2 * N * small + N * (2 * full + last), "{r}");
         assert_eq!(r["max_len"], full, "{r}");
     }
+}
+
+/// The one row of the flow 6001 -> 6000 at the sender's egress and the
+/// receiver's ingress, checked to be that flow's.
+fn flow_rows<'f>(f: &'f Finished, p: &Pair) -> Vec<&'f Value> {
+    let (ip_a, ip_b) = (p.a.ip.to_string(), p.b.ip.to_string());
+    [(&p.a.ns, "egress"), (&p.b.ns, "ingress")]
+        .into_iter()
+        .map(|(ns, dir)| {
+            let rows = flows_at(f, ns, "v0", dir);
+            assert_eq!(rows.len(), 1, "{ns} {dir}: {rows:#?}");
+            let r = rows[0];
+            assert!(
+                endpoints_are(r, "udp", &ip_a, &ip_b, Some((6001, 6000))),
+                "{r}"
+            );
+            r
+        })
+        .collect()
 }
