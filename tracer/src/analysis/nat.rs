@@ -5,17 +5,21 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-// Every row's conversation is looked up every interval: FxHash, as for the
+// Every row's conversation is checked every interval: FxHash, as for the
 // counters' totals (the keys come from the kernel, not an attacker).
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use tracer_ebpf::FlowId;
+use tracer_ebpf::{
+    FlowId,
+    parse::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use crate::{
     analysis::paths,
     output::Endpoints,
     sys::{
         conntrack::{self, Tuple},
+        netlink::Nfnl,
         netns::{self, Netns},
     },
 };
@@ -27,44 +31,75 @@ pub type Ties = HashMap<Tuple, SocketAddr>;
 /// has a conversation it has not looked up yet.
 pub struct Nat {
     namespaces: Vec<Netns>,
+    /// A netfilter socket in each namespace (by inode), opened on first use so
+    /// that asking again needs no thread in the namespace; `None`: it has none
+    /// (gone, or no netlink).
+    sockets: HashMap<u64, Option<Nfnl>>,
     /// Every tie seen in the run: the run's totals keep those whose entries expired.
     ties: Ties,
-    /// Conversations looked up in a dump: a dump walks the whole conntrack
-    /// table (every bucket, 10 ms a namespace on a host with 262,144), so it
-    /// is made only for new ones.
+    /// Conversations already looked up.
     looked_up: HashSet<Tuple>,
 }
+
+/// Above this many new conversations in a report, one dump per namespace
+/// is cheaper than a lookup per conversation, direction and namespace. A
+/// dump walks the kernel's whole conntrack table, every namespace's buckets
+/// (262,144 here: 5-10 ms); a lookup is one hash probe and a round trip
+/// (microseconds).
+const LOOKUPS_UP_TO: usize = 256;
 
 impl Nat {
     pub fn new(namespaces: &[Netns]) -> Self {
         Nat {
             namespaces: namespaces.to_vec(),
+            sockets: HashMap::default(),
             ties: HashMap::default(),
             looked_up: HashSet::default(),
         }
     }
 
+    /// Follows the traced namespaces; a socket held in one that left would
+    /// keep it alive.
     pub fn sync(&mut self, namespaces: &[Netns]) {
         self.namespaces = namespaces.to_vec();
+        self.sockets
+            .retain(|inode, _| namespaces.iter().any(|n| n.inode == *inode));
     }
 
-    /// The ties of the conversations of `flows`, reading the DNAT'd
-    /// connections of every namespace if one of them is new.
+    /// The ties of the conversations of `flows`, looking up in every
+    /// namespace's connection tracking those not looked up before.
     pub fn refresh<'a>(&mut self, flows: impl Iterator<Item = &'a FlowId>) -> &Ties {
-        let new: Vec<Tuple> = flows
-            .filter_map(key)
-            .filter(|k| !self.looked_up.contains(k))
-            .collect();
+        let mut new: Vec<Tuple> = Vec::new();
+        for k in flows.filter_map(key).filter(could_be_translated) {
+            if self.looked_up.insert(k) {
+                new.push(k);
+            }
+        }
         if new.is_empty() {
             return &self.ties;
         }
-        self.looked_up.extend(new);
+        // Ports name a connection to the kernel; other protocols need their
+        // own fields, which a row does not keep: those are found by a dump.
+        let dump = new.len() > LOOKUPS_UP_TO || new.iter().any(|t| !has_ports(t.proto));
         for ns in &self.namespaces {
+            let socket = self
+                .sockets
+                .entry(ns.inode)
+                .or_insert_with(|| netns::run_in(&ns.path, Nfnl::open).ok()?.ok());
             // A namespace without connection tracking, or gone: nothing to tie.
-            let Ok(Ok(entries)) = netns::run_in(&ns.path, conntrack::dnat) else {
-                continue;
+            let Some(nl) = socket else { continue };
+            let found = if dump {
+                conntrack::dnat(nl).unwrap_or_default()
+            } else {
+                // The row's direction and the reverse: the kernel finds a
+                // connection by either of its tuples, and a row after the
+                // translation (to the container) is the reverse of the reply.
+                new.iter()
+                    .flat_map(|t| [*t, t.reversed()])
+                    .filter_map(|t| conntrack::dnat_of(nl, &t).ok().flatten())
+                    .collect()
             };
-            for d in entries {
+            for d in found {
                 let public = SocketAddr::new(d.original.dst, d.original.dport);
                 self.ties.insert(d.translated, public);
                 self.ties.insert(d.translated.reversed(), public);
@@ -73,6 +108,28 @@ impl Nat {
         &self.ties
     }
 }
+
+/// Protocols whose conntrack tuple is addresses and ports.
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+}
+
+/// Whether a conversation is worth looking up: not multicast, broadcast or
+/// link-local traffic, which no published port carries, and not ICMPv6. Its
+/// neighbour discovery between global addresses recurs every few tens of
+/// seconds per neighbour, and each would cost a dump of every namespace's
+/// table (ICMP has no ports); a translated ping6 is not worth that.
+fn could_be_translated(t: &Tuple) -> bool {
+    let local = |a: IpAddr| match a {
+        IpAddr::V4(a) => {
+            a.is_multicast() || a.is_broadcast() || a.is_unspecified() || a.is_link_local()
+        }
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified() || a.is_unicast_link_local(),
+    };
+    t.proto != IPPROTO_ICMPV6 && !local(t.src) && !local(t.dst)
+}
+
+const IPPROTO_SCTP: u8 = 132;
 
 /// The conversation of a row (the container's packet), as conntrack keys it.
 pub fn key(id: &FlowId) -> Option<Tuple> {
@@ -94,4 +151,40 @@ pub fn orig(ties: &Ties, id: &FlowId) -> Option<SocketAddr> {
         return None;
     }
     ties.get(&key(id)?).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(proto: u8, src: &str, dst: &str) -> Tuple {
+        Tuple {
+            proto,
+            src: src.parse().unwrap(),
+            sport: 1,
+            dst: dst.parse().unwrap(),
+            dport: 2,
+        }
+    }
+
+    #[test]
+    fn only_conversations_a_published_port_could_carry_are_looked_up() {
+        for yes in [
+            t(IPPROTO_UDP, "10.0.0.1", "10.0.0.2"),
+            t(IPPROTO_TCP, "fd00::1", "2001:db8::2"),
+            t(1, "10.0.0.1", "10.0.0.2"),
+        ] {
+            assert!(could_be_translated(&yes), "{yes:?}");
+        }
+        for no in [
+            t(IPPROTO_UDP, "10.0.0.1", "224.0.0.251"),
+            t(IPPROTO_UDP, "0.0.0.0", "255.255.255.255"),
+            t(IPPROTO_UDP, "169.254.1.1", "10.0.0.2"),
+            t(IPPROTO_UDP, "fe80::1", "fd00::2"),
+            t(IPPROTO_ICMPV6, "fd00::1", "fd00::2"),
+        ] {
+            assert!(!could_be_translated(&no), "{no:?}");
+        }
+        assert!(has_ports(IPPROTO_TCP) && has_ports(IPPROTO_SCTP) && !has_ports(1));
+    }
 }

@@ -6,7 +6,10 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 
-use crate::sys::netlink::{self, attributes};
+use crate::sys::netlink::{
+    self, Nfnl, attributes,
+    build::{attr, nested},
+};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
@@ -58,19 +61,67 @@ pub struct Dnat {
     pub translated: Tuple,
 }
 
-/// The DNAT'd connections of the calling thread's namespace.
-pub fn dnat() -> Result<Vec<Dnat>> {
+/// Every DNAT'd connection of `nl`'s namespace. The kernel walks its whole
+/// table for this (all namespaces' buckets), whatever this one holds.
+pub fn dnat(nl: &mut Nfnl) -> Result<Vec<Dnat>> {
     let mut out = Vec::new();
-    netlink::netfilter_dump(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+    nl.dump(CT_GET, CT_NEW, "conntrack dump", |msg| {
+        out.extend(entry(&msg[20..]))
+    })?;
+    Ok(out)
+}
+
+/// The connection `t` is one direction of in `nl`'s namespace, if it was
+/// DNAT'd: one hash lookup in the kernel. `t` must have ports (TCP, UDP,
+/// SCTP): the kernel wants other protocols' own fields.
+pub fn dnat_of(nl: &mut Nfnl, t: &Tuple) -> Result<Option<Dnat>> {
+    let mut out = None;
+    let family = if t.src.is_ipv4() { AF_INET } else { AF_INET6 };
+    nl.get(
+        CT_GET,
+        family,
+        &[tuple_attr(CTA_TUPLE_ORIG, t)],
         CT_NEW,
-        "conntrack dump",
-        |msg| out.extend(entry(&msg[20..])),
+        "conntrack get",
+        |msg| out = out.or(entry(&msg[20..])),
     )?;
     Ok(out)
 }
 
+const CT_GET: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
 const CT_NEW: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+/// `t` as attribute `kind` (CTA_TUPLE_ORIG or CTA_TUPLE_REPLY).
+fn tuple_attr(kind: u16, t: &Tuple) -> Vec<u8> {
+    let ip = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let (src, dst) = if t.src.is_ipv4() {
+        (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    } else {
+        (CTA_IP_V6_SRC, CTA_IP_V6_DST)
+    };
+    nested(
+        kind,
+        &[
+            nested(
+                CTA_TUPLE_IP,
+                &[attr(src, &ip(t.src)), attr(dst, &ip(t.dst))],
+            ),
+            nested(
+                CTA_TUPLE_PROTO,
+                &[
+                    attr(CTA_PROTO_NUM, &[t.proto]),
+                    attr(CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes()),
+                    attr(CTA_PROTO_DST_PORT, &t.dport.to_be_bytes()),
+                ],
+            ),
+        ],
+    )
+}
 
 fn entry(attrs: &[u8]) -> Option<Dnat> {
     let (mut orig, mut reply, mut status) = (None, None, 0);
@@ -142,33 +193,37 @@ fn tuple(buf: &[u8]) -> Option<Tuple> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::{
-        build::{attr, nfnl_message},
-        decode_dump,
-    };
+    use crate::sys::netlink::{build::nfnl_message, decode_dump};
 
-    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(kind | 0x8000, &parts.concat())
+    fn v4(a: [u8; 4]) -> IpAddr {
+        IpAddr::from(a)
     }
 
-    fn tuple_attr(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        nested(
-            kind,
-            &[
-                nested(
-                    CTA_TUPLE_IP,
-                    &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)],
-                ),
-                nested(
-                    CTA_TUPLE_PROTO,
-                    &[
-                        attr(CTA_PROTO_NUM, &[17]),
-                        attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
-                        attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
-                    ],
-                ),
-            ],
-        )
+    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Tuple {
+        Tuple {
+            proto: 17,
+            src: v4(src),
+            sport,
+            dst: v4(dst),
+            dport,
+        }
+    }
+
+    #[test]
+    fn a_tuple_attribute_reads_back_as_itself() {
+        let v6 = Tuple {
+            proto: 6,
+            src: "fd00::2".parse().unwrap(),
+            sport: 443,
+            dst: "fd00::1".parse().unwrap(),
+            dport: 50000,
+        };
+        for t in [udp([10, 9, 1, 2], 41000, [10, 9, 1, 1], 8080), v6] {
+            let a = tuple_attr(CTA_TUPLE_ORIG, &t);
+            let (kind, payload) = attributes(&a).next().unwrap();
+            assert_eq!(kind, CTA_TUPLE_ORIG);
+            assert_eq!(tuple(payload), Some(t));
+        }
     }
 
     #[test]
@@ -179,8 +234,14 @@ mod tests {
             kind,
             2,
             &[
-                tuple_attr(CTA_TUPLE_ORIG, [10, 9, 1, 2], [10, 9, 1, 1], 41000, 8080),
-                tuple_attr(CTA_TUPLE_REPLY, [172, 17, 0, 2], [10, 9, 1, 2], 5001, 41000),
+                tuple_attr(
+                    CTA_TUPLE_ORIG,
+                    &udp([10, 9, 1, 2], 41000, [10, 9, 1, 1], 8080),
+                ),
+                tuple_attr(
+                    CTA_TUPLE_REPLY,
+                    &udp([172, 17, 0, 2], 5001, [10, 9, 1, 2], 41000),
+                ),
                 attr(CTA_STATUS, &(IPS_DST_NAT | 0x8).to_be_bytes()),
             ],
         );
@@ -188,8 +249,14 @@ mod tests {
             kind,
             2,
             &[
-                tuple_attr(CTA_TUPLE_ORIG, [10, 9, 1, 2], [10, 9, 1, 1], 41001, 22),
-                tuple_attr(CTA_TUPLE_REPLY, [10, 9, 1, 1], [10, 9, 1, 2], 22, 41001),
+                tuple_attr(
+                    CTA_TUPLE_ORIG,
+                    &udp([10, 9, 1, 2], 41001, [10, 9, 1, 1], 22),
+                ),
+                tuple_attr(
+                    CTA_TUPLE_REPLY,
+                    &udp([10, 9, 1, 1], 22, [10, 9, 1, 2], 41001),
+                ),
                 attr(CTA_STATUS, &0x8u32.to_be_bytes()),
             ],
         );
@@ -198,26 +265,13 @@ mod tests {
         let dump = decode_dump(&[plain, published].concat(), CT_NEW, &mut each);
         assert_eq!(dump, netlink::Dump::More);
         assert_eq!(out.len(), 1);
-        let ip = |a: [u8; 4]| IpAddr::from(a);
         assert_eq!(
             out[0].original,
-            Tuple {
-                proto: 17,
-                src: ip([10, 9, 1, 2]),
-                sport: 41000,
-                dst: ip([10, 9, 1, 1]),
-                dport: 8080
-            }
+            udp([10, 9, 1, 2], 41000, [10, 9, 1, 1], 8080)
         );
         assert_eq!(
             out[0].translated,
-            Tuple {
-                proto: 17,
-                src: ip([10, 9, 1, 2]),
-                sport: 41000,
-                dst: ip([172, 17, 0, 2]),
-                dport: 5001
-            }
+            udp([10, 9, 1, 2], 41000, [172, 17, 0, 2], 5001)
         );
     }
 }

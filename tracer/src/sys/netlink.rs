@@ -120,33 +120,98 @@ pub fn socket(protocol: isize) -> Result<Socket> {
     Ok(socket)
 }
 
-/// Dumps a netfilter subsystem's objects of every family: sends request
-/// `get` (`subsystem << 8 | message`) and hands `each` every reply message
-/// of type `reply` (header included) until the dump ends. `what` names the
-/// dump in errors.
-pub fn netfilter_dump(get: u16, reply: u16, what: &str, mut each: impl FnMut(&[u8])) -> Result<()> {
-    let socket = socket(netlink_sys::protocols::NETLINK_NETFILTER)?;
-    // nlmsghdr + nfgenmsg (family AF_UNSPEC: every family, version 0, res_id 0).
-    let mut req = Vec::with_capacity(20);
-    req.extend(20u32.to_ne_bytes());
-    req.extend(get.to_ne_bytes());
-    req.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend(1u32.to_ne_bytes());
-    req.extend(0u32.to_ne_bytes());
-    req.extend([0u8, 0, 0, 0]);
-    socket.send(&req, 0).context("netlink send")?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("netlink recv"),
-        };
-        match decode_dump(&buf[..n], reply, &mut each) {
-            Dump::More => {}
-            Dump::Done => return Ok(()),
+/// Dumps a netfilter subsystem's objects of every family on a socket of
+/// the calling thread's namespace: see [`Nfnl::dump`].
+pub fn netfilter_dump(get: u16, reply: u16, what: &str, each: impl FnMut(&[u8])) -> Result<()> {
+    Nfnl::open()?.dump(get, reply, what, each)
+}
+
+/// A netfilter netlink socket. It belongs to the namespace it was opened in,
+/// whichever thread uses it later, so a namespace can be asked again without
+/// entering it. Each request has its own sequence number, and replies with
+/// another (the rest of an abandoned one) are skipped.
+pub struct Nfnl {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Nfnl {
+    /// A socket of the calling thread's namespace.
+    pub fn open() -> Result<Self> {
+        Ok(Nfnl {
+            socket: socket(netlink_sys::protocols::NETLINK_NETFILTER)?,
+            seq: 0,
+        })
+    }
+
+    /// Sends request `get` (`subsystem << 8 | message`) for every family's
+    /// objects and hands `each` every reply message of type `reply` (header
+    /// included) until the dump ends. `what` names the dump in errors.
+    pub fn dump(
+        &mut self,
+        get: u16,
+        reply: u16,
+        what: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        // Family AF_UNSPEC: every family.
+        match self.exchange(get, NLM_F_REQUEST | NLM_F_DUMP, 0, &[], reply, &mut each)? {
             Dump::Error(code) => {
                 anyhow::bail!("{what}: {}", std::io::Error::from_raw_os_error(-code))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks for the one object `attrs` name in `family`, handing `each` the
+    /// reply messages of type `reply`. False if the kernel has none (ENOENT).
+    pub fn get(
+        &mut self,
+        get: u16,
+        family: u8,
+        attrs: &[Vec<u8>],
+        reply: u16,
+        what: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<bool> {
+        match self.exchange(
+            get,
+            NLM_F_REQUEST | NLM_F_ACK,
+            family,
+            attrs,
+            reply,
+            &mut each,
+        )? {
+            Dump::Error(code) if code == -libc::ENOENT => Ok(false),
+            Dump::Error(code) => {
+                anyhow::bail!("{what}: {}", std::io::Error::from_raw_os_error(-code))
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[Vec<u8>],
+        reply: u16,
+        each: &mut impl FnMut(&[u8]),
+    ) -> Result<Dump> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = build::nfnl_request(kind, flags, self.seq, family, attrs);
+        self.socket.send(&req, 0).context("netlink send")?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match self.socket.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("netlink recv"),
+            };
+            match decode(&buf[..n], Some(self.seq), reply, each) {
+                Dump::More => {}
+                end => return Ok(end),
             }
         }
     }
@@ -167,14 +232,25 @@ pub const NLMSG_DONE: u16 = 3;
 /// Hands `each` the messages of type `reply` in `buf` (at least a
 /// netfilter header long), and says whether the dump ended.
 pub fn decode_dump(buf: &[u8], reply: u16, each: &mut impl FnMut(&[u8])) -> Dump {
+    decode(buf, None, reply, each)
+}
+
+/// [`decode_dump`] of the replies to request `seq` only, if given. An
+/// acknowledgement (an error message of code 0) ends a request too.
+fn decode(buf: &[u8], seq: Option<u32>, reply: u16, each: &mut impl FnMut(&[u8])) -> Dump {
     for (kind, msg) in messages(buf) {
+        if seq.is_some_and(|s| msg.get(8..).and_then(ne32) != Some(s)) {
+            continue;
+        }
         match kind {
             NLMSG_DONE => return Dump::Done,
             NLMSG_ERROR => {
                 let code = msg.get(16..).and_then(ne32).unwrap_or(0) as i32;
-                if code != 0 {
-                    return Dump::Error(code);
-                }
+                return if code != 0 {
+                    Dump::Error(code)
+                } else {
+                    Dump::Done
+                };
             }
             k if k == reply && msg.len() >= 20 => each(msg),
             _ => {}
@@ -242,10 +318,12 @@ pub fn string(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Builders of netlink messages, for tests of the decoders.
-#[cfg(test)]
+/// Builders of netlink messages: requests, and replies for the decoders' tests.
 pub mod build {
     use super::align4;
+
+    /// `NLA_F_NESTED`: the attribute holds attributes.
+    const NLA_F_NESTED: u16 = 0x8000;
 
     /// One attribute, padded.
     pub fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
@@ -257,18 +335,30 @@ pub mod build {
         a
     }
 
-    /// An nfnetlink message of `kind`: nlmsghdr, nfgenmsg of `family`, `attrs`.
-    pub fn nfnl_message(kind: u16, family: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
+    /// An attribute holding `parts`.
+    pub fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+        attr(kind | NLA_F_NESTED, &parts.concat())
+    }
+
+    /// An nfnetlink message of `kind` with `flags` and sequence number `seq`:
+    /// nlmsghdr, nfgenmsg of `family` (version 0, resource 0), `attrs`.
+    pub fn nfnl_request(kind: u16, flags: u16, seq: u32, family: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = attrs.concat();
-        let mut m = Vec::new();
+        let mut m = Vec::with_capacity(20 + body.len());
         m.extend(((20 + body.len()) as u32).to_ne_bytes());
         m.extend(kind.to_ne_bytes());
-        m.extend(2u16.to_ne_bytes());
-        m.extend(1u32.to_ne_bytes());
+        m.extend(flags.to_ne_bytes());
+        m.extend(seq.to_ne_bytes());
         m.extend(0u32.to_ne_bytes());
         m.extend([family, 0, 0, 0]);
         m.extend(body);
         m
+    }
+
+    /// A message as the kernel sends one of a dump (`NLM_F_MULTI`, sequence 1).
+    #[cfg(test)]
+    pub fn nfnl_message(kind: u16, family: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
+        nfnl_request(kind, 2, 1, family, attrs)
     }
 }
 

@@ -43,6 +43,7 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
     ("6.12", "fragments", "", SAME_AS_HOST),
     ("6.12", "live", "", SAME_AS_HOST),
     ("6.12", "mtu", "", SAME_AS_HOST),
+    ("6.12", "nat", "", SAME_AS_HOST),
     ("6.12", "paths", "", SAME_AS_HOST),
     ("6.12", "rules", "", SAME_AS_HOST),
     ("6.12", "swarm", "", SAME_AS_HOST),
