@@ -80,19 +80,33 @@ fn record(ctx: &TcContext, dir: u8) {
         }
     };
     let device = device_word(ifindex, dir);
-    if let Some(c) = Linear::of(ctx).and_then(|w| inplace::common(&w, &config!(vxlan_ports))) {
-        // Hashed with the other words: it must be a number (with the kfunc, a BTF pointer).
-        let dev_word = if config!(kern_ctx) != 0 {
+    // Hashed with the other words: it must be a number (with the kfunc, a BTF pointer).
+    let dev_word = || {
+        if config!(kern_ctx) != 0 {
             maps::as_scalar(dev)
         } else {
             dev
-        };
+        }
+    };
+    let ports = &config!(vxlan_ports);
+    if let Some(c) = Linear::<{ inplace::LEN }>::of(ctx).and_then(|w| inplace::common(&w, ports)) {
         let key = InPlace {
-            dev: dev_word,
+            dev: dev_word(),
             device,
             c,
         };
         count(&key, &packet(c.hdr_end, 0, c.df), dev, ifindex);
+        return;
+    }
+    if let Some(v) =
+        Linear::<{ inplace::VXLAN_LEN }>::of(ctx).and_then(|w| inplace::vxlan(&w, ports))
+    {
+        let key = VxlanInPlace {
+            dev: dev_word(),
+            device,
+            v,
+        };
+        count(&key, &packet(v.inner.hdr_end, 0, v.outer.df), dev, ifindex);
         return;
     }
 
@@ -214,6 +228,39 @@ impl KeyWords for InPlace {
             SRC_WORD => self.c.src as u64,
             DST_WORD => self.c.dst as u64,
             TAIL_WORD => self.c.tail,
+            _ => 0,
+        }
+    }
+}
+
+/// The key of a VXLAN packet read in place ([`inplace::vxlan`]).
+struct VxlanInPlace {
+    dev: u64,
+    device: u64,
+    v: inplace::Vxlan,
+}
+
+// The inner tuple's words, and the VNI's (with the padding after it).
+const INNER_SRC_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, inner)) / 8;
+const INNER_DST_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, dst) / 8;
+const INNER_TAIL_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, sport) / 8;
+const VNI_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, vni)) / 8;
+const _: () = assert!(INNER_SRC_WORD == 7 && INNER_DST_WORD == 9 && INNER_TAIL_WORD == 11);
+const _: () = assert!(VNI_WORD == 12 && offset_of!(FlowId, _pad) == offset_of!(FlowId, vni) + 4);
+
+impl KeyWords for VxlanInPlace {
+    #[inline(always)]
+    fn word(&self, i: usize) -> u64 {
+        match i {
+            0 => self.dev,
+            1 => self.device,
+            SRC_WORD => self.v.outer.src as u64,
+            DST_WORD => self.v.outer.dst as u64,
+            TAIL_WORD => self.v.outer.tail,
+            INNER_SRC_WORD => self.v.inner.src as u64,
+            INNER_DST_WORD => self.v.inner.dst as u64,
+            INNER_TAIL_WORD => self.v.inner.tail,
+            VNI_WORD => self.v.vni as u64,
             _ => 0,
         }
     }

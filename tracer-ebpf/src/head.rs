@@ -157,16 +157,16 @@ impl Reader for HeadReader<'_> {
     }
 }
 
-/// A TC packet's linear data, checked to hold [`inplace::LEN`] bytes.
-pub struct Linear {
+/// A TC packet's linear data, checked to hold `N` bytes.
+pub struct Linear<const N: usize> {
     data: usize,
 }
 
-impl Linear {
+impl<const N: usize> Linear<N> {
     #[inline(always)]
     pub fn of(ctx: &TcContext) -> Option<Self> {
         let data = ctx.data();
-        if data + inplace::LEN > ctx.data_end() {
+        if data + N > ctx.data_end() {
             return None;
         }
         Some(Linear { data })
@@ -180,7 +180,7 @@ impl Linear {
 macro_rules! load {
     ($width:literal, $p:expr, $off:expr) => {{
         let v: u64;
-        // SAFETY: $off + width <= inplace::LEN, which Linear::of checked.
+        // SAFETY: $off + width <= N, which Linear::of checked.
         unsafe {
             core::arch::asm!(concat!("{v} = *(", $width, " *)({p} + {off})"), v = out(reg) v,
                 p = in(reg) $p, off = const $off, options(pure, readonly, nostack));
@@ -189,20 +189,20 @@ macro_rules! load {
     }};
 }
 
-impl inplace::Window for Linear {
+impl<const N: usize> inplace::Window for Linear<N> {
     #[inline(always)]
     fn u8_at<const OFF: usize>(&self) -> u8 {
-        const { assert!(OFF < inplace::LEN) };
+        const { assert!(OFF < N) };
         load!("u8", self.data, OFF) as u8
     }
     #[inline(always)]
     fn be16_at<const OFF: usize>(&self) -> u16 {
-        const { assert!(OFF + 2 <= inplace::LEN) };
+        const { assert!(OFF + 2 <= N) };
         u16::from_be(load!("u16", self.data, OFF) as u16)
     }
     #[inline(always)]
     fn le32_at<const OFF: usize>(&self) -> u32 {
-        const { assert!(OFF + 4 <= inplace::LEN) };
+        const { assert!(OFF + 4 <= N) };
         load!("u32", self.data, OFF) as u32
     }
 }

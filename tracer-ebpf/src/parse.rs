@@ -1285,11 +1285,46 @@ mod tests {
         let df = id.outer.flags & TUPLE_DF != 0;
         id.outer.flags &= TUPLE_PORTS;
         id.inner.flags &= TUPLE_PORTS;
-        let fast = (pkt.len() >= inplace::LEN)
-            .then(|| inplace::common(&inplace::Slice(pkt), ports))
+        let w = inplace::Slice(pkt);
+        let common = (pkt.len() >= inplace::LEN)
+            .then(|| inplace::common(&w, ports))
             .flatten()
             .map(|c| (plain(c.tuple()), c.df, c.hdr_end));
-        ((id, df, p.hdr_end), fast)
+        // As the TC programs do: VXLAN in place only if not common.
+        let vxlan = || {
+            (pkt.len() >= inplace::VXLAN_LEN)
+                .then(|| inplace::vxlan(&w, ports))
+                .flatten()
+                .map(|v| {
+                    let id = FlowId {
+                        outer: v.outer.tuple(),
+                        inner: v.inner.tuple(),
+                        vni: v.vni,
+                        _pad: 0,
+                    };
+                    (id, v.outer.df, v.inner.hdr_end)
+                })
+        };
+        ((id, df, p.hdr_end), common.or_else(vxlan))
+    }
+
+    /// A VXLAN packet to 4789 around `inner` (an IPv4 header and what follows).
+    fn in_vxlan(outer_frag: u16, vxlan_flags: u8, vni: u32, inner: &[Vec<u8>]) -> Vec<u8> {
+        let outer = Ip4 {
+            frag: outer_frag,
+            ..ip4(IPPROTO_UDP)
+        };
+        let mut parts = vec![
+            eth(&[], ETH_P_IP),
+            outer.bytes(),
+            udp(54321, 4789),
+            vxlan(vxlan_flags, vni),
+            eth(&[], ETH_P_IP),
+        ];
+        parts.extend(inner.iter().cloned());
+        let mut pkt = parts.concat();
+        pkt.resize(pkt.len().max(inplace::VXLAN_LEN + 10), 0xee);
+        pkt
     }
 
     fn padded(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -1327,6 +1362,33 @@ mod tests {
             ..ip4(IPPROTO_UDP)
         };
         cases.push(padded(&[eth(&[], ETH_P_IP), addrs.bytes(), udp(65535, 1)]));
+        let inner = |proto, frag| {
+            Ip4 {
+                src: A4_IN,
+                dst: B4_IN,
+                frag,
+                ..ip4(proto)
+            }
+            .bytes()
+        };
+        for (outer_frag, inner_frag) in [(0, 0), (DF, 0), (0, DF), (DF, DF)] {
+            for vni in [0, 1, 0x123456, 0xff_ffff] {
+                for doff in [5, 15] {
+                    cases.push(in_vxlan(
+                        outer_frag,
+                        0x08,
+                        vni,
+                        &[inner(IPPROTO_TCP, inner_frag), tcp(8080, 33000, doff)],
+                    ));
+                }
+                cases.push(in_vxlan(
+                    outer_frag,
+                    0x0c,
+                    vni,
+                    &[inner(IPPROTO_UDP, inner_frag), udp(53, 4789)],
+                ));
+            }
+        }
         for pkt in &cases {
             let (full, fast) = both(pkt, &PORTS);
             assert_eq!(fast, Some(full), "{pkt:02x?}");
@@ -1339,14 +1401,50 @@ mod tests {
             frag,
             ..ip4(IPPROTO_UDP)
         };
+        let inner = |ip: Ip4| {
+            Ip4 {
+                src: A4_IN,
+                dst: B4_IN,
+                ..ip
+            }
+            .bytes()
+        };
         let cases = [
-            // VXLAN, to the default port and to one configured.
+            // VXLAN around something not IPv4 (padding), or too short for
+            // its inner header, or whose headers are not common.
             padded(&[
                 eth(&[], ETH_P_IP),
                 ip4(IPPROTO_UDP).bytes(),
                 udp(50000, 4789),
                 vxlan(8, 42),
             ]),
+            [
+                eth(&[], ETH_P_IP),
+                ip4(IPPROTO_UDP).bytes(),
+                udp(50000, 4789),
+                vxlan(8, 42),
+                eth(&[], ETH_P_IP),
+                inner(ip4(IPPROTO_UDP)),
+                udp(1, 2),
+            ]
+            .concat(),
+            in_vxlan(0, 0, 42, &[inner(ip4(IPPROTO_UDP)), udp(1, 2)]),
+            in_vxlan(MF, 8, 42, &[inner(ip4(IPPROTO_UDP)), udp(1, 2)]),
+            in_vxlan(0, 8, 42, &[inner(frag(MF)), udp(1, 2)]),
+            in_vxlan(0, 8, 42, &[inner(frag(DF | 3)), udp(1, 2)]),
+            in_vxlan(0, 8, 42, &[inner(ip4(IPPROTO_ICMP)), icmp()]),
+            in_vxlan(
+                0,
+                8,
+                42,
+                &[
+                    inner(Ip4 {
+                        options: &[1, 1, 1, 1],
+                        ..ip4(IPPROTO_TCP)
+                    }),
+                    tcp(1, 2, 5),
+                ],
+            ),
             // Fragments: first, middle, last.
             padded(&[eth(&[], ETH_P_IP), frag(MF).bytes(), udp(1, 2)]),
             padded(&[eth(&[], ETH_P_IP), frag(MF | 3).bytes()]),
@@ -1421,5 +1519,38 @@ mod tests {
             }
         }
         assert!(taken > 5_000, "only {taken} packets were common");
+    }
+
+    /// The same for VXLAN: random outer and inner headers, mostly with the
+    /// fields the in-place path looks at set to the values it takes.
+    #[test]
+    fn vxlan_in_place_agrees_with_the_full_parse_on_random_headers() {
+        let mut byte = bytes(0x7f4a_7c15);
+        let mut taken = 0;
+        for i in 0..20_000 {
+            let mut pkt: Vec<u8> = (0..inplace::VXLAN_LEN + (i % 40)).map(|_| byte()).collect();
+            pkt[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+            pkt[14] = 0x45;
+            pkt[20] &= 0x40;
+            pkt[21] = 0;
+            pkt[23] = IPPROTO_UDP;
+            pkt[36..38].copy_from_slice(&4789u16.to_be_bytes());
+            if i % 5 != 0 {
+                pkt[42] |= 0x08;
+                pkt[62..64].copy_from_slice(&ETH_P_IP.to_be_bytes());
+                pkt[64] = 0x45;
+                if (i / 5) % 4 != 0 {
+                    pkt[70] &= 0x40;
+                    pkt[71] = 0;
+                }
+                pkt[73] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP][i % 3];
+            }
+            let (full, fast) = both(&pkt, &PORTS);
+            if let Some(fast) = fast {
+                assert_eq!(fast, full, "{pkt:02x?}");
+                taken += 1;
+            }
+        }
+        assert!(taken > 5_000, "only {taken} packets were VXLAN in place");
     }
 }
