@@ -19,13 +19,17 @@ use crate::{
     head::{self, HeadReader, Linear},
     icmp,
     kernel::{self, Btf, Probe},
-    maps::{self, Upsert, config, count_n, double_buffered, upsert, zero},
+    maps::{self, Upsert, config, count_n, double_buffered, upsert_shared, zero},
 };
 
 /// Default size of each flow map; userspace resizes it from `--flow-map-size`.
 const FLOW_MAP_ENTRIES: u32 = 65536;
 
-double_buffered!(FlowKey => FlowStats, FLOW_MAP_ENTRIES,
+// Shared, not per-CPU: the cache below takes a flow's packets, so the map
+// sees only what the cache pushes out, and a per-CPU map would hold and
+// drain a value per possible CPU (48 bytes x 65,536 x 2 maps: 400 MB of
+// kernel memory on a host with 64).
+double_buffered!(shared FlowKey => FlowStats, FLOW_MAP_ENTRIES,
     FLOWS_0, FLOWS_1, FLOW_GENERATION, flow_generation, flows);
 /// `struct net_device` address -> which device it is, written when a flow is first
 /// seen so that userspace can name the `dev` of a [`FlowKey`].
@@ -283,19 +287,11 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
             return;
         }
         // Another flow had the slot: its counts go to the map of its generation.
-        let old = &slot.stats;
-        let add = |s: &mut FlowStats| {
-            s.packets += old.packets;
-            s.bytes += old.bytes;
-            s.frags_first += old.frags_first;
-            s.frags_rest += old.frags_rest;
-            s.df += old.df;
-            if old.max_len > s.max_len {
-                s.max_len = old.max_len;
-            }
-        };
-        if upsert(flows(generation), &slot.key, add) == Upsert::Full {
-            count_n(counter::FLOW_MAP_FULL, old.packets);
+        if upsert_shared(flows(generation), &slot.key, &slot.stats, |v| {
+            add_atomic(v, &slot.stats)
+        }) == Upsert::Full
+        {
+            count_n(counter::FLOW_MAP_FULL, slot.stats.packets);
         }
     }
     slot.generation = generation;
@@ -307,6 +303,35 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
     zero(&mut slot.stats);
     p.apply(&mut slot.stats);
     name_device(dev, ifindex);
+}
+
+/// Adds `s` to the map's counters at `v`, which other CPUs may add to at
+/// the same time. The adds are atomic: XADD, which every kernel from 5.10 on
+/// takes (core's atomics need compare-and-swap on eBPF, which 5.10 lacks).
+/// The largest length is not a sum: it is compared and stored, and of two
+/// CPUs pushing out the same flow within the same few instructions, one's
+/// larger value may be lost.
+#[inline(always)]
+fn add_atomic(v: *mut FlowStats, s: &FlowStats) {
+    // SAFETY: `v` is a value of the flow map, valid during the program's run
+    // and 8-aligned; other CPUs reach it only through atomic adds and the
+    // plain stores of `max_len`.
+    unsafe {
+        for (field, n) in [
+            (&raw mut (*v).packets, s.packets),
+            (&raw mut (*v).bytes, s.bytes),
+            (&raw mut (*v).frags_first, s.frags_first),
+            (&raw mut (*v).frags_rest, s.frags_rest),
+            (&raw mut (*v).df, s.df),
+        ] {
+            core::arch::asm!("lock *(u64 *)({p} + 0) += {n}", p = in(reg) field, n = in(reg) n,
+                options(nostack));
+        }
+        let max = &raw mut (*v).max_len;
+        if s.max_len > max.read_volatile() {
+            max.write_volatile(s.max_len);
+        }
+    }
 }
 
 /// Inode of the namespace of device `dev`, read as `dev` was.

@@ -1,4 +1,5 @@
-//! Draining a pair of per-CPU hash maps that the eBPF programs fill in turn.
+//! Draining a pair of hash maps (per-CPU or shared) that the eBPF programs
+//! fill in turn.
 //!
 //! The programs write to the map named by a generation index. To drain, userspace
 //! points them at the other map, waits on a [`Barrier`] until no program can
@@ -19,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::{
     collectors::tally::{Accumulate, Tally, sum_percpu},
     output::Scope,
-    sys::bpf::{Barrier, drain_percpu_hash},
+    sys::bpf::{Barrier, Values, drain_hash},
 };
 
 pub struct DoubleBuffer {
@@ -28,41 +29,53 @@ pub struct DoubleBuffer {
     /// The generation the programs write to now: a count of drains, whose
     /// parity is the map.
     active: u32,
-    ncpus: usize,
+    /// Values per key: one per possible CPU for per-CPU maps, else one.
+    values: Values,
     /// Entries of the last drain.
     drained: usize,
 }
 
 impl DoubleBuffer {
     /// Takes the maps out of `ebpf`: `generation` is an array of one u32,
-    /// `names` the two per-CPU hash maps it selects between.
+    /// `names` the two hash maps it selects between, both per-CPU or both not.
     pub fn take(ebpf: &mut Ebpf, generation: &str, names: [&str; 2]) -> Result<Self> {
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
         };
         let generation = Array::try_from(take(ebpf, generation)?)?;
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let mut maps = Vec::with_capacity(2);
+        let mut kinds = Vec::with_capacity(2);
         for name in names {
             match take(ebpf, name)? {
-                Map::PerCpuHashMap(data) => maps.push(data),
-                _ => return Err(anyhow!("map {name} is not a per-CPU hash map")),
+                Map::PerCpuHashMap(data) => maps.push((data, Values::PerCpu(ncpus))),
+                Map::HashMap(data) => maps.push((data, Values::Shared)),
+                _ => return Err(anyhow!("map {name} is not a hash map")),
             }
+            kinds.push(maps[maps.len() - 1].1);
         }
-        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let maps: [MapData; 2] = maps.try_into().map_err(|_| anyhow!("two maps expected"))?;
+        if kinds[0] != kinds[1] {
+            return Err(anyhow!("maps {names:?} are not of one kind"));
+        }
+        let maps: [MapData; 2] = maps
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| anyhow!("two maps expected"))?;
         Ok(Self {
             generation,
             maps,
             active: 0,
-            ncpus,
+            values: kinds[0],
             drained: 0,
         })
     }
 
     /// Switches the programs to the other map and hands every entry of the one
-    /// they were writing to `f`, with one value per possible CPU; returns the
-    /// number of entries.
+    /// they were writing to `f`, with its values (one per possible CPU, or
+    /// one); returns the number of entries.
     /// `settled` runs once no program writes to the old generation any more,
     /// before its map is drained, and is given that generation.
     pub fn drain<K: Pod, V: Pod>(
@@ -80,20 +93,20 @@ impl DoubleBuffer {
         self.active = new;
         settled(old)?;
 
-        let stride = size_of::<V>().div_ceil(8) * 8;
-        let mut values: Vec<V> = Vec::with_capacity(self.ncpus);
-        let n = drain_percpu_hash(
+        let (count, step) = self.values.layout(size_of::<V>());
+        let mut values: Vec<V> = Vec::with_capacity(count);
+        let n = drain_hash(
             self.maps[(old & 1) as usize].fd().as_fd(),
             size_of::<K>(),
             size_of::<V>(),
-            self.ncpus,
+            self.values,
             |k, v| {
                 // SAFETY: the kernel wrote `size_of::<K>()` bytes of a `K` and,
-                // per CPU, `size_of::<V>()` bytes of a `V`; both are Pod.
+                // per value, `size_of::<V>()` bytes of a `V`; both are Pod.
                 let key = unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) };
                 values.clear();
-                for cpu in 0..self.ncpus {
-                    let p = v[cpu * stride..].as_ptr().cast::<V>();
+                for i in 0..count {
+                    let p = v[i * step..].as_ptr().cast::<V>();
                     // SAFETY: as above, `p` points at `size_of::<V>()` bytes the kernel wrote.
                     values.push(unsafe { std::ptr::read_unaligned(p) });
                 }
@@ -106,7 +119,7 @@ impl DoubleBuffer {
     }
 }
 
-/// A collector's double-buffered kernel map of per-CPU `S` values by key
+/// A collector's double-buffered kernel map of `S` values (per CPU or not) by key
 /// `K` (once taken from the object), and the interval and run totals (`V`)
 /// of what was drained from it.
 pub struct Drained<K, S, V> {

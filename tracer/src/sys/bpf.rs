@@ -344,19 +344,39 @@ pub fn kernel_btf_by_name(name: &str) -> Option<OwnedFd> {
     }
 }
 
-/// Removes every entry of a per-CPU hash map, calling `f(key, values)` for
-/// each, where `values` holds one value per possible CPU, each padded to 8 bytes.
+/// The values of a hash map's entry, as the kernel hands them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// One per possible CPU (this many), each padded to 8 bytes.
+    PerCpu(usize),
+    /// One.
+    Shared,
+}
+
+impl Values {
+    /// How many there are, and the distance from one to the next.
+    pub fn layout(self, value_size: usize) -> (usize, usize) {
+        match self {
+            Values::PerCpu(n) => (n, value_size.div_ceil(8) * 8),
+            Values::Shared => (1, value_size),
+        }
+    }
+}
+
+/// Removes every entry of a hash map, calling `f(key, values)` for each
+/// ([`Values`] says how `values` is laid out).
 ///
 /// Only safe from lost updates when no program writes to the map meanwhile;
 /// callers switch the programs to the other buffer and wait on a [`Barrier`] first.
-pub fn drain_percpu_hash(
+pub fn drain_hash(
     map: BorrowedFd<'_>,
     key_size: usize,
     value_size: usize,
-    ncpus: usize,
+    values_of: Values,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<usize> {
-    let stride = value_size.div_ceil(8) * 8 * ncpus;
+    let (n, step) = values_of.layout(value_size);
+    let stride = n * step;
     let mut chunk: usize = 1024;
     let mut keys = vec![0u8; key_size * chunk];
     let mut values = vec![0u8; stride * chunk];
@@ -421,4 +441,16 @@ pub fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(std::time::Duration, u6
 /// (a BPF_ENABLE_STATS descriptor does too, unseen here).
 pub fn stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Values;
+
+    #[test]
+    fn per_cpu_values_are_padded_and_a_shared_one_is_not() {
+        assert_eq!(Values::PerCpu(4).layout(12), (4, 16));
+        assert_eq!(Values::PerCpu(2).layout(48), (2, 48));
+        assert_eq!(Values::Shared.layout(12), (1, 12));
+    }
 }
