@@ -79,15 +79,41 @@ pub fn explain(name: &str, e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            anyhow!(
-                "kernel refused eBPF program {name}: {io_error} (verifier: {})",
-                verifier_error(&log)
-            )
-        }
+        } => refused(name, &io_error, &verifier_log.to_string()),
         e => anyhow!("load eBPF program {name}: {e}"),
     }
+}
+
+/// One line for a program the kernel refused with `error`: the verifier's
+/// error, and where its whole log was saved (the error alone rarely says
+/// why: the registers' states on the way there do).
+pub fn refused(name: &str, error: &std::io::Error, log: &str) -> anyhow::Error {
+    let saved = save_log(name, log)
+        .map(|p| format!("; full log: {}", p.display()))
+        .unwrap_or_default();
+    anyhow!(
+        "kernel refused eBPF program {name}: {error} (verifier: {}{saved})",
+        verifier_error(log)
+    )
+}
+
+/// Writes `log` to a new file in the temporary directory, named after the
+/// program and this process; created exclusively, so that nothing already
+/// there (a link someone left in /tmp) is written through.
+fn save_log(name: &str, log: &str) -> Option<std::path::PathBuf> {
+    use std::io::Write as _;
+    if log.trim().is_empty() {
+        return None;
+    }
+    let path =
+        std::env::temp_dir().join(format!("tracer-verifier-{name}-{}.log", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    f.write_all(log.as_bytes()).ok()?;
+    Some(path)
 }
 
 /// The verifier's error in `log`, with the instruction it was at. The log
@@ -204,7 +230,7 @@ pub fn attach_tracepoint(
 mod tests {
     use std::collections::HashSet;
 
-    use super::{OBJECT, verifier_error, with_kfuncs};
+    use super::{OBJECT, refused, verifier_error, with_kfuncs};
 
     #[test]
     fn placeholder_calls_become_the_kfunc_or_a_helper() {
@@ -221,6 +247,32 @@ mod tests {
         assert!(with_kfuncs(&[other, other].concat(), None).is_err());
         // The real object: its TC programs carry the placeholder.
         assert!(with_kfuncs(OBJECT, None).is_ok());
+    }
+
+    #[test]
+    fn a_refused_program_says_where_its_whole_log_is() {
+        let name = "test_refused_prog";
+        let log = "0: (b7) r0 = 0\n1: (61) r1 = *(u32 *)(r2 +0)\nR2 invalid mem access 'scalar'\nprocessed 2 insns\n";
+        let e = refused(name, &std::io::Error::from_raw_os_error(libc::EACCES), log).to_string();
+        let path =
+            std::env::temp_dir().join(format!("tracer-verifier-{name}-{}.log", std::process::id()));
+        let saved = std::fs::read_to_string(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(saved.unwrap(), log);
+        assert!(
+            e.contains("R2 invalid mem access 'scalar' at insn 1:"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(&format!("; full log: {})", path.display())),
+            "{e}"
+        );
+        // An empty log is not saved.
+        assert!(
+            !refused(name, &std::io::Error::from_raw_os_error(libc::EINVAL), "")
+                .to_string()
+                .contains("full log")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{Ebpf, maps::Map};
 
 use crate::{
-    collectors::loader::{self, verifier_error},
+    collectors::loader,
     model::{Hook, IpFamily},
     sys::bpf::{self, BPF_NETFILTER, BPF_PROG_TYPE_NETFILTER, ProgType},
 };
@@ -75,10 +75,7 @@ pub fn load(ebpf: &Ebpf, names: &[&str], kind: ProgType) -> Result<HashMap<Strin
                      with CONFIG_NETFILTER_BPF_LINK)"
                 )
             } else {
-                anyhow!(
-                    "kernel refused eBPF program {name}: {e} (verifier: {})",
-                    verifier_error(&log)
-                )
+                loader::refused(name, &e, &log)
             }
         })?;
         loaded.insert(name.to_string(), fd);
