@@ -97,7 +97,9 @@ fn record(ctx: &TcContext, dir: u8) {
         let key = InPlace {
             dev: dev_word(),
             device,
-            c,
+            outer: c,
+            inner: inplace::Common::NONE,
+            vni: 0,
         };
         count(&key, &packet(c.hdr_end, 0, c.df), dev, ifindex);
         return;
@@ -105,10 +107,12 @@ fn record(ctx: &TcContext, dir: u8) {
     if let Some(v) =
         Linear::<{ inplace::VXLAN_LEN }>::of(ctx).and_then(|w| inplace::vxlan(&w, ports))
     {
-        let key = VxlanInPlace {
+        let key = InPlace {
             dev: dev_word(),
             device,
-            v,
+            outer: v.outer,
+            inner: v.inner,
+            vni: v.vni,
         };
         count(&key, &packet(v.inner.hdr_end, 0, v.outer.df), dev, ifindex);
         return;
@@ -208,20 +212,31 @@ impl KeyWords for FlowKey {
     }
 }
 
-/// The key of a common packet ([`inplace::common`]), never written out
-/// whole: most of its words are zero, and the rest stay in registers.
+/// The key of a packet read in place ([`inplace::common`], or
+/// [`inplace::vxlan`] with its inner tuple and VNI), never written out
+/// whole: most of its words are zero, and the rest stay in registers. A
+/// common packet's inner words are zero constants, which the compiler folds.
 struct InPlace {
     dev: u64,
     device: u64,
-    c: inplace::Common,
+    outer: inplace::Common,
+    inner: inplace::Common,
+    vni: u32,
 }
 
-// The words InPlace fills: the device, and the outer tuple's addresses and tail.
+// The words InPlace fills: the device, each tuple's addresses and tail, the
+// VNI (with the padding after it).
 const SRC_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, outer)) / 8;
 const DST_WORD: usize = SRC_WORD + offset_of!(Tuple, dst) / 8;
 const TAIL_WORD: usize = SRC_WORD + offset_of!(Tuple, sport) / 8;
+const INNER_SRC_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, inner)) / 8;
+const INNER_DST_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, dst) / 8;
+const INNER_TAIL_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, sport) / 8;
+const VNI_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, vni)) / 8;
 const _: () = assert!(offset_of!(FlowKey, dev) == 0 && offset_of!(Tuple, src) == 0);
 const _: () = assert!(SRC_WORD == 2 && DST_WORD == 4 && TAIL_WORD == 6);
+const _: () = assert!(INNER_SRC_WORD == 7 && INNER_DST_WORD == 9 && INNER_TAIL_WORD == 11);
+const _: () = assert!(VNI_WORD == 12 && offset_of!(FlowId, _pad) == offset_of!(FlowId, vni) + 4);
 
 impl KeyWords for InPlace {
     #[inline(always)]
@@ -229,42 +244,13 @@ impl KeyWords for InPlace {
         match i {
             0 => self.dev,
             1 => self.device,
-            SRC_WORD => self.c.src as u64,
-            DST_WORD => self.c.dst as u64,
-            TAIL_WORD => self.c.tail,
-            _ => 0,
-        }
-    }
-}
-
-/// The key of a VXLAN packet read in place ([`inplace::vxlan`]).
-struct VxlanInPlace {
-    dev: u64,
-    device: u64,
-    v: inplace::Vxlan,
-}
-
-// The inner tuple's words, and the VNI's (with the padding after it).
-const INNER_SRC_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, inner)) / 8;
-const INNER_DST_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, dst) / 8;
-const INNER_TAIL_WORD: usize = INNER_SRC_WORD + offset_of!(Tuple, sport) / 8;
-const VNI_WORD: usize = (offset_of!(FlowKey, id) + offset_of!(FlowId, vni)) / 8;
-const _: () = assert!(INNER_SRC_WORD == 7 && INNER_DST_WORD == 9 && INNER_TAIL_WORD == 11);
-const _: () = assert!(VNI_WORD == 12 && offset_of!(FlowId, _pad) == offset_of!(FlowId, vni) + 4);
-
-impl KeyWords for VxlanInPlace {
-    #[inline(always)]
-    fn word(&self, i: usize) -> u64 {
-        match i {
-            0 => self.dev,
-            1 => self.device,
-            SRC_WORD => self.v.outer.src as u64,
-            DST_WORD => self.v.outer.dst as u64,
-            TAIL_WORD => self.v.outer.tail,
-            INNER_SRC_WORD => self.v.inner.src as u64,
-            INNER_DST_WORD => self.v.inner.dst as u64,
-            INNER_TAIL_WORD => self.v.inner.tail,
-            VNI_WORD => self.v.vni as u64,
+            SRC_WORD => self.outer.src as u64,
+            DST_WORD => self.outer.dst as u64,
+            TAIL_WORD => self.outer.tail,
+            INNER_SRC_WORD => self.inner.src as u64,
+            INNER_DST_WORD => self.inner.dst as u64,
+            INNER_TAIL_WORD => self.inner.tail,
+            VNI_WORD => self.vni as u64,
             _ => 0,
         }
     }

@@ -272,12 +272,15 @@ fn set_ports<const N: usize>(t: &mut Tuple, h: &[u8; N]) {
 
 #[inline(always)]
 fn is_vxlan(t: &Tuple, ports: &[u16; MAX_VXLAN_PORTS]) -> bool {
-    if t.proto != IPPROTO_UDP || t.flags & TUPLE_PORTS == 0 {
-        return false;
-    }
+    t.proto == IPPROTO_UDP && t.flags & TUPLE_PORTS != 0 && is_vxlan_port(t.dport, ports)
+}
+
+/// `dport` is one of the configured VXLAN ports (0: an unused slot).
+#[inline(always)]
+fn is_vxlan_port(dport: u16, ports: &[u16; MAX_VXLAN_PORTS]) -> bool {
     let mut i = 0;
     while i < MAX_VXLAN_PORTS {
-        if ports[i] != 0 && ports[i] == t.dport {
+        if ports[i] != 0 && ports[i] == dport {
             return true;
         }
         i += 1;

@@ -135,21 +135,20 @@ pub fn vxlan<W: Window>(w: &W, vxlan_ports: &[u16; MAX_VXLAN_PORTS]) -> Option<V
 }
 
 impl Common {
+    /// No tuple: the inner one of a packet that is not VXLAN (all zero).
+    pub const NONE: Common = Common {
+        src: 0,
+        dst: 0,
+        tail: 0,
+        df: false,
+        hdr_end: 0,
+    };
+
     /// UDP to one of `ports`.
     #[inline(always)]
     fn is_udp_to(&self, ports: &[u16; MAX_VXLAN_PORTS]) -> bool {
-        if (self.tail >> 32) as u8 != IPPROTO_UDP {
-            return false;
-        }
-        let dport = (self.tail >> 16) as u16;
-        let mut i = 0;
-        while i < MAX_VXLAN_PORTS {
-            if ports[i] != 0 && ports[i] == dport {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        (self.tail >> 32) as u8 == IPPROTO_UDP
+            && super::is_vxlan_port((self.tail >> 16) as u16, ports)
     }
 
     /// The tuple as [`super::parse_ethernet`] fills it (outer, or a VXLAN

@@ -45,30 +45,21 @@ impl DoubleBuffer {
         };
         let generation = Array::try_from(take(ebpf, generation)?)?;
         let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let mut maps = Vec::with_capacity(2);
-        let mut kinds = Vec::with_capacity(2);
-        for name in names {
-            match take(ebpf, name)? {
-                Map::PerCpuHashMap(data) => maps.push((data, Values::PerCpu(ncpus))),
-                Map::HashMap(data) => maps.push((data, Values::Shared)),
-                _ => return Err(anyhow!("map {name} is not a hash map")),
-            }
-            kinds.push(maps[maps.len() - 1].1);
-        }
-        if kinds[0] != kinds[1] {
+        let mut take_hash = |name: &str| match take(ebpf, name)? {
+            Map::PerCpuHashMap(data) => Ok((data, Values::PerCpu(ncpus))),
+            Map::HashMap(data) => Ok((data, Values::Shared)),
+            _ => Err(anyhow!("map {name} is not a hash map")),
+        };
+        let ((m0, values), (m1, values1)) = (take_hash(names[0])?, take_hash(names[1])?);
+        if values != values1 {
             return Err(anyhow!("maps {names:?} are not of one kind"));
         }
-        let maps: [MapData; 2] = maps
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect::<Vec<_>>()
-            .try_into()
-            .map_err(|_| anyhow!("two maps expected"))?;
+        let maps = [m0, m1];
         Ok(Self {
             generation,
             maps,
             active: 0,
-            values: kinds[0],
+            values,
             drained: 0,
         })
     }
