@@ -16,6 +16,12 @@ use std::rc::Rc;
 
 // Grouped by conversation on every report, tens of thousands of rows: FxHash.
 use rustc_hash::FxHashMap as HashMap;
+// A path's working lists hold a handful of hops: on the stack, not a
+// dozen allocations per path for tens of thousands of paths a second.
+use smallvec::SmallVec;
+
+/// A list of about as many items as a path has hops.
+type Few<T> = SmallVec<[T; 8]>;
 
 use tracer_ebpf::{FlowId, TUPLE_PORTS, Tuple};
 
@@ -420,7 +426,7 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
         ));
     }
     // What is missing after each hop, from the counts.
-    let mut missing: Vec<u64> = hops
+    let mut missing: Few<u64> = hops
         .windows(2)
         .map(|w| w[0].counts.packets.saturating_sub(w[1].counts.packets))
         .collect();
@@ -458,7 +464,7 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
     };
     // Everything said about each place: Before the first hop is key 0, after hop i is i + 1.
     let slot = |p: Option<usize>| p.map_or(0, |i| i + 1);
-    let mut at: Vec<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
+    let mut at: Few<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
     for d in &g.drops {
         let p = &mut at[slot(place(&d.netns, d.iface.as_deref()))];
         p.netns.get_or_insert_with(|| d.netns.clone());
@@ -636,8 +642,8 @@ fn order(
     known: &mut Nexts,
     hops: &[(Hop, Option<u16>)],
     vni: Option<u32>,
-) -> (Vec<usize>, Vec<(usize, End)>) {
-    let nexts: Vec<Rc<Next>> = hops
+) -> (Few<usize>, Few<(usize, End)>) {
+    let nexts: Few<Rc<Next>> = hops
         .iter()
         .map(|(h, p)| known.get(links, h, *p, vni))
         .collect();
@@ -661,9 +667,9 @@ fn order(
         }
     };
     let n = hops.len();
-    let mut used = vec![false; n];
-    let mut order = Vec::with_capacity(n);
-    let mut ends = Vec::new();
+    let mut used: Few<bool> = smallvec::smallvec![false; n];
+    let mut order = Few::new();
+    let mut ends = Few::new();
     let busiest = |c: &mut dyn Iterator<Item = usize>| {
         c.max_by(|&a, &b| {
             hops[a]
@@ -677,14 +683,14 @@ fn order(
     while order.len() < n {
         // A run starts at a hop nothing unused leads to (egress before
         // ingress on a tie: a packet leaves before it arrives).
-        let free: Vec<usize> = (0..n).filter(|&j| !used[j]).collect();
-        let starts: Vec<usize> = free
+        let free: Few<usize> = (0..n).filter(|&j| !used[j]).collect();
+        let starts: Few<usize> = free
             .iter()
             .copied()
             .filter(|&j| !free.iter().any(|&i| follows(i, j)))
             .collect();
         let pool = if starts.is_empty() { &free } else { &starts };
-        let egress: Vec<usize> = pool
+        let egress: Few<usize> = pool
             .iter()
             .copied()
             .filter(|&j| hops[j].0.dir == Direction::Egress)

@@ -1,6 +1,6 @@
 //! Counters of the current interval and of the whole run, by key.
 
-use std::hash::Hash;
+use std::{collections::hash_map::Entry, hash::Hash};
 
 // Keys are hashed every interval for every flow: FxHash is several times
 // cheaper than SipHash, and the keys come from the kernel, not an attacker.
@@ -18,6 +18,8 @@ pub trait Accumulate: Default + Copy {
 /// need looking up (one hash of the key per entry, not two).
 pub struct Tally<K, V> {
     interval: Vec<(K, V)>,
+    /// Indexes into `interval` of the keys the run had not seen before.
+    fresh: Vec<usize>,
     total: HashMap<K, V>,
 }
 
@@ -25,6 +27,7 @@ impl<K, V> Default for Tally<K, V> {
     fn default() -> Self {
         Self {
             interval: Vec::new(),
+            fresh: Vec::new(),
             total: HashMap::default(),
         }
     }
@@ -33,8 +36,19 @@ impl<K, V> Default for Tally<K, V> {
 impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     /// Adds what one drain read for `key`; a drain adds each key at most once.
     pub fn add(&mut self, key: K, v: V) {
+        match self.total.entry(key) {
+            Entry::Occupied(mut e) => e.get_mut().add(&v),
+            Entry::Vacant(e) => {
+                e.insert(v);
+                self.fresh.push(self.interval.len());
+            }
+        }
         self.interval.push((key, v));
-        self.total.entry(key).or_default().add(&v);
+    }
+
+    /// The keys of this interval the run had not seen before it.
+    pub fn fresh(&self) -> impl Iterator<Item = &K> {
+        self.fresh.iter().map(|&i| &self.interval[i].0)
     }
 
     /// What was added since the interval began.
@@ -46,6 +60,7 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     /// (tens of thousands of entries every second).
     pub fn end_interval(&mut self) {
         self.interval.clear();
+        self.fresh.clear();
     }
 
     pub fn total(&self) -> &HashMap<K, V> {
@@ -90,9 +105,12 @@ mod tests {
         t.add('a', N(2));
         t.add('b', N(5));
         assert_eq!(t.interval(), [('a', N(1)), ('a', N(2)), ('b', N(5))]);
+        assert_eq!(t.fresh().collect::<Vec<_>>(), [&'a', &'b']);
         t.end_interval();
         t.add('a', N(10));
-        assert_eq!(t.interval(), [('a', N(10))]);
+        t.add('c', N(1));
+        assert_eq!(t.interval(), [('a', N(10)), ('c', N(1))]);
+        assert_eq!(t.fresh().collect::<Vec<_>>(), [&'c']);
         t.end_interval();
         assert_eq!((t.total()[&'a'], t.total()[&'b']), (N(13), N(5)));
         assert!(t.interval().is_empty());

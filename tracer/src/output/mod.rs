@@ -82,6 +82,9 @@ pub struct Report {
     /// Length of the interval, or of the whole run.
     pub elapsed: Duration,
     pub flows: Vec<FlowRow>,
+    /// The flows of `flows` the run had not seen before (at any hop): only
+    /// these can bring a conversation the NAT ties have not looked up.
+    pub new_flows: Vec<FlowId>,
     pub drops: Vec<DropRow>,
     pub verdicts: Vec<VerdictRow>,
     pub icmps: Vec<IcmpRow>,

@@ -236,6 +236,9 @@ impl Collector for Flows {
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
+        if scope == Scope::Interval {
+            report.new_flows = self.counts.fresh().map(|k| k.id).collect();
+        }
         let devices = &mut self.devices;
         report.flows = self.counts.rows(scope, |e| devices.named(names, e));
     }
