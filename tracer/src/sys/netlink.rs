@@ -133,6 +133,8 @@ pub fn netfilter_dump(get: u16, reply: u16, what: &str, each: impl FnMut(&[u8]))
 pub struct Nfnl {
     socket: Socket,
     seq: u32,
+    /// Replies land here: kept, as NAT ties may ask hundreds of times a report.
+    buf: Vec<u8>,
 }
 
 impl Nfnl {
@@ -141,6 +143,7 @@ impl Nfnl {
         Ok(Nfnl {
             socket: socket(netlink_sys::protocols::NETLINK_NETFILTER)?,
             seq: 0,
+            buf: vec![0u8; 1 << 16],
         })
     }
 
@@ -156,9 +159,7 @@ impl Nfnl {
     ) -> Result<()> {
         // Family AF_UNSPEC: every family.
         match self.exchange(get, NLM_F_REQUEST | NLM_F_DUMP, 0, &[], reply, &mut each)? {
-            Dump::Error(code) => {
-                anyhow::bail!("{what}: {}", std::io::Error::from_raw_os_error(-code))
-            }
+            Dump::Error(code) => Err(refused(what, code)),
             _ => Ok(()),
         }
     }
@@ -183,9 +184,7 @@ impl Nfnl {
             &mut each,
         )? {
             Dump::Error(code) if code == -libc::ENOENT => Ok(false),
-            Dump::Error(code) => {
-                anyhow::bail!("{what}: {}", std::io::Error::from_raw_os_error(-code))
-            }
+            Dump::Error(code) => Err(refused(what, code)),
             _ => Ok(true),
         }
     }
@@ -202,7 +201,7 @@ impl Nfnl {
         self.seq = self.seq.wrapping_add(1);
         let req = build::nfnl_request(kind, flags, self.seq, family, attrs);
         self.socket.send(&req, 0).context("netlink send")?;
-        let mut buf = vec![0u8; 1 << 16];
+        let buf = &mut self.buf;
         loop {
             let n = match self.socket.recv(&mut &mut buf[..], 0) {
                 Ok(n) => n,
@@ -215,6 +214,11 @@ impl Nfnl {
             }
         }
     }
+}
+
+/// The kernel's answer `code` (a negative errno) to the request `what` names.
+fn refused(what: &str, code: i32) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", std::io::Error::from_raw_os_error(-code))
 }
 
 /// Where a dump is after one buffer of it.
