@@ -200,13 +200,13 @@ where
         Some((maps.drained, capacity))
     }
 
-    /// `name`s the entries of `scope` into rows; `Scope::Interval` then
-    /// starts a new interval.
     /// The keys of the interval so far that the run had not seen before it.
     pub fn fresh(&self) -> impl Iterator<Item = &K> {
         self.tally.fresh()
     }
 
+    /// `name`s the entries of `scope` into rows; `Scope::Interval` then
+    /// starts a new interval.
     pub fn rows<R>(&mut self, scope: Scope, name: impl FnOnce(Vec<(&K, &V)>) -> Vec<R>) -> Vec<R> {
         let rows = name(self.tally.entries(scope));
         if scope == Scope::Interval {

@@ -236,6 +236,7 @@ impl Collector for Flows {
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
+        // Before `rows`, which ends the interval.
         if scope == Scope::Interval {
             report.new_flows = self.counts.fresh().map(|k| k.id).collect();
         }
