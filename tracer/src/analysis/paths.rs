@@ -12,7 +12,7 @@
 //! device or namespace that is not traced), the path says so in
 //! `incomplete` rather than guess.
 
-use std::rc::Rc;
+use std::{fmt, rc::Rc};
 
 // Grouped by conversation on every report, tens of thousands of rows: FxHash.
 use rustc_hash::FxHashMap as HashMap;
@@ -67,12 +67,17 @@ pub struct Hop {
 impl Hop {
     /// `hb/ul0 in`
     pub fn label(&self) -> String {
+        self.label_text().to_string()
+    }
+
+    /// The label, written where it is displayed (text rows print it per hop).
+    pub fn label_text(&self) -> impl fmt::Display + '_ {
         let dir = match self.dir {
             Direction::Ingress => "in",
             Direction::Egress => "out",
             Direction::Sent => "sent",
         };
-        format!("{}/{} {dir}", self.netns, self.iface)
+        fmt::from_fn(move |f| write!(f, "{}/{} {dir}", self.netns, self.iface))
     }
 }
 
@@ -143,11 +148,16 @@ impl PathRow {
 
     /// Where a loss happened, in words: `after hb/ul0 in` or `before c1/eth0 out`.
     pub fn place(&self, l: &Lost) -> String {
-        match (l.after, self.hops.first()) {
-            (Some(i), _) => format!("after {}", self.hops[i].label()),
-            (None, Some(first)) => format!("before {}", first.label()),
-            (None, None) => format!("in {}", l.netns),
-        }
+        self.place_text(l).to_string()
+    }
+
+    /// The place, written where it is displayed.
+    pub fn place_text<'a>(&'a self, l: &'a Lost) -> impl fmt::Display + 'a {
+        fmt::from_fn(move |f| match (l.after, self.hops.first()) {
+            (Some(i), _) => write!(f, "after {}", self.hops[i].label_text()),
+            (None, Some(first)) => write!(f, "before {}", first.label_text()),
+            (None, None) => write!(f, "in {}", l.netns),
+        })
     }
 }
 

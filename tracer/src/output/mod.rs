@@ -161,21 +161,29 @@ impl Endpoints {
     }
 
     /// `10.0.0.1:5000` or `[fd00::1]:5000`, without the port where there is none.
-    pub fn src_str(&self) -> String {
-        host_port(self.src, self.sport)
+    pub fn src_text(&self) -> HostPort {
+        HostPort(self.src, self.sport)
     }
 
-    pub fn dst_str(&self) -> String {
-        host_port(self.dst, self.dport)
+    pub fn dst_text(&self) -> HostPort {
+        HostPort(self.dst, self.dport)
     }
 }
 
-fn host_port(addr: Option<IpAddr>, port: Option<u16>) -> String {
-    match (addr, port) {
-        (None, _) => "-".to_string(),
-        (Some(a), None) => a.to_string(),
-        (Some(a @ IpAddr::V6(_)), Some(p)) => format!("[{a}]:{p}"),
-        (Some(a), Some(p)) => format!("{a}:{p}"),
+/// An address and port as text, written where it is displayed: rows are
+/// printed tens of thousands a second, and a `String` each would be most of
+/// the text output's cost.
+#[derive(Debug, Clone, Copy)]
+pub struct HostPort(Option<IpAddr>, Option<u16>);
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            HostPort(None, _) => f.write_str("-"),
+            HostPort(Some(a), None) => write!(f, "{a}"),
+            HostPort(Some(a @ IpAddr::V6(_)), Some(p)) => write!(f, "[{a}]:{p}"),
+            HostPort(Some(a), Some(p)) => write!(f, "{a}:{p}"),
+        }
     }
 }
 
@@ -215,8 +223,8 @@ mod tests {
     fn ipv4_udp_endpoints() {
         let e = Endpoints::of(&v4([10, 0, 0, 1], [10, 0, 0, 2], 17, Some((4000, 4789))));
         assert_eq!(e.proto.to_string(), "udp");
-        assert_eq!(e.src_str(), "10.0.0.1:4000");
-        assert_eq!(e.dst_str(), "10.0.0.2:4789");
+        assert_eq!(e.src_text().to_string(), "10.0.0.1:4000");
+        assert_eq!(e.dst_text().to_string(), "10.0.0.2:4789");
     }
 
     #[test]
@@ -226,7 +234,7 @@ mod tests {
         t.flags |= TUPLE_FRAG_REST;
         let e = Endpoints::of(&t);
         assert_eq!((e.sport, e.dport), (None, None));
-        assert_eq!(e.src_str(), "1.1.1.1");
+        assert_eq!(e.src_text().to_string(), "1.1.1.1");
     }
 
     #[test]
@@ -243,7 +251,7 @@ mod tests {
         };
         let e = Endpoints::of(&t);
         assert_eq!(e.proto, Proto::Number(47));
-        assert_eq!(e.src_str(), "[fd00::1]:1");
+        assert_eq!(e.src_text().to_string(), "[fd00::1]:1");
         assert_eq!(e.dst.map(|a| a.to_string()).as_deref(), Some("fd00::2"));
     }
 

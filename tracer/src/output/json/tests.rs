@@ -423,7 +423,7 @@ fn path_row_matches_the_contract() {
 
 #[test]
 fn path_text_line_says_where_and_why() {
-    let line = crate::output::text::path_line(Scope::Total, &lost_path());
+    let line = crate::output::text::path_line(Scope::Total, &lost_path()).to_string();
     assert_eq!(
         line,
         "path total netns=c1 udp 10.0.0.5:41000 > 10.0.0.6:5001 vni=42 sent=7 arrived=0 lost=7 \

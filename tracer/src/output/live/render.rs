@@ -141,7 +141,7 @@ fn footer_lines(f: &mut Frame, area: Rect, s: &State) {
 /// `udp 10.1.100.1:41000 > 10.1.100.2:5001`
 fn flow_cell(id: &tracer_ebpf::FlowId) -> String {
     let e = Endpoints::of(&id.outer);
-    format!("{} {} > {}", e.proto, e.src_str(), e.dst_str())
+    format!("{} {} > {}", e.proto, e.src_text(), e.dst_text())
 }
 
 /// A sparkline of the last intervals, in block characters.
@@ -353,8 +353,8 @@ fn detail(f: &mut Frame, area: Rect, s: &State) {
         lines.push(Line::from(format!(
             "  inner {} {} > {}",
             i.proto,
-            i.src_str(),
-            i.dst_str()
+            i.src_text(),
+            i.dst_text()
         )));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);

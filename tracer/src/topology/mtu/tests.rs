@@ -567,3 +567,42 @@ fn docker_vxlan_underlay_from_the_fdb_and_the_route() {
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].limit, 1350);
 }
+
+/// The finding as its text row says it, with the flows that hit it.
+#[test]
+fn finding_as_a_text_line() {
+    use crate::output::{FlowRow, MtuRow, Scope, text::mtu_line};
+    let topo = plain(1500, 1500, vxlan_kind(Some(v4(10, 1, 1, 1))));
+    let mut f = findings(&topo);
+    let mut outer = tracer_ebpf::Tuple {
+        family: tracer_ebpf::FAMILY_IPV4,
+        proto: 1,
+        ..Default::default()
+    };
+    outer.src[..4].copy_from_slice(&[10, 1, 100, 1]);
+    outer.dst[..4].copy_from_slice(&[10, 1, 100, 2]);
+    let flow = |netns: &str, max_len| FlowRow {
+        netns: netns.into(),
+        iface: "eth0".into(),
+        dir: Direction::Egress,
+        id: tracer_ebpf::FlowId {
+            outer,
+            ..Default::default()
+        },
+        counts: crate::collectors::flows::Counts {
+            max_len,
+            ..Default::default()
+        },
+    };
+    let row = MtuRow {
+        finding: f.remove(0),
+        flows: vec![flow("tl1-c1", 1472), flow("tl1-c2", 1500)],
+    };
+    let expected = "mtu total kind=vxlan_overhead limit=1450 devices=tl1-ha/vx0:1500,tl1-ha/ul0:1500 \
+         overhead=50 finding=\"overlay MTU 1500 + 50 VXLAN > underlay MTU 1500: packets over 1450 \
+         bytes on vx0 (tl1-ha) fragment on ul0 (tl1-ha) (those with DF set, and IPv6 ones, are \
+         refused with ICMP \"too big\", MTU 1450); sending that much through br0 (tl1-ha): eth0 \
+         (tl1-c1) up to 1500\" flows=2 [tl1-c1 eth0 icmp 10.1.100.1 > 10.1.100.2 max_len=1472] \
+         [tl1-c2 eth0 icmp 10.1.100.1 > 10.1.100.2 max_len=1500]";
+    assert_eq!(mtu_line(Scope::Total, &row).to_string(), expected);
+}
