@@ -495,7 +495,7 @@ pub fn markdown(r: &Results) -> String {
         "\nThis is a {}-vCPU virtual machine: the load generator, its peer, the kernel's \
          softirq work and the tool under test all share those vCPUs, so the numbers are \
          noisy. Each figure is the median over {} repetitions with [min–max]; the arms ran \
-         interleaved ({}) on every path in every repetition, so slow drift hits all arms \
+         interleaved ({}) on every path in every repetition{}, so slow drift hits all arms \
          alike. Ratios to arm A are medians of per-repetition ratios.\n",
         m.cpus,
         s.reps,
@@ -503,7 +503,12 @@ pub fn markdown(r: &Results) -> String {
             .iter()
             .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        if s.alternate {
+            " (reversed on even repetitions)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,
@@ -1083,6 +1088,7 @@ mod tests {
                 requests: 100,
                 paths: vec![PathKind::Veth],
                 arms: vec![Arm::A, Arm::B, Arm::C],
+                alternate: true,
                 churn_flows: 100,
                 churn_packets: 3,
                 churn_seconds: 1.0,

@@ -53,6 +53,10 @@ pub struct Settings {
     pub requests: u32,
     pub paths: Vec<PathKind>,
     pub arms: Vec<Arm>,
+    /// Even repetitions ran the arms in reverse order; false in results
+    /// from before they did (every repetition ran `arms` in order).
+    #[serde(default)]
+    pub alternate: bool,
     pub churn_flows: u32,
     pub churn_packets: u32,
     pub churn_seconds: f64,
