@@ -79,6 +79,27 @@ fn packet_text(id: &FlowId) -> impl Display + '_ {
     })
 }
 
+/// A value that may hold spaces, in double quotes: `"` and `\` in it are
+/// escaped, so that a rule's own quotes (an iptables comment, say) do not
+/// end the field early for whoever splits the line.
+struct Quoted<'a>(&'a str);
+
+impl Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['"', '\\']) {
+            f.write_str(&rest[..at])?;
+            f.write_str("\\")?;
+            // The quote or backslash itself, after its escape.
+            f.write_str(&rest[at..at + 1])?;
+            rest = &rest[at + 1..];
+        }
+        f.write_str(rest)?;
+        f.write_str("\"")
+    }
+}
+
 /// `s` or `-` where there is none.
 fn or_dash(s: Option<&str>) -> &str {
     s.unwrap_or("-")
@@ -124,7 +145,7 @@ pub fn drop_line(scope: Scope, row: &DropRow) -> impl Display + '_ {
             write!(f, " fragment={fr}")?;
         }
         if let Some(h) = hint(row.reason.as_deref(), &row.location) {
-            write!(f, " hint=\"{h}\"")?;
+            write!(f, " hint={}", Quoted(h))?;
         }
         Ok(())
     })
@@ -185,7 +206,7 @@ pub fn verdict_line(scope: Scope, row: &VerdictRow) -> impl Display + '_ {
             row.counts.dropped(),
         )?;
         if let Some(rule) = &row.rule {
-            write!(f, " rule=\"{rule}\"")?;
+            write!(f, " rule={}", Quoted(rule))?;
         }
         Ok(())
     })
@@ -208,7 +229,12 @@ pub fn mtu_line(scope: Scope, row: &MtuRow) -> impl Display + '_ {
         if let Some(o) = m.overhead {
             write!(f, " overhead={o}")?;
         }
-        write!(f, " finding=\"{}\" flows={}", m.finding, row.flows.len())?;
+        write!(
+            f,
+            " finding={} flows={}",
+            Quoted(&m.finding),
+            row.flows.len()
+        )?;
         for fl in &row.flows {
             write!(
                 f,
@@ -238,7 +264,7 @@ pub fn rule_line(scope: Scope, row: &RuleRow) -> impl Display + '_ {
             row.count
         )?;
         match (&row.rule, row.handle) {
-            (Some(rule), _) => write!(f, " rule=\"{rule}\""),
+            (Some(rule), _) => write!(f, " rule={}", Quoted(rule)),
             (None, Some(h)) => write!(f, " handle={h}"),
             (None, None) => f.write_str(" rule=policy"),
         }
@@ -276,21 +302,21 @@ pub fn path_line(scope: Scope, row: &PathRow) -> impl Display + '_ {
                 write!(f, " hook={h}")?;
             }
             if let Some(r) = &l.rule {
-                write!(f, " rule=\"{r}\"")?;
+                write!(f, " rule={}", Quoted(r))?;
             }
             if let Some(m) = &l.mtu {
-                write!(f, " mtu=\"{m}\"")?;
+                write!(f, " mtu={}", Quoted(m))?;
             }
             if let Some(i) = &l.icmp {
-                write!(f, " icmp=\"{i}\"")?;
+                write!(f, " icmp={}", Quoted(i))?;
             }
             f.write_str("]")?;
         }
         for i in &row.incomplete {
-            write!(f, " incomplete=\"{i}\"")?;
+            write!(f, " incomplete={}", Quoted(i))?;
         }
         for n in &row.notes {
-            write!(f, " note=\"{n}\"")?;
+            write!(f, " note={}", Quoted(n))?;
         }
         Ok(())
     })
@@ -349,14 +375,14 @@ impl<W: Write> Sink for TextSink<W> {
         if let Some(b) = &r.benign {
             self.line(format_args!(
                 "benign {} drops={} echo_replies={} empty_queue_purges={} ipv6_link_local={} \
-                 rows_hidden={} hint=\"{}\"",
+                 rows_hidden={} hint={}",
                 r.scope.as_str(),
                 b.drops(),
                 b.echo_replies,
                 b.empty_queue_purges,
                 b.ipv6_link_local,
                 b.rows_hidden,
-                BENIGN_HINT
+                Quoted(BENIGN_HINT)
             ))?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
@@ -586,7 +612,7 @@ mod tests {
                     left: 4,
                     unleft: 0,
                 },
-                rule: Some("-A INPUT -p tcp -j DROP".into()),
+                rule: Some(r#"-A INPUT -p tcp -m comment --comment "no \ web" -j DROP"#.into()),
             }],
             icmps: vec![IcmpRow {
                 netns: "ha".into(),
@@ -730,7 +756,7 @@ mod tests {
             "flow interval netns=c1 iface=eth0 dir=ingress tcp 10.0.0.7:33000 > 10.0.0.8:8080 packets=3 bytes=180 frags_first=1 frags_rest=2 df=3 max_len=60 orig=203.0.113.9:80",
             "flow interval netns=c2 iface=eth0 dir=sent tcp [fd00::1]:443 > [fd00::2]:50000 packets=0 bytes=0 frags_first=0 frags_rest=0 df=0 max_len=0",
             "drop interval netns=hb iface=ul0 udp 10.0.0.1:40000 > 10.0.0.2:4789 vni=42 inner=[icmp 10.0.0.5 > 10.0.0.6] reason=NETFILTER_DROP location=nf_hook_slow+0x9a count=5 bytes=740 fragment=rest hint=\"a netfilter (iptables/nftables) rule dropped it\"",
-            "verdict interval netns=hb iface=- hook=input family=ipv4 table=filter tcp 10.0.0.7:33000 > 10.0.0.8:8080 accepted=4 dropped=6 rule=\"-A INPUT -p tcp -j DROP\" orig=203.0.113.9:80",
+            "verdict interval netns=hb iface=- hook=input family=ipv4 table=filter tcp 10.0.0.7:33000 > 10.0.0.8:8080 accepted=4 dropped=6 rule=\"-A INPUT -p tcp -m comment --comment \\\"no \\\\ web\\\" -j DROP\" orig=203.0.113.9:80",
             "icmp interval netns=ha iface=vx0 dir=ingress kind=frag_needed mtu=1450 about=[icmpv6 fd00::1 > fd00::2] count=2",
             "frag interval netns=ha iface=ul0 dir=egress udp 10.0.0.1:40000 > 10.0.0.2:4789 vni=42 inner=[icmp 10.0.0.5 > 10.0.0.6] datagrams=10 reassembled=1 datagrams_lost=9 fragments=20 fragments_lost=11 reassembly_failed=9",
             "rule interval netns=hb table=ip filter chain=INPUT tcp 10.0.0.7:33000 > 10.0.0.8:8080 verdict=drop count=4 rule=\"tcp dport 8080 drop\"",

@@ -601,7 +601,7 @@ fn finding_as_a_text_line() {
     let expected = "mtu total kind=vxlan_overhead limit=1450 devices=tl1-ha/vx0:1500,tl1-ha/ul0:1500 \
          overhead=50 finding=\"overlay MTU 1500 + 50 VXLAN > underlay MTU 1500: packets over 1450 \
          bytes on vx0 (tl1-ha) fragment on ul0 (tl1-ha) (those with DF set, and IPv6 ones, are \
-         refused with ICMP \"too big\", MTU 1450); sending that much through br0 (tl1-ha): eth0 \
+         refused with ICMP \\\"too big\\\", MTU 1450); sending that much through br0 (tl1-ha): eth0 \
          (tl1-c1) up to 1500\" flows=2 [tl1-c1 eth0 icmp 10.1.100.1 > 10.1.100.2 max_len=1472] \
          [tl1-c2 eth0 icmp 10.1.100.1 > 10.1.100.2 max_len=1500]";
     assert_eq!(mtu_line(Scope::Total, &row).to_string(), expected);
