@@ -119,7 +119,7 @@ impl Analysis {
             lost - std::mem::replace(&mut self.explain_lost_reported, lost)
         };
         if let Some(n) = &mut self.nat {
-            report.nat = n.refresh(report.new_flows.iter()).clone();
+            report.nat = n.refresh(report.new_flows.iter());
         }
         report.frags = fragments::frag_rows(&report.flows, &report.drops);
         report.mtu = mtu_rows(&self.findings, &report.flows, total);

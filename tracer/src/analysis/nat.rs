@@ -3,7 +3,10 @@
 //! and port before it, from the connection tracking of the traced
 //! namespaces.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    rc::Rc,
+};
 
 // Every row's conversation is checked every interval: FxHash, as for the
 // counters' totals (the keys come from the kernel, not an attacker).
@@ -35,8 +38,10 @@ pub struct Nat {
     /// that asking again needs no thread in the namespace; `None`: it has none
     /// (gone, or no netlink).
     sockets: HashMap<u64, Option<Nfnl>>,
-    /// Every tie seen in the run: the run's totals keep those whose entries expired.
-    ties: Ties,
+    /// Every tie seen in the run: the run's totals keep those whose entries
+    /// expired. Shared with the reports, which outlive no more than one
+    /// interval: copied only if one still holds them when a tie is added.
+    ties: Rc<Ties>,
     /// Conversations already looked up.
     looked_up: HashSet<Tuple>,
 }
@@ -53,7 +58,7 @@ impl Nat {
         Nat {
             namespaces: namespaces.to_vec(),
             sockets: HashMap::default(),
-            ties: HashMap::default(),
+            ties: Rc::default(),
             looked_up: HashSet::default(),
         }
     }
@@ -68,7 +73,7 @@ impl Nat {
 
     /// The ties of the conversations of `flows`, looking up in every
     /// namespace's connection tracking those not looked up before.
-    pub fn refresh<'a>(&mut self, flows: impl Iterator<Item = &'a FlowId>) -> &Ties {
+    pub fn refresh<'a>(&mut self, flows: impl Iterator<Item = &'a FlowId>) -> Rc<Ties> {
         let mut new: Vec<Tuple> = Vec::new();
         for k in flows.filter_map(key).filter(could_be_translated) {
             if self.looked_up.insert(k) {
@@ -76,7 +81,7 @@ impl Nat {
             }
         }
         if new.is_empty() {
-            return &self.ties;
+            return Rc::clone(&self.ties);
         }
         // Ports name a connection to the kernel; other protocols need their
         // own fields, which a row does not keep: those are found by a dump.
@@ -99,13 +104,14 @@ impl Nat {
                     .filter_map(|t| conntrack::dnat_of(nl, &t).ok().flatten())
                     .collect()
             };
+            let ties = Rc::make_mut(&mut self.ties);
             for d in found {
                 let public = SocketAddr::new(d.original.dst, d.original.dport);
-                self.ties.insert(d.translated, public);
-                self.ties.insert(d.translated.reversed(), public);
+                ties.insert(d.translated, public);
+                ties.insert(d.translated.reversed(), public);
             }
         }
-        &self.ties
+        Rc::clone(&self.ties)
     }
 }
 

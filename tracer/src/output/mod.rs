@@ -11,6 +11,7 @@ pub mod text;
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    rc::Rc,
     time::Duration,
 };
 
@@ -104,7 +105,7 @@ pub struct Report {
     /// `--show-benign`).
     pub benign: Option<crate::analysis::benign::BenignRow>,
     /// Conversations after a destination NAT, to what their client addressed.
-    pub nat: crate::analysis::nat::Ties,
+    pub nat: Rc<crate::analysis::nat::Ties>,
 }
 
 /// Where reports go.

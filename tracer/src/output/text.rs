@@ -746,7 +746,7 @@ mod tests {
                 flow_map_full: 1,
                 ..Health::default()
             },
-            nat,
+            nat: nat.into(),
             ..Report::default()
         };
         let mut out = Vec::new();
