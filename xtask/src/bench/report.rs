@@ -305,7 +305,12 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     profile after it: the kernel's side of the drain 27% of tracer's time (it takes each \
     hash bucket's lock and copies each bucket to userspace by itself, with the hardened \
     usercopy checks: about 0.5 µs per entry), the run totals' hash table 13% (a cache \
-    miss per 104-byte key), the JSON lines 20%, paths 10%, sorting rows 6%.
+    miss per 104-byte key), the JSON lines 20%, paths 10%, sorting rows 6%. The \
+    kernel's part is per entry, not per bucket: --flow-map-size 32,768, 65,536 and \
+    131,072 (as many buckets) measured alike on this load (3.1-3.7% of a core, 2 \
+    rounds each, within noise). Text lines, which the bench does not measure, cost \
+    more than JSON until caf076a wrote them in place into one buffer as the JSON sink \
+    does (5.0-5.7% -> 3.8-4.5% of a core, 4 interleaved rounds).
 
 During the throughput loads, most of tracer's own time was the NAT ties' conntrack \
     dumps: one per traced namespace whenever a report had a new conversation, each \
