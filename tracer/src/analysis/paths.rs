@@ -82,7 +82,7 @@ impl Hop {
 }
 
 /// Packets of a path that went missing at one place, for one reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lost {
     /// Index of the last hop they passed; `None`: before the first.
     pub after: Option<usize>,
@@ -587,12 +587,7 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
                 netns: ns.to_string(),
                 iface: iface(),
                 count: gone - explained,
-                reason: None,
-                location: None,
-                hook: None,
-                rule: None,
-                mtu: None,
-                icmp: None,
+                ..Lost::default()
             });
         }
         let mtu = (!p.notes_mtu.is_empty()).then(|| p.notes_mtu.join("; "));

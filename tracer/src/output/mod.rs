@@ -198,6 +198,23 @@ pub fn inner(id: &FlowId) -> Option<Endpoints> {
     (id.inner.family != 0).then(|| Endpoints::of(&id.inner))
 }
 
+/// An IPv4 tuple of 10.0.0.`src` > 10.0.0.`dst`, for the sinks' tests.
+#[cfg(test)]
+pub(crate) fn test_tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
+    let mut t = Tuple {
+        family: FAMILY_IPV4,
+        proto,
+        ..Tuple::default()
+    };
+    t.src[..4].copy_from_slice(&[10, 0, 0, src]);
+    t.dst[..4].copy_from_slice(&[10, 0, 0, dst]);
+    if let Some((s, d)) = ports {
+        (t.sport, t.dport) = (s, d);
+        t.flags = TUPLE_PORTS;
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use tracer_ebpf::{FAMILY_NONE, TUPLE_FRAG_REST};

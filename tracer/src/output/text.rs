@@ -506,20 +506,7 @@ mod tests {
         use crate::output::{FragRow, IcmpRow, PathRow, RuleRow, VerdictRow};
         use tracer_ebpf::FAMILY_IPV6;
 
-        let v4 = |src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>| {
-            let mut t = Tuple {
-                family: FAMILY_IPV4,
-                proto,
-                ..Tuple::default()
-            };
-            t.src[..4].copy_from_slice(&[10, 0, 0, src]);
-            t.dst[..4].copy_from_slice(&[10, 0, 0, dst]);
-            if let Some((s, d)) = ports {
-                (t.sport, t.dport) = (s, d);
-                t.flags = TUPLE_PORTS;
-            }
-            t
-        };
+        let v4 = crate::output::test_tuple;
         let mut v6 = Tuple {
             family: FAMILY_IPV6,
             proto: 58,
@@ -693,11 +680,9 @@ mod tests {
                             iface: Some("ul0".into()),
                             count: 2,
                             reason: Some("FRAG_REASM_TIMEOUT".into()),
-                            location: None,
-                            hook: None,
-                            rule: None,
                             mtu: Some("fragments over 1450".into()),
                             icmp: Some("frag_needed mtu=1450".into()),
+                            ..Lost::default()
                         },
                         Lost {
                             after: Some(2),
@@ -708,8 +693,7 @@ mod tests {
                             location: Some("nft_do_chain+0x3e8".into()),
                             hook: Some(Hook::Input),
                             rule: Some("-A INPUT -j DROP".into()),
-                            mtu: None,
-                            icmp: None,
+                            ..Lost::default()
                         },
                     ],
                     incomplete: vec!["after hb/ul0 in: not traced".into()],
@@ -724,12 +708,7 @@ mod tests {
                         netns: "hb".into(),
                         iface: None,
                         count: 1,
-                        reason: None,
-                        location: None,
-                        hook: None,
-                        rule: None,
-                        mtu: None,
-                        icmp: None,
+                        ..Lost::default()
                     }],
                     incomplete: vec![],
                     notes: vec![],

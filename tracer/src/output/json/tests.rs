@@ -2,29 +2,15 @@
 
 use std::{rc::Rc, time::Duration};
 
-use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple, VNI_PRESENT};
+use tracer_ebpf::{FlowId, VNI_PRESENT};
 
 use super::*;
 use crate::model::{Direction, Hook, IpFamily, Table};
+use crate::output::test_tuple as tuple;
 use crate::{
     collectors::drops::DropCounts, collectors::flows::Counts, collectors::verdicts::VerdictCounts,
     output::Health,
 };
-
-fn tuple(src: u8, dst: u8, proto: u8, ports: Option<(u16, u16)>) -> Tuple {
-    let mut t = Tuple {
-        family: FAMILY_IPV4,
-        proto,
-        ..Tuple::default()
-    };
-    t.src[..4].copy_from_slice(&[10, 0, 0, src]);
-    t.dst[..4].copy_from_slice(&[10, 0, 0, dst]);
-    if let Some((s, d)) = ports {
-        (t.sport, t.dport) = (s, d);
-        t.flags = TUPLE_PORTS;
-    }
-    t
-}
 
 fn vxlan_id() -> FlowId {
     FlowId {
