@@ -40,8 +40,21 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
 }
 
 /// A UDP socket bound inside a namespace.
+///
+/// Binding is retried for a second while the address is in use: a socket
+/// of the same address closed just before (the same test sending again
+/// from the same port) stays bound while a child that another thread is
+/// spawning holds its copy of the fd table, until its exec closes it.
 pub fn udp_socket(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
-    in_netns(ns, || UdpSocket::bind(addr))?.with_context(|| format!("bind {addr} in {ns}"))
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match in_netns(ns, || UdpSocket::bind(addr))? {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            bound => return bound.with_context(|| format!("bind {addr} in {ns}")),
+        }
+    }
 }
 
 /// How a UDP socket sets IPv4 "don't fragment" (`IP_MTU_DISCOVER`).
