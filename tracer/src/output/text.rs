@@ -8,8 +8,8 @@ use std::{
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Report, RuleRow, Scope, Sink,
-    VerdictRow, inner, vni,
+    Chunked, DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Report, RuleRow,
+    Scope, Sink, VerdictRow, inner, vni,
 };
 use crate::{collectors::drops::reasons::hint, rules::Family};
 
@@ -18,30 +18,19 @@ pub const BENIGN_HINT: &str = "known-benign drops and IPv6 link-local control tr
      summarised; --show-benign shows them";
 
 pub struct TextSink<W: Write> {
-    out: W,
-    /// Lines are written here, then to `out` in large pieces. Kept between
-    /// reports: tens of thousands of lines are written a second.
-    buf: Vec<u8>,
+    out: Chunked<W>,
 }
-
-/// What `buf` holds before it is handed to `out`.
-const CHUNK: usize = 1 << 16;
 
 impl<W: Write> TextSink<W> {
     pub fn new(out: W) -> Self {
         Self {
-            out,
-            buf: Vec::with_capacity(CHUNK + 4096),
+            out: Chunked::new(out),
         }
     }
 
     fn line(&mut self, line: impl Display) -> io::Result<()> {
-        writeln!(self.buf, "{line}")?;
-        if self.buf.len() >= CHUNK {
-            self.out.write_all(&self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
+        writeln!(self.out.buf, "{line}")?;
+        self.out.spill()
     }
 }
 
@@ -55,25 +44,12 @@ pub fn packet(id: &FlowId) -> String {
 
 fn packet_text(id: &FlowId) -> impl Display + '_ {
     fmt::from_fn(move |f| {
-        let outer = Endpoints::of(&id.outer);
-        write!(
-            f,
-            "{} {} > {}",
-            outer.proto,
-            outer.src_text(),
-            outer.dst_text()
-        )?;
+        write!(f, "{}", Endpoints::of(&id.outer))?;
         if let Some(vni) = vni(id) {
             write!(f, " vni={vni}")?;
         }
         if let Some(i) = inner(id) {
-            write!(
-                f,
-                " inner=[{} {} > {}]",
-                i.proto,
-                i.src_text(),
-                i.dst_text()
-            )?;
+            write!(f, " inner=[{i}]")?;
         }
         Ok(())
     })
@@ -405,9 +381,7 @@ impl<W: Write> Sink for TextSink<W> {
                 h.attach_failed,
             ))?;
         }
-        self.out.write_all(&self.buf)?;
-        self.buf.clear();
-        self.out.flush()
+        self.out.finish()
     }
 }
 

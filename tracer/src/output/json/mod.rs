@@ -11,44 +11,27 @@ use serde::Serialize;
 use tracer_ebpf::FlowId;
 
 use super::{
-    DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Proto, Report, RuleRow, Scope,
-    Sink, VerdictRow, inner, vni,
+    Chunked, DropRow, Endpoints, FlowRow, FragRow, IcmpRow, MtuRow, PathRow, Proto, Report,
+    RuleRow, Scope, Sink, VerdictRow, inner, vni,
 };
 use crate::topology::mtu::Dev;
 use crate::{collectors::drops::reasons::hint, model::Hook, rules::Family};
 
 pub struct JsonSink<W: Write> {
-    out: W,
-    /// Rows are written here first, then to `out` in large pieces: a row is
-    /// dozens of small writes, which on a `Vec` are inlined copies, and tens
-    /// of thousands of rows are written a second. Kept between reports.
-    buf: Vec<u8>,
+    out: Chunked<W>,
 }
-
-/// What `buf` holds before it is handed to `out`.
-const CHUNK: usize = 1 << 16;
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self {
-            out,
-            buf: Vec::with_capacity(CHUNK + 4096),
+            out: Chunked::new(out),
         }
     }
 
     fn line(&mut self, row: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.buf, row)?;
-        self.buf.push(b'\n');
-        self.spill()
-    }
-
-    /// Hands `buf` to `out` once it holds a chunk.
-    fn spill(&mut self) -> io::Result<()> {
-        if self.buf.len() >= CHUNK {
-            self.out.write_all(&self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
+        serde_json::to_writer(&mut self.out.buf, row)?;
+        self.out.buf.push(b'\n');
+        self.out.spill()
     }
 }
 
@@ -792,9 +775,9 @@ impl<W: Write> Sink for JsonSink<W> {
                 write_flow_place(&mut place, &at, row)?;
                 of = Some(key);
             }
-            self.buf.extend_from_slice(&place);
-            write_flow_rest(&mut self.buf, &at, row)?;
-            self.spill()?;
+            self.out.buf.extend_from_slice(&place);
+            write_flow_rest(&mut self.out.buf, &at, row)?;
+            self.out.spill()?;
         }
         for row in &r.drops {
             self.line(&drop_row(&at, row))?;
@@ -815,8 +798,8 @@ impl<W: Write> Sink for JsonSink<W> {
             self.line(&rule(&at, row))?;
         }
         for row in &r.paths {
-            write_path(&mut self.buf, &at, row)?;
-            self.spill()?;
+            write_path(&mut self.out.buf, &at, row)?;
+            self.out.spill()?;
         }
         if let Some(b) = &r.benign {
             self.line(&JsonBenign {
@@ -847,9 +830,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 attach_failed: r.health.attach_failed,
             })?;
         }
-        self.out.write_all(&self.buf)?;
-        self.buf.clear();
-        self.out.flush()
+        self.out.finish()
     }
 }
 

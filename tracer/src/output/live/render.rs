@@ -140,8 +140,7 @@ fn footer_lines(f: &mut Frame, area: Rect, s: &State) {
 
 /// `udp 10.1.100.1:41000 > 10.1.100.2:5001`
 fn flow_cell(id: &tracer_ebpf::FlowId) -> String {
-    let e = Endpoints::of(&id.outer);
-    format!("{} {} > {}", e.proto, e.src_text(), e.dst_text())
+    Endpoints::of(&id.outer).to_string()
 }
 
 /// A sparkline of the last intervals, in block characters.
@@ -350,12 +349,7 @@ fn detail(f: &mut Frame, area: Rect, s: &State) {
         lines.push(Line::from(format!("  note: {n}")));
     }
     if let Some(i) = inner(&r.id) {
-        lines.push(Line::from(format!(
-            "  inner {} {} > {}",
-            i.proto,
-            i.src_text(),
-            i.dst_text()
-        )));
+        lines.push(Line::from(format!("  inner {i}")));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }
