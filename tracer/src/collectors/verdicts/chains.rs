@@ -3,11 +3,17 @@
 //! iptables-legacy, from /proc. The verdict observers go only around those,
 //! so namespaces without a firewall pay nothing for them.
 
+use std::{
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::Path,
+};
+
 use anyhow::Result;
 
 use crate::{
     model::{Hook, IpFamily, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, Table},
-    sys::netlink::{self, attributes, be32},
+    sys::netlink::{Nfnl, attributes, be32},
 };
 
 /// A chain attached to a netfilter hook of the IP families.
@@ -33,22 +39,69 @@ const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 
-/// Base chains of the calling thread's namespace.
+/// Base chains of the calling thread's namespace, asked once.
 pub fn base_chains() -> Result<Vec<BaseChain>> {
-    let mut chains = nft_base_chains()?;
-    chains.extend(legacy_base_chains());
-    Ok(chains)
+    ChainReader::open()?.base_chains()
 }
 
-fn nft_base_chains() -> Result<Vec<BaseChain>> {
-    let mut chains = Vec::new();
-    netlink::netfilter_dump(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
-        NEWCHAIN,
-        "nftables chain dump",
-        |msg| chains.extend(base_chain(msg)),
-    )?;
-    Ok(chains)
+/// Reads one namespace's base chains from any thread: a netfilter socket and
+/// the iptables-legacy table lists, opened inside the namespace, stay bound to
+/// it. Asking again every interval then costs no thread entering it.
+pub struct ChainReader {
+    nfnl: Nfnl,
+    /// `ip_tables_names` and `ip6_tables_names`, if their module was loaded
+    /// when the reader was opened.
+    legacy: [Option<File>; 2],
+}
+
+/// The iptables-legacy table lists under a namespace's /proc/net.
+const LEGACY: [(&str, u8); 2] = [
+    ("ip_tables_names", NFPROTO_IPV4),
+    ("ip6_tables_names", NFPROTO_IPV6),
+];
+
+impl ChainReader {
+    /// A reader of the calling thread's namespace.
+    pub fn open() -> Result<Self> {
+        Ok(ChainReader {
+            nfnl: Nfnl::open()?,
+            legacy: LEGACY
+                .map(|(file, _)| File::open(format!("/proc/thread-self/net/{file}")).ok()),
+        })
+    }
+
+    /// Whether a table list missing when it was opened exists now: its module
+    /// was loaded since (modules are global, so tracer's own namespace says),
+    /// and the reader must be opened again inside the namespace to see it.
+    pub fn stale(&self) -> bool {
+        self.legacy.iter().zip(LEGACY).any(|(kept, (file, _))| {
+            kept.is_none() && Path::new("/proc/self/net").join(file).exists()
+        })
+    }
+
+    pub fn base_chains(&mut self) -> Result<Vec<BaseChain>> {
+        let mut chains = Vec::new();
+        self.nfnl.dump(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
+            NEWCHAIN,
+            "nftables chain dump",
+            |msg| chains.extend(base_chain(msg)),
+        )?;
+        for (kept, (_, family)) in self.legacy.iter_mut().zip(LEGACY) {
+            if let Some(names) = kept.as_mut().and_then(|f| read_again(f).ok()) {
+                chains.extend(legacy_base_chains(&names, family));
+            }
+        }
+        Ok(chains)
+    }
+}
+
+/// A /proc file's contents now: it is generated afresh on each read from the start.
+fn read_again(f: &mut File) -> std::io::Result<String> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 const NEWCHAIN: u16 = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN;
@@ -76,26 +129,18 @@ fn base_chain(msg: &[u8]) -> Option<BaseChain> {
     })
 }
 
-/// iptables-legacy tables of the calling thread's namespace, as the base
-/// chains they register.
-fn legacy_base_chains() -> Vec<BaseChain> {
-    let mut chains = Vec::new();
-    for (file, family) in [
-        ("ip_tables_names", NFPROTO_IPV4),
-        ("ip6_tables_names", NFPROTO_IPV6),
-    ] {
-        let Ok(names) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) else {
-            continue;
-        };
-        for table in names.lines().filter_map(|n| Table::from_name(n.trim())) {
-            chains.extend(table.iptables_hooks().iter().map(|&hook| BaseChain {
+/// The base chains that the iptables-legacy tables listed in `names` register.
+fn legacy_base_chains(names: &str, family: u8) -> impl Iterator<Item = BaseChain> + '_ {
+    names
+        .lines()
+        .filter_map(|n| Table::from_name(n.trim()))
+        .flat_map(move |table| {
+            table.iptables_hooks().iter().map(move |&hook| BaseChain {
                 family,
                 hook,
                 priority: table.priority(hook),
-            }));
-        }
-    }
-    chains
+            })
+        })
 }
 
 #[cfg(test)]
@@ -182,29 +227,59 @@ mod tests {
         assert!(chains.is_empty());
     }
 
-    /// The lab's own firewall, read both ways.
+    /// Readers opened inside the lab's namespaces and asked from this
+    /// thread see each its own namespace's firewall, as it changes.
     #[test]
-    fn running_kernel_sees_an_iptables_nft_chain() {
+    fn readers_follow_their_namespace_from_outside() {
         let p = xtask::lab::Pair::new(1500).unwrap();
+        let open = |ns: &str| {
+            let ns = crate::sys::netns::resolve(&[ns.to_string()]).unwrap();
+            crate::sys::netns::run_in(&ns[0].path, ChainReader::open)
+                .unwrap()
+                .unwrap()
+        };
+        let (mut a, mut b) = (open(&p.a.ns), open(&p.b.ns));
+        assert!(a.base_chains().unwrap().is_empty());
         xtask::lab::iptables(
             &p.a.ns,
             &["-A", "INPUT", "-p", "udp", "--dport", "1", "-j", "DROP"],
         )
         .unwrap();
-        let ns = crate::sys::netns::resolve(std::slice::from_ref(&p.a.ns)).unwrap();
-        let chains = crate::sys::netns::run_in(&ns[0].path, base_chains)
-            .unwrap()
-            .unwrap();
+        let input = |c: &BaseChain| c.hook == Hook::Input && c.priority == 0;
+        let chains = a.base_chains().unwrap();
         assert!(
-            chains
-                .iter()
-                .any(|c| c.hook == Hook::Input && c.priority == 0 && c.sees(IpFamily::Ipv4)),
+            chains.iter().any(|c| input(c) && c.sees(IpFamily::Ipv4)),
             "{chains:?}"
         );
-        let other = crate::sys::netns::resolve(std::slice::from_ref(&p.b.ns)).unwrap();
-        let none = crate::sys::netns::run_in(&other[0].path, base_chains)
-            .unwrap()
-            .unwrap();
-        assert!(none.is_empty(), "{none:?}");
+        assert!(b.base_chains().unwrap().is_empty());
+
+        // iptables-legacy: its table list under /proc, which its module
+        // (loaded now if it was not) fills.
+        xtask::cmd::in_ns(
+            &p.b.ns,
+            "iptables-legacy",
+            &[
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "udp",
+                "-j",
+                "ACCEPT",
+            ],
+        )
+        .unwrap();
+        if b.stale() {
+            b = open(&p.b.ns);
+        }
+        let chains = b.base_chains().unwrap();
+        let mangle = BaseChain {
+            family: NFPROTO_IPV4,
+            hook: Hook::Prerouting,
+            priority: Table::Mangle.priority(Hook::Prerouting),
+        };
+        assert!(chains.contains(&mangle), "{chains:?}");
+        assert!(!a.base_chains().unwrap().contains(&mangle));
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    collectors::verdicts::{chains, raw::NfPrograms},
+    collectors::verdicts::{chains::ChainReader, raw::NfPrograms},
     model::{Hook, IpFamily, Table},
     sys::netns,
     topology::Target,
@@ -64,6 +64,8 @@ pub struct NfLinks {
     progs: NfPrograms,
     tables: Vec<Table>,
     links: HashMap<Place, [OwnedFd; 2]>,
+    /// Each traced namespace's chain reader, by namespace inode.
+    readers: HashMap<u64, ChainReader>,
 }
 
 impl NfLinks {
@@ -77,6 +79,7 @@ impl NfLinks {
             progs,
             tables,
             links: HashMap::new(),
+            readers: HashMap::new(),
         }
     }
 
@@ -89,55 +92,83 @@ impl NfLinks {
     pub fn sync(&mut self, targets: &[Target]) -> usize {
         self.links
             .retain(|(ns, ..), _| targets.iter().any(|t| t.netns.path == *ns));
+        self.readers
+            .retain(|inode, _| targets.iter().any(|t| t.netns.inode == *inode));
         let mut failed = 0;
         for t in targets {
-            let path = t.netns.path.clone();
-            let (progs, tables, links) = (&self.progs, &self.tables, &mut self.links);
-            let done = netns::run_in(&path, || -> Result<()> {
-                let chains = chains::base_chains()?;
-                let mut needed = Vec::new();
-                for family in IpFamily::BOTH {
-                    for &table in tables.iter() {
-                        for &hook in table.hooks() {
-                            let prio = table.priority(hook);
-                            if chains
-                                .iter()
-                                .any(|c| c.sees(family) && c.hook == hook && c.priority == prio)
-                            {
-                                needed.push((family, hook, table, prio));
-                            }
-                        }
-                    }
-                }
-                links.retain(|(ns, f, h, table), _| {
-                    *ns != path
-                        || needed
-                            .iter()
-                            .any(|(nf, nh, nt, _)| nf == f && nh == h && nt == table)
-                });
-                for (family, hook, table, prio) in needed {
-                    if let Entry::Vacant(e) = links.entry((path.clone(), family, hook, table)) {
-                        let (before, after) = programs(table);
-                        let before = link_near(progs, before, family, hook, prio, -1)?;
-                        let after = link_near(progs, after, family, hook, prio, 1)?;
-                        e.insert([before, after]);
-                    }
-                }
-                Ok(())
-            });
-            match done {
-                Ok(Ok(())) => {}
+            let path = &t.netns.path;
+            match self.sync_one(t) {
+                Ok(()) => {}
                 // Gone (a container stopped): its observers went with it.
-                Err(_) => {}
-                Ok(Err(e)) => {
-                    if path.exists() {
-                        eprintln!("tracer: netfilter observers in {}: {e:#}", t.netns.name);
-                        failed += 1;
-                    }
+                Err(_) if !path.exists() => {}
+                Err(e) => {
+                    eprintln!("tracer: netfilter observers in {}: {e:#}", t.netns.name);
+                    failed += 1;
                 }
             }
         }
         failed
+    }
+
+    /// Reads the base chains of `t`'s namespace with the reader kept for it
+    /// (opened inside it the first time), and enters the namespace again only
+    /// to link observers around chains that are new.
+    fn sync_one(&mut self, t: &Target) -> Result<()> {
+        let path = &t.netns.path;
+        let reader = match self.readers.entry(t.netns.inode) {
+            Entry::Occupied(e) if !e.get().stale() => e.into_mut(),
+            e => {
+                let reader = netns::run_in(path, ChainReader::open)??;
+                match e {
+                    Entry::Occupied(mut e) => {
+                        e.insert(reader);
+                        e.into_mut()
+                    }
+                    Entry::Vacant(e) => e.insert(reader),
+                }
+            }
+        };
+        let chains = reader.base_chains()?;
+        let mut needed = Vec::new();
+        for family in IpFamily::BOTH {
+            for &table in &self.tables {
+                for &hook in table.hooks() {
+                    let prio = table.priority(hook);
+                    if chains
+                        .iter()
+                        .any(|c| c.sees(family) && c.hook == hook && c.priority == prio)
+                    {
+                        needed.push((family, hook, table, prio));
+                    }
+                }
+            }
+        }
+        self.links.retain(|(ns, f, h, table), _| {
+            ns != path
+                || needed
+                    .iter()
+                    .any(|(nf, nh, nt, _)| nf == f && nh == h && nt == table)
+        });
+        needed.retain(|&(family, hook, table, _)| {
+            !self
+                .links
+                .contains_key(&(path.clone(), family, hook, table))
+        });
+        if needed.is_empty() {
+            return Ok(());
+        }
+        // A BPF netfilter link attaches in the namespace of the thread that
+        // makes it.
+        let (progs, links) = (&self.progs, &mut self.links);
+        netns::run_in(path, || -> Result<()> {
+            for (family, hook, table, prio) in needed {
+                let (before, after) = programs(table);
+                let before = link_near(progs, before, family, hook, prio, -1)?;
+                let after = link_near(progs, after, family, hook, prio, 1)?;
+                links.insert((path.clone(), family, hook, table), [before, after]);
+            }
+            Ok(())
+        })?
     }
 
     /// Links held (two per observed table, hook and family).
