@@ -190,6 +190,7 @@ where
         for (key, v) in extra.into_inner() {
             tally.add(key, v);
         }
+        tally.settle();
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod icmp;
 pub mod loader;
 pub mod tally;
+pub mod totals;
 pub mod verdicts;
 
 use std::os::fd::BorrowedFd;

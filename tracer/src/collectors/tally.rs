@@ -1,12 +1,8 @@
 //! Counters of the current interval and of the whole run, by key.
 
-use std::{collections::hash_map::Entry, hash::Hash};
+use std::hash::Hash;
 
-// Keys are hashed every interval for every flow: FxHash is several times
-// cheaper than SipHash, and the keys come from the kernel, not an attacker.
-use rustc_hash::FxHashMap as HashMap;
-
-use crate::output::Scope;
+use crate::{collectors::totals::Totals, output::Scope};
 
 /// A value that accumulates.
 pub trait Accumulate: Default + Copy {
@@ -14,40 +10,48 @@ pub trait Accumulate: Default + Copy {
 }
 
 /// Interval counts are a list, not a map: every drain of a kernel map yields
-/// each key once, and a report follows each drain, so only the run totals
-/// need looking up (one hash of the key per entry, not two).
+/// each key once, and a report follows each drain. The run totals take a
+/// drain's entries all at once ([`Tally::settle`]), which lets them overlap
+/// the cache misses of looking the keys up.
 pub struct Tally<K, V> {
     interval: Vec<(K, V)>,
+    /// How many entries of `interval` the totals hold.
+    settled: usize,
     /// Indexes into `interval` of the keys the run had not seen before.
     fresh: Vec<usize>,
-    total: HashMap<K, V>,
+    total: Totals<K, V>,
 }
 
 impl<K, V> Default for Tally<K, V> {
     fn default() -> Self {
         Self {
             interval: Vec::new(),
+            settled: 0,
             fresh: Vec::new(),
-            total: HashMap::default(),
+            total: Totals::default(),
         }
     }
 }
 
 impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
-    /// Adds what one drain read for `key`; a drain adds each key at most once.
+    /// Adds what one drain read for `key`; a drain adds each key at most
+    /// once, and is settled before the tally is read.
     pub fn add(&mut self, key: K, v: V) {
-        match self.total.entry(key) {
-            Entry::Occupied(mut e) => e.get_mut().add(&v),
-            Entry::Vacant(e) => {
-                e.insert(v);
-                self.fresh.push(self.interval.len());
-            }
-        }
         self.interval.push((key, v));
+    }
+
+    /// Adds the entries since the last settle to the run totals.
+    pub fn settle(&mut self) {
+        let start = self.settled;
+        let fresh = &mut self.fresh;
+        self.total
+            .add_all(&self.interval[start..], |i| fresh.push(start + i));
+        self.settled = self.interval.len();
     }
 
     /// The keys of this interval the run had not seen before it.
     pub fn fresh(&self) -> impl Iterator<Item = &K> {
+        debug_assert_eq!(self.settled, self.interval.len(), "read before settle");
         self.fresh.iter().map(|&i| &self.interval[i].0)
     }
 
@@ -61,14 +65,12 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     pub fn end_interval(&mut self) {
         self.interval.clear();
         self.fresh.clear();
-    }
-
-    pub fn total(&self) -> &HashMap<K, V> {
-        &self.total
+        self.settled = 0;
     }
 
     /// The entries of `scope`: the interval's (`First` has none here) or the run's.
     pub fn entries(&self, scope: Scope) -> Vec<(&K, &V)> {
+        debug_assert_eq!(self.settled, self.interval.len(), "read before settle");
         match scope {
             Scope::Total => self.total.iter().collect(),
             Scope::Interval => self.interval.iter().map(|(k, v)| (k, v)).collect(),
@@ -102,17 +104,23 @@ mod tests {
     fn intervals_restart_and_totals_accumulate() {
         let mut t = Tally::default();
         t.add('a', N(1));
-        t.add('a', N(2));
         t.add('b', N(5));
-        assert_eq!(t.interval(), [('a', N(1)), ('a', N(2)), ('b', N(5))]);
+        t.settle();
+        // A second drain in the same interval.
+        t.add('a', N(2));
+        t.settle();
+        assert_eq!(t.interval(), [('a', N(1)), ('b', N(5)), ('a', N(2))]);
         assert_eq!(t.fresh().collect::<Vec<_>>(), [&'a', &'b']);
         t.end_interval();
         t.add('a', N(10));
         t.add('c', N(1));
+        t.settle();
         assert_eq!(t.interval(), [('a', N(10)), ('c', N(1))]);
         assert_eq!(t.fresh().collect::<Vec<_>>(), [&'c']);
         t.end_interval();
-        assert_eq!((t.total()[&'a'], t.total()[&'b']), (N(13), N(5)));
+        let mut totals = t.entries(Scope::Total);
+        totals.sort_by_key(|(k, _)| **k);
+        assert_eq!(totals, [(&'a', &N(13)), (&'b', &N(5)), (&'c', &N(1))]);
         assert!(t.interval().is_empty());
     }
 }

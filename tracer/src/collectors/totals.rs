@@ -1,0 +1,207 @@
+//! The run's totals by key, added to an interval at a time.
+//!
+//! Every interval adds tens of thousands of keys (a flow map's entries)
+//! scattered over megabytes of totals: a hash map then waits on one cache
+//! miss per key, one after the other (a fifth of the agent's time at 10,000
+//! flows). This table takes the whole interval at once and asks the memory
+//! for each key's slot, and then for the entry the slot points at, a few
+//! keys ahead of the one it adds, so the misses overlap.
+
+use std::hash::{BuildHasher as _, Hash};
+
+// Keys come from the kernel, not an attacker: FxHash, several times cheaper than SipHash.
+use rustc_hash::FxBuildHasher;
+
+use crate::collectors::tally::Accumulate;
+
+/// How many keys ahead a slot is prefetched; the entry it points at is
+/// prefetched half as far ahead, once the slot has arrived.
+const AHEAD: usize = 16;
+
+pub struct Totals<K, V> {
+    /// Every key the run has seen, with its total, in the order first seen.
+    entries: Vec<(K, V)>,
+    /// Open addressing, linear probing, at most half full: 0 for an empty
+    /// slot, else the key's hash's low 32 bits above its entry's index + 1.
+    slots: Vec<u64>,
+    /// Per key of the batch being added: its hash (kept for its memory).
+    hashes: Vec<u64>,
+}
+
+impl<K, V> Default for Totals<K, V> {
+    fn default() -> Self {
+        Totals {
+            entries: Vec::new(),
+            slots: Vec::new(),
+            hashes: Vec::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
+    /// Adds every `(key, value)` of `batch` to the totals, and calls `fresh`
+    /// with the batch index of each key the run had not seen before.
+    pub fn add_all(&mut self, batch: &[(K, V)], mut fresh: impl FnMut(usize)) {
+        self.reserve(batch.len());
+        self.hashes.clear();
+        self.hashes.extend(batch.iter().map(|(k, _)| hash(k)));
+        let mask = self.slots.len() - 1;
+        for (i, (key, value)) in batch.iter().enumerate() {
+            if let Some(&h) = self.hashes.get(i + AHEAD) {
+                prefetch(&self.slots[home(h, mask)]);
+            }
+            if let Some(&h) = self.hashes.get(i + AHEAD / 2) {
+                let slot = self.slots[home(h, mask)];
+                if slot != 0 && tag(slot) == h as u32 {
+                    prefetch(&self.entries[index(slot)]);
+                }
+            }
+            let h = self.hashes[i];
+            let mut at = home(h, mask);
+            loop {
+                let slot = self.slots[at];
+                if slot == 0 {
+                    self.slots[at] = (h as u32 as u64) << 32 | (self.entries.len() as u64 + 1);
+                    self.entries.push((*key, *value));
+                    fresh(i);
+                    break;
+                }
+                if tag(slot) == h as u32 {
+                    let e = &mut self.entries[index(slot)];
+                    if e.0 == *key {
+                        e.1.add(value);
+                        break;
+                    }
+                }
+                at = (at + 1) & mask;
+            }
+        }
+    }
+
+    /// Every key's total, in the order first seen.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Room for `more` keys with the table at most half full: a larger
+    /// table is filled again from the entries.
+    fn reserve(&mut self, more: usize) {
+        let needed = ((self.entries.len() + more) * 2)
+            .next_power_of_two()
+            .max(16);
+        if needed <= self.slots.len() {
+            return;
+        }
+        self.slots = vec![0; needed];
+        let mask = needed - 1;
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            let h = hash(k);
+            let mut at = home(h, mask);
+            while self.slots[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = (h as u32 as u64) << 32 | (i as u64 + 1);
+        }
+    }
+}
+
+fn hash<K: Hash>(k: &K) -> u64 {
+    FxBuildHasher.hash_one(k)
+}
+
+/// A hash's first slot: its high bits (FxHash mixes them best).
+fn home(h: u64, mask: usize) -> usize {
+    (h >> 32) as usize & mask
+}
+
+fn tag(slot: u64) -> u32 {
+    (slot >> 32) as u32
+}
+
+fn index(slot: u64) -> usize {
+    (slot as u32 - 1) as usize
+}
+
+/// Asks for the cache lines of `*p` without waiting for them.
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = (p as *const T).cast::<i8>();
+        let mut off = 0;
+        while off < size_of::<T>() {
+            // SAFETY: a prefetch is a hint that never faults, and `start + off`
+            // stays inside `*p`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Clone, Copy, Debug, PartialEq)]
+    struct N(u64);
+    impl Accumulate for N {
+        fn add(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+    }
+
+    /// Against a std HashMap, over batches that grow the table several
+    /// times and repeat keys across batches; `key` makes the key of a number.
+    fn matches_a_hash_map<K: Eq + Hash + Copy + std::fmt::Debug>(key: fn(u32) -> K) {
+        let mut t: Totals<K, N> = Totals::default();
+        let mut model: std::collections::HashMap<u32, u64> = Default::default();
+        for round in 0..40u32 {
+            let mut batch: Vec<(u32, N)> = Vec::new();
+            for i in 0..round * 13 {
+                let k = (i * 7919 + round) % 600;
+                // A drain yields each key once.
+                if !batch.iter().any(|(b, _)| *b == k) {
+                    batch.push((k, N(i as u64 + 1)));
+                }
+            }
+            let keyed: Vec<(K, N)> = batch.iter().map(|&(k, v)| (key(k), v)).collect();
+            let mut fresh = Vec::new();
+            t.add_all(&keyed, |i| fresh.push(batch[i].0));
+            let mut expect_fresh = Vec::new();
+            for (k, v) in &batch {
+                if model.insert(*k, model.get(k).unwrap_or(&0) + v.0).is_none() {
+                    expect_fresh.push(*k);
+                }
+            }
+            assert_eq!(fresh, expect_fresh, "round {round}");
+            assert_eq!(t.entries.len(), model.len());
+        }
+        let got: std::collections::HashMap<K, u64> = t.iter().map(|(k, v)| (*k, v.0)).collect();
+        let want: std::collections::HashMap<K, u64> =
+            model.iter().map(|(&k, &v)| (key(k), v)).collect();
+        assert_eq!(got, want);
+        assert!(t.slots.len() >= 2 * t.entries.len());
+    }
+
+    #[test]
+    fn totals_and_fresh_keys_match_a_hash_map() {
+        matches_a_hash_map(|k| k);
+    }
+
+    /// Keys whose hashes take seven values: long probe runs past slots of
+    /// other keys with the same tag.
+    #[test]
+    fn colliding_keys_still_match_a_hash_map() {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        struct Crowded(u32);
+        impl Hash for Crowded {
+            fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+                (self.0 % 7).hash(h)
+            }
+        }
+        matches_a_hash_map(Crowded);
+    }
+}
