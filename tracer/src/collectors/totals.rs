@@ -129,12 +129,18 @@ fn prefetch<T>(p: &T) {
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let start = (p as *const T).cast::<i8>();
+        // Every line `*p` touches: from its first byte, then 64 bytes on,
+        // and its last byte (which may sit on one more line).
         let mut off = 0;
         while off < size_of::<T>() {
             // SAFETY: a prefetch is a hint that never faults, and `start + off`
             // stays inside `*p`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(off)) };
             off += 64;
+        }
+        if size_of::<T>() > 1 {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(size_of::<T>() - 1)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
