@@ -187,6 +187,23 @@ pub struct VerdictStats {
     pub unleft: u64,
 }
 
+/// Slots of the per-CPU verdict cache, per map generation. A power of two.
+pub const VERDICT_CACHE_SLOTS: u32 = 16;
+
+/// One slot of the per-CPU cache the netfilter observers count in before the
+/// verdict map, as [`FlowSlot`] is for flows: a packet entering and leaving
+/// a table, and the next packets of its flow, hash no key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictSlot {
+    /// Map generation (as `VERDICT_GENERATION` counts) the entry belongs to;
+    /// an entry of an older generation is empty. So is one that counted nothing.
+    pub generation: u32,
+    pub _pad: u32,
+    pub key: VerdictKey,
+    pub stats: VerdictStats,
+}
+
 /// [`IcmpKey::dir`]: the error was sent by this namespace's stack (icmp_send).
 pub const DIR_SENT: u8 = 2;
 
@@ -365,6 +382,7 @@ mod pod {
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::IcmpKey {}
     unsafe impl aya::Pod for super::VerdictStats {}
+    unsafe impl aya::Pod for super::VerdictSlot {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
 }
@@ -383,6 +401,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 8 + 4 + 1 + 3 + 88);
         assert_eq!(size_of::<FlowStats>(), 5 * 8 + 4 + 4);
         assert_eq!(size_of::<FlowSlot>(), 4 + 4 + 104 + 48);
+        assert_eq!(size_of::<VerdictSlot>(), 4 + 4 + 104 + 24);
         assert_eq!(size_of::<DeviceInfo>(), 8);
         assert_eq!(size_of::<Offsets>(), 29 * 4);
         assert_eq!(

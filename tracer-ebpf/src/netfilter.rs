@@ -17,12 +17,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TcContext},
 };
-use tracer_ebpf::{NF_TABLES, VerdictKey, VerdictStats, counter, hook, table};
+use tracer_ebpf::{
+    NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats, counter, hook, table,
+};
 
 use crate::{
     frags, head,
     kernel::{Btf, Mem, Probe, parse_skb},
-    maps::{Upsert, config, count, double_buffered, traced, upsert, zero},
+    maps::{self, Upsert, config, count, count_n, double_buffered, traced, upsert, zero},
 };
 
 const VERDICT_MAP_ENTRIES: u32 = 16384;
@@ -36,6 +38,11 @@ double_buffered!(VerdictKey => VerdictStats, VERDICT_MAP_ENTRIES,
 static VERDICT_SCRATCH: PerCpuArray<VerdictKey> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static VERDICT_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+/// The observers' per-CPU cache in front of the verdict maps: a half per
+/// generation parity (see [`VerdictSlot`]).
+#[map]
+static VERDICT_CACHE: PerCpuArray<VerdictSlot> =
+    PerCpuArray::with_max_entries(2 * VERDICT_CACHE_SLOTS, 0);
 
 /// Which packet [`VERDICT_SCRATCH`] describes, and the map generation its
 /// entry was counted in (so that its exit is counted in the same one).
@@ -133,22 +140,95 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         pending.generation
     } else {
         fill_key::<Btf>(key, state, skb, hook, table);
+        // Written a byte or two at a time, read below eight at a time: see
+        // the same fence in the TC programs.
+        maps::store_fence();
         current
     };
     if !after {
         pending.begin(skb, 0, generation, hook, table, false);
     }
-    let map = verdicts(generation);
-    let full = upsert(map, &*key, |v: &mut VerdictStats| {
-        if after {
-            v.left += 1;
-        } else {
-            v.entered += 1;
+    let step = VerdictStats {
+        entered: !after as u64,
+        left: after as u64,
+        unleft: 0,
+    };
+    // A packet that entered before userspace switched generations leaves
+    // into the map: its generation's half of the cache is being read.
+    if generation != current {
+        add_to_map(generation, key, &step);
+        return;
+    }
+    let Some(slot) = VERDICT_CACHE.get_ptr_mut(cache_index(key, generation)) else {
+        return;
+    };
+    // SAFETY: a value of this CPU's cache, which only the observers use and
+    // which do not nest on a CPU.
+    let slot = unsafe { &mut *slot };
+    if slot.generation == generation && slot.stats.entered | slot.stats.left != 0 {
+        if same(&slot.key, key) {
+            slot.stats.entered += step.entered;
+            slot.stats.left += step.left;
+            return;
         }
+        // Another flow had the slot: its counts go to the map of its generation.
+        add_to_map(generation, &slot.key, &slot.stats);
+    }
+    slot.generation = generation;
+    let (to, from) = (
+        (&raw mut slot.key).cast::<u64>(),
+        (key as *const VerdictKey).cast::<u64>(),
+    );
+    for i in 0..KEY_WORDS {
+        // SAFETY: i < KEY_WORDS: inside both keys, which sit 8-aligned in map values.
+        unsafe { to.add(i).write_volatile(from.add(i).read()) };
+    }
+    slot.stats = step;
+}
+
+const KEY_WORDS: usize = size_of::<VerdictKey>() / 8;
+const _: () = assert!(size_of::<VerdictKey>().is_multiple_of(8));
+
+/// Adds `s` to `key`'s entry in the verdict map of `generation`.
+#[inline(always)]
+fn add_to_map(generation: u32, key: &VerdictKey, s: &VerdictStats) {
+    let full = upsert(verdicts(generation), key, |v: &mut VerdictStats| {
+        v.entered += s.entered;
+        v.left += s.left;
     }) == Upsert::Full;
     if full {
-        count(counter::VERDICT_MAP_FULL);
+        count_n(counter::VERDICT_MAP_FULL, s.entered + s.left);
     }
+}
+
+/// The word `i` of `key`, a value of a map (8-aligned).
+#[inline(always)]
+fn word(key: &VerdictKey, i: usize) -> u64 {
+    // SAFETY: callers pass i < KEY_WORDS.
+    unsafe { (key as *const VerdictKey).cast::<u64>().add(i).read() }
+}
+
+/// Which slot of this CPU's cache `key` goes to: its words folded and mixed
+/// (Fibonacci hashing), in the half of the cache of `generation`.
+#[inline(always)]
+fn cache_index(key: &VerdictKey, generation: u32) -> u32 {
+    let mut x = 0u64;
+    for i in 0..KEY_WORDS {
+        x ^= word(key, i);
+    }
+    let slot = (x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        >> (64 - VERDICT_CACHE_SLOTS.trailing_zeros())) as u32;
+    (generation & 1) * VERDICT_CACHE_SLOTS + slot
+}
+
+/// `a == b`, a word at a time without a branch per word.
+#[inline(always)]
+fn same(a: &VerdictKey, b: &VerdictKey) -> bool {
+    let mut diff = 0u64;
+    for i in 0..KEY_WORDS {
+        diff |= word(a, i) ^ word(b, i);
+    }
+    diff == 0
 }
 
 /// Fills `key` for packet `skb` at `state`, read through `M`: direct loads

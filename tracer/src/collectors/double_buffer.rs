@@ -12,7 +12,7 @@ use std::{cell::RefCell, hash::Hash, marker::PhantomData, os::fd::AsFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, PerCpuArray},
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
 use rustc_hash::FxHashMap as HashMap;
@@ -110,6 +110,43 @@ impl DoubleBuffer {
     }
 }
 
+/// A slot of a per-CPU cache the programs count in before a double-buffered
+/// map ([`tracer_ebpf::FlowSlot`], [`tracer_ebpf::VerdictSlot`]): the cache
+/// has a half of [`CacheSlot::SLOTS`] per generation parity, and a slot
+/// holds what one key counted in its generation until another key takes it.
+pub trait CacheSlot: Pod {
+    type Key;
+    type Stats;
+    const SLOTS: u32;
+    /// The slot's key and counts, if they are of `generation` and count something.
+    fn entry(&self, generation: u32) -> Option<(Self::Key, Self::Stats)>;
+}
+
+/// The programs' per-CPU cache of `T` slots.
+pub struct Cache<T: Pod>(PerCpuArray<MapData, T>);
+
+impl<T: CacheSlot> Cache<T> {
+    pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
+        Ok(Cache(PerCpuArray::try_from(map)?))
+    }
+
+    /// What the cache holds for `generation`: the entries of its half that
+    /// belong to it, one per CPU that has one.
+    pub fn entries(&self, generation: u32) -> Result<Vec<(T::Key, T::Stats)>> {
+        let first = (generation & 1) * T::SLOTS;
+        let mut entries = Vec::new();
+        for index in first..first + T::SLOTS {
+            for slot in self.0.get(&index, 0)?.iter() {
+                entries.extend(slot.entry(generation));
+            }
+        }
+        Ok(entries)
+    }
+}
+
 /// A collector's double-buffered kernel map of `S` values (per CPU or not) by key
 /// `K` (once taken from the object), and the interval and run totals (`V`)
 /// of what was drained from it.
@@ -192,6 +229,18 @@ where
         }
         tally.settle();
         Ok(())
+    }
+
+    /// [`Drained::drain_with`] what `cache` holds for the drained generation.
+    pub fn drain_cached<T: CacheSlot<Key = K, Stats = S>>(
+        &mut self,
+        barrier: &Barrier,
+        cache: Option<&Cache<T>>,
+    ) -> Result<()> {
+        self.drain_with(barrier, |generation| match cache {
+            Some(c) => c.entries(generation),
+            None => Ok(Vec::new()),
+        })
     }
 
     /// Entries the map held at the last drain, and its capacity.

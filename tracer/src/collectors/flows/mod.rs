@@ -8,7 +8,7 @@ use std::{cmp::Ordering, collections::HashMap, rc::Rc};
 use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData},
 };
 use rustc_hash::FxHashMap;
 use tracer_ebpf::{
@@ -17,7 +17,12 @@ use tracer_ebpf::{
 
 use crate::{
     cli::Cli,
-    collectors::{Collector, Notice, Setup, double_buffer::Drained, loader, tally::Accumulate},
+    collectors::{
+        Collector, Notice, Setup,
+        double_buffer::{Cache, CacheSlot, Drained},
+        loader,
+        tally::Accumulate,
+    },
     model::Direction,
     output::{Report, Scope},
     sys::{bpf::Barrier, kernel::Kernel},
@@ -78,31 +83,19 @@ pub struct Flows {
     links: tc::Links,
     counts: Drained<FlowKey, FlowStats, Counts>,
     /// The programs' per-CPU cache in front of the flow maps.
-    cache: Option<PerCpuArray<MapData, FlowSlot>>,
+    cache: Option<Cache<FlowSlot>>,
     devices: DeviceNames,
     /// Kfuncs may be used where the kernel has them (not `--no-kfuncs`).
     kfuncs: bool,
 }
 
-/// What the flow cache holds for `generation`: the entries of its half that
-/// belong to it and counted something, one per CPU that has one.
-fn cached(
-    cache: Option<&PerCpuArray<MapData, FlowSlot>>,
-    generation: u32,
-) -> Result<Vec<(FlowKey, FlowStats)>> {
-    let Some(cache) = cache else {
-        return Ok(Vec::new());
-    };
-    let first = (generation & 1) * FLOW_CACHE_SLOTS;
-    let mut entries = Vec::new();
-    for index in first..first + FLOW_CACHE_SLOTS {
-        for slot in cache.get(&index, 0)?.iter() {
-            if slot.generation == generation && slot.stats.packets != 0 {
-                entries.push((slot.key, slot.stats));
-            }
-        }
+impl CacheSlot for FlowSlot {
+    type Key = FlowKey;
+    type Stats = FlowStats;
+    const SLOTS: u32 = FLOW_CACHE_SLOTS;
+    fn entry(&self, generation: u32) -> Option<(FlowKey, FlowStats)> {
+        (self.generation == generation && self.stats.packets != 0).then_some((self.key, self.stats))
     }
-    Ok(entries)
 }
 
 /// Names of the devices flow keys name by their `struct net_device` address.
@@ -214,10 +207,7 @@ impl Collector for Flows {
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.counts.take(ebpf, "FLOW_GENERATION", "FLOWS")?;
-        let cache = ebpf
-            .take_map("FLOW_CACHE")
-            .ok_or_else(|| anyhow!("eBPF object has no map FLOW_CACHE"))?;
-        self.cache = Some(PerCpuArray::try_from(cache)?);
+        self.cache = Some(Cache::take(ebpf, "FLOW_CACHE")?);
         let devices = ebpf
             .take_map("DEVICES")
             .ok_or_else(|| anyhow!("eBPF object has no map DEVICES"))?;
@@ -226,9 +216,7 @@ impl Collector for Flows {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        let cache = self.cache.as_ref();
-        self.counts
-            .drain_with(barrier, |generation| cached(cache, generation))
+        self.counts.drain_cached(barrier, self.cache.as_ref())
     }
 
     fn fill(&self) -> Option<(usize, u32)> {

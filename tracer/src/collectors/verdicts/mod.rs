@@ -12,11 +12,17 @@ use std::os::fd::OwnedFd;
 
 use anyhow::Result;
 use aya::Ebpf;
-use tracer_ebpf::{Config, FlowId, NF_TABLES, VerdictKey, VerdictStats};
+use tracer_ebpf::{
+    Config, FlowId, NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats,
+};
 
 use crate::{
     cli::Cli,
-    collectors::{Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, tally::Accumulate},
+    collectors::{
+        Collector, Notice, SKB_FIELDS, Setup,
+        double_buffer::{Cache, CacheSlot, Drained},
+        tally::Accumulate,
+    },
     model::{Hook, IpFamily, Table},
     output::{Report, Scope},
     sys::bpf::Barrier,
@@ -108,6 +114,18 @@ pub struct Verdicts {
     /// Without nf_tables' BTF either: what the kprobes need, or why not.
     kprobes: Option<Result<NfKprobes>>,
     counts: Drained<VerdictKey, VerdictStats, VerdictCounts>,
+    /// The observers' per-CPU cache in front of the verdict maps.
+    cache: Option<Cache<VerdictSlot>>,
+}
+
+impl CacheSlot for VerdictSlot {
+    type Key = VerdictKey;
+    type Stats = VerdictStats;
+    const SLOTS: u32 = VERDICT_CACHE_SLOTS;
+    fn entry(&self, generation: u32) -> Option<(VerdictKey, VerdictStats)> {
+        let counted = self.stats.entered | self.stats.left != 0;
+        (self.generation == generation && counted).then_some((self.key, self.stats))
+    }
 }
 
 impl Verdicts {
@@ -121,6 +139,7 @@ impl Verdicts {
             nf_tables: None,
             kprobes: None,
             counts: Drained::default(),
+            cache: None,
         })
     }
 
@@ -242,6 +261,7 @@ impl Collector for Verdicts {
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.counts.take(ebpf, "VERDICT_GENERATION", "VERDICTS")?;
+        self.cache = Some(Cache::take(ebpf, "VERDICT_CACHE")?);
         Ok(())
     }
 
@@ -253,7 +273,7 @@ impl Collector for Verdicts {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        self.counts.drain(barrier)
+        self.counts.drain_cached(barrier, self.cache.as_ref())
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
