@@ -6,12 +6,14 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use tracer_ebpf::{DropEvent, DropKey, DropStats, REASON_NONE, counter};
+use tracer_ebpf::{
+    DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, REASON_NONE, counter,
+};
 
 use crate::{
-    capture, frags, head,
+    cache, capture, frags, head,
     kernel::{self, Btf, Mem, parse_skb},
-    maps::{Upsert, config, copy, count, double_buffered, traced, upsert, zero},
+    maps::{self, Upsert, config, copy, count, count_n, double_buffered, traced, upsert, zero},
 };
 
 const DROP_MAP_ENTRIES: u32 = 16384;
@@ -20,8 +22,10 @@ double_buffered!(DropKey => DropStats, DROP_MAP_ENTRIES,
     DROPS_0, DROPS_1, DROP_GENERATION, drop_generation, drops);
 #[map]
 static DROP_SCRATCH: PerCpuArray<DropKey> = PerCpuArray::with_max_entries(1, 0);
-/// Keys already announced on [`DROP_EVENTS`]; the drop maps are emptied every
-/// interval, so they cannot tell a new key from a returning one.
+/// The per-CPU drop cache: [`DROP_CACHE_SLOTS`] slots for each map generation.
+#[map]
+static DROP_CACHE: PerCpuArray<DropSlot> = PerCpuArray::with_max_entries(2 * DROP_CACHE_SLOTS, 0);
+/// Keys already announced on [`DROP_EVENTS`].
 #[map]
 static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
 /// The first drop of each new key, so that userspace can show it at once.
@@ -80,28 +84,58 @@ fn record(skb: u64, location: u64, reason: u32) {
     if config!(capture_snaplen) != 0 {
         capture::packet(skb, key);
     }
-    let map = drops(drop_generation());
-    match upsert(map, &*key, |s: &mut DropStats| {
-        s.packets += 1;
-        s.bytes += len as u64;
-    }) {
-        Upsert::Inserted => {
-            if DROP_SEEN.get_ptr(&*key).is_none() {
-                let _ = DROP_SEEN.insert(&*key, &1, 0);
-                match DROP_EVENTS.reserve::<DropEvent>(0) {
-                    Some(mut e) => {
-                        // Field by field: a struct write becomes a byte-wise memmove.
-                        // SAFETY: the reserved ring buffer entry is ours until submitted.
-                        let ev = unsafe { &mut *e.as_mut_ptr() };
-                        copy(&mut ev.key, key);
-                        (ev.len, ev._pad) = (len, 0);
-                        e.submit(0);
-                    }
-                    None => count(counter::DROP_EVENTS_LOST),
-                }
-            }
+    // Written a byte or two at a time, read below eight at a time: see the
+    // same fence in the TC programs.
+    maps::store_fence();
+    let generation = drop_generation();
+    let index = cache::slot_index::<DROP_CACHE_SLOTS, _>(&*key, generation);
+    let Some(slot) = DROP_CACHE.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: a value of this CPU's cache, which only this program uses.
+    let slot = unsafe { &mut *slot };
+    if slot.generation == generation && slot.stats.packets != 0 {
+        if cache::same(&slot.key, &*key) {
+            slot.stats.packets += 1;
+            slot.stats.bytes += len as u64;
+            return;
         }
-        Upsert::Full => count(counter::DROP_MAP_FULL),
-        Upsert::Updated => {}
+        // Another drop had the slot: its counts go to the map of its generation.
+        let map = drops(generation);
+        let stats = slot.stats;
+        if upsert(map, &slot.key, |s: &mut DropStats| {
+            s.packets += stats.packets;
+            s.bytes += stats.bytes;
+        }) == Upsert::Full
+        {
+            count_n(counter::DROP_MAP_FULL, stats.packets);
+        }
+    }
+    slot.generation = generation;
+    cache::store(&mut slot.key, &*key);
+    (slot.stats.packets, slot.stats.bytes) = (1, len as u64);
+    announce(key, len);
+}
+
+/// Shows the first drop of `key` at once (on [`DROP_EVENTS`]) if the run has
+/// not announced it yet. Asked when the key takes a cache slot: the slots
+/// and maps are emptied every interval, so they cannot tell a new key from a
+/// returning one.
+#[inline(always)]
+fn announce(key: &DropKey, len: u32) {
+    if DROP_SEEN.get_ptr(key).is_some() {
+        return;
+    }
+    let _ = DROP_SEEN.insert(key, &1, 0);
+    match DROP_EVENTS.reserve::<DropEvent>(0) {
+        Some(mut e) => {
+            // Field by field: a struct write becomes a byte-wise memmove.
+            // SAFETY: the reserved ring buffer entry is ours until submitted.
+            let ev = unsafe { &mut *e.as_mut_ptr() };
+            copy(&mut ev.key, key);
+            (ev.len, ev._pad) = (len, 0);
+            e.submit(0);
+        }
+        None => count(counter::DROP_EVENTS_LOST),
     }
 }

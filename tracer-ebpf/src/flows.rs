@@ -15,6 +15,7 @@ use tracer_ebpf::{
 };
 
 use crate::{
+    cache::{self, KeyWords},
     frags,
     head::{self, HeadReader, Linear},
     icmp,
@@ -197,21 +198,6 @@ impl Packet {
     }
 }
 
-/// A flow key as its eight-byte words, wherever they are.
-trait KeyWords {
-    fn word(&self, i: usize) -> u64;
-}
-
-const KEY_WORDS: usize = size_of::<FlowKey>() / 8;
-
-impl KeyWords for FlowKey {
-    #[inline(always)]
-    fn word(&self, i: usize) -> u64 {
-        // SAFETY: callers pass i < KEY_WORDS, and FlowKey is 8-aligned: the word is inside *self.
-        unsafe { (self as *const FlowKey).cast::<u64>().add(i).read() }
-    }
-}
-
 /// The key of a packet read in place ([`inplace::common`], or
 /// [`inplace::vxlan`] with its inner tuple and VNI), never written out
 /// whole: most of its words are zero, and the rest stay in registers. A
@@ -239,6 +225,7 @@ const _: () = assert!(INNER_SRC_WORD == 7 && INNER_DST_WORD == 9 && INNER_TAIL_W
 const _: () = assert!(VNI_WORD == 12 && offset_of!(FlowId, _pad) == offset_of!(FlowId, vni) + 4);
 
 impl KeyWords for InPlace {
+    const WORDS: usize = FlowKey::WORDS;
     #[inline(always)]
     fn word(&self, i: usize) -> u64 {
         match i {
@@ -261,14 +248,15 @@ impl KeyWords for InPlace {
 #[inline(always)]
 fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
     let generation = flow_generation();
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(cache_index(key, generation)) else {
+    let index = cache::slot_index::<FLOW_CACHE_SLOTS, _>(key, generation);
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: a value of this CPU's cache, which only the TC programs use and
     // which do not nest on a CPU.
     let slot = unsafe { &mut *slot };
     if slot.generation == generation && slot.stats.packets != 0 {
-        if same(&slot.key, key) {
+        if cache::same(&slot.key, key) {
             p.apply(&mut slot.stats);
             return;
         }
@@ -281,11 +269,7 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
         }
     }
     slot.generation = generation;
-    let words = (&raw mut slot.key).cast::<u64>();
-    for i in 0..KEY_WORDS {
-        // SAFETY: i < KEY_WORDS and FlowKey is 8-aligned: each word is inside the slot's key.
-        unsafe { words.add(i).write_volatile(key.word(i)) };
-    }
+    cache::store(&mut slot.key, key);
     zero(&mut slot.stats);
     p.apply(&mut slot.stats);
     name_device(dev, ifindex);
@@ -340,35 +324,11 @@ fn device_word(ifindex: u32, dir: u8) -> u64 {
 }
 
 /// Writes the key's second word with one store, so that the eight-byte load
-/// of it in [`cache_index`] is served by that store.
+/// of it in [`cache::slot_index`] is served by that store.
 #[inline(always)]
 fn set_device_word(key: &mut FlowKey, word: u64) {
     // SAFETY: bytes 8..16 of the key are ifindex, dir and padding (see device_word).
     unsafe { (key as *mut FlowKey).cast::<u64>().add(1).write(word) };
-}
-
-/// Which slot of this CPU's cache `key` goes to: the words of the key folded
-/// and mixed (Fibonacci hashing), in the half of the cache of `generation`.
-#[inline(always)]
-fn cache_index(key: &impl KeyWords, generation: u32) -> u32 {
-    let mut x = 0u64;
-    for i in 0..KEY_WORDS {
-        x ^= key.word(i);
-    }
-    let slot =
-        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32;
-    (generation & 1) * FLOW_CACHE_SLOTS + slot
-}
-
-/// `a == b` for flow keys, a word at a time without a branch per word (a
-/// derived `==` compares the address arrays with a `memcmp` eBPF lacks).
-#[inline(always)]
-fn same(a: &FlowKey, b: &impl KeyWords) -> bool {
-    let mut diff = 0u64;
-    for i in 0..KEY_WORDS {
-        diff |= a.word(i) ^ b.word(i);
-    }
-    diff == 0
 }
 
 /// Names device `dev` for userspace when a flow enters the cache on it.

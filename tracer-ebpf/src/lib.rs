@@ -125,6 +125,23 @@ pub struct DropKey {
     pub id: FlowId,
 }
 
+/// Slots of the per-CPU drop cache, per map generation. A power of two.
+pub const DROP_CACHE_SLOTS: u32 = 16;
+
+/// One slot of the per-CPU cache the `kfree_skb` program counts in before
+/// the drop map, as [`FlowSlot`] is for flows: a burst of drops of one flow
+/// at one place hashes no key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSlot {
+    /// Map generation (as `DROP_GENERATION` counts) the entry belongs to; an
+    /// entry of an older generation is empty. So is one with no packets.
+    pub generation: u32,
+    pub _pad: u32,
+    pub key: DropKey,
+    pub stats: DropStats,
+}
+
 /// [`DropKey::reason`] of a drop on a kernel without drop reasons.
 pub const REASON_NONE: u32 = u32::MAX;
 /// A reason value no drop carries: the `Config` value of a reason the kernel lacks.
@@ -377,6 +394,7 @@ mod pod {
     unsafe impl aya::Pod for super::DeviceInfo {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropStats {}
+    unsafe impl aya::Pod for super::DropSlot {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::CaptureEvent {}
     unsafe impl aya::Pod for super::VerdictKey {}
@@ -413,6 +431,7 @@ mod tests {
         assert_eq!(size_of::<IcmpKey>(), 4 + 4 + 1 + 1 + 1 + 1 + 4 + 88);
         assert_eq!(size_of::<DropKey>(), 8 + 4 + 4 + 4 + 4 + 88);
         assert_eq!(size_of::<DropStats>(), 16);
+        assert_eq!(size_of::<DropSlot>(), 4 + 4 + 112 + 16);
         assert_eq!(size_of::<DropEvent>(), 112 + 4 + 4);
         assert_eq!(size_of::<CaptureEvent>(), 112 + 8 + 4 * 4 + CAPTURE_MAX);
     }

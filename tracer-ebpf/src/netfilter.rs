@@ -22,7 +22,7 @@ use tracer_ebpf::{
 };
 
 use crate::{
-    frags, head,
+    cache, frags, head,
     kernel::{Btf, Mem, Probe, parse_skb},
     maps::{self, Upsert, config, count, count_n, double_buffered, traced, upsert, zero},
 };
@@ -159,14 +159,15 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         add_to_map(generation, key, &step);
         return;
     }
-    let Some(slot) = VERDICT_CACHE.get_ptr_mut(cache_index(key, generation)) else {
+    let index = cache::slot_index::<VERDICT_CACHE_SLOTS, _>(key, generation);
+    let Some(slot) = VERDICT_CACHE.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: a value of this CPU's cache, which only the observers use and
     // which do not nest on a CPU.
     let slot = unsafe { &mut *slot };
     if slot.generation == generation && slot.stats.entered | slot.stats.left != 0 {
-        if same(&slot.key, key) {
+        if cache::same(&slot.key, key) {
             slot.stats.entered += step.entered;
             slot.stats.left += step.left;
             return;
@@ -175,19 +176,9 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         add_to_map(generation, &slot.key, &slot.stats);
     }
     slot.generation = generation;
-    let (to, from) = (
-        (&raw mut slot.key).cast::<u64>(),
-        (key as *const VerdictKey).cast::<u64>(),
-    );
-    for i in 0..KEY_WORDS {
-        // SAFETY: i < KEY_WORDS: inside both keys, which sit 8-aligned in map values.
-        unsafe { to.add(i).write_volatile(from.add(i).read()) };
-    }
+    cache::store(&mut slot.key, key);
     slot.stats = step;
 }
-
-const KEY_WORDS: usize = size_of::<VerdictKey>() / 8;
-const _: () = assert!(size_of::<VerdictKey>().is_multiple_of(8));
 
 /// Adds `s` to `key`'s entry in the verdict map of `generation`.
 #[inline(always)]
@@ -199,36 +190,6 @@ fn add_to_map(generation: u32, key: &VerdictKey, s: &VerdictStats) {
     if full {
         count_n(counter::VERDICT_MAP_FULL, s.entered + s.left);
     }
-}
-
-/// The word `i` of `key`, a value of a map (8-aligned).
-#[inline(always)]
-fn word(key: &VerdictKey, i: usize) -> u64 {
-    // SAFETY: callers pass i < KEY_WORDS.
-    unsafe { (key as *const VerdictKey).cast::<u64>().add(i).read() }
-}
-
-/// Which slot of this CPU's cache `key` goes to: its words folded and mixed
-/// (Fibonacci hashing), in the half of the cache of `generation`.
-#[inline(always)]
-fn cache_index(key: &VerdictKey, generation: u32) -> u32 {
-    let mut x = 0u64;
-    for i in 0..KEY_WORDS {
-        x ^= word(key, i);
-    }
-    let slot = (x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        >> (64 - VERDICT_CACHE_SLOTS.trailing_zeros())) as u32;
-    (generation & 1) * VERDICT_CACHE_SLOTS + slot
-}
-
-/// `a == b`, a word at a time without a branch per word.
-#[inline(always)]
-fn same(a: &VerdictKey, b: &VerdictKey) -> bool {
-    let mut diff = 0u64;
-    for i in 0..KEY_WORDS {
-        diff |= word(a, i) ^ word(b, i);
-    }
-    diff == 0
 }
 
 /// Fills `key` for packet `skb` at `state`, read through `M`: direct loads

@@ -13,12 +13,17 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use tracer_ebpf::{CAPTURE_MAX, Config, DropEvent, DropKey, DropStats, FlowId, REASON_ABSENT};
+use tracer_ebpf::{
+    CAPTURE_MAX, Config, DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, FlowId,
+    REASON_ABSENT,
+};
 
 use crate::{
     cli::Cli,
     collectors::{
-        Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, fragment_of, loader,
+        Collector, Notice, SKB_FIELDS, Setup,
+        double_buffer::{Cache, CacheSlot, Drained},
+        fragment_of, loader,
         tally::Accumulate,
     },
     output::{Report, Scope, pcap::Capture},
@@ -71,6 +76,8 @@ pub struct Drops {
     /// The `kfree_skb` program this kernel takes.
     program: &'static str,
     counts: Drained<DropKey, DropStats, DropCounts>,
+    /// The program's per-CPU cache in front of the drop maps.
+    cache: Option<Cache<DropSlot>>,
     /// First drops of new keys.
     events: Option<RingBuf<MapData>>,
     /// Snap length and rate limit of `--pcap-drops`; snap length 0 when off.
@@ -85,6 +92,15 @@ struct DropNamer {
     reasons: Option<Reasons>,
     filter: ReasonFilter,
     symbols: Symbolizer,
+}
+
+impl CacheSlot for DropSlot {
+    type Key = DropKey;
+    type Stats = DropStats;
+    const SLOTS: u32 = DROP_CACHE_SLOTS;
+    fn entry(&self, generation: u32) -> Option<(DropKey, DropStats)> {
+        (self.generation == generation && self.stats.packets != 0).then_some((self.key, self.stats))
+    }
 }
 
 impl Drops {
@@ -102,6 +118,7 @@ impl Drops {
             enabled: !cli.no_drops,
             program,
             counts: Drained::default(),
+            cache: None,
             events: None,
             capture: match &cli.pcap_drops {
                 Some(_) => (cli.pcap_snaplen.min(CAPTURE_MAX as u32), cli.pcap_rate),
@@ -198,6 +215,7 @@ impl Collector for Drops {
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.counts.take(ebpf, "DROP_GENERATION", "DROPS")?;
+        self.cache = Some(Cache::take(ebpf, "DROP_CACHE")?);
         if self.enabled {
             let ring = ebpf
                 .take_map("DROP_EVENTS")
@@ -211,7 +229,7 @@ impl Collector for Drops {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        self.counts.drain(barrier)
+        self.counts.drain_cached(barrier, self.cache.as_ref())
     }
 
     fn fill(&self) -> Option<(usize, u32)> {
