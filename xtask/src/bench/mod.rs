@@ -6,6 +6,7 @@
 mod arms;
 mod counts;
 mod empty;
+mod firewall;
 mod loads;
 mod paths;
 mod report;
@@ -72,6 +73,10 @@ pub struct Args {
     /// Seconds of the active-flows load.
     #[arg(long, default_value_t = 10)]
     pub active_seconds: u32,
+    /// Packets of each flood into a firewall rule (an ACCEPT and a DROP
+    /// rule, three rounds each); 0 skips them.
+    #[arg(long, default_value_t = 300_000)]
+    pub firewall_packets: u64,
     /// Where results.json and RESULTS.md go (default: bench/ in the workspace).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,6 +89,9 @@ pub struct Args {
 pub fn hold_empty_tc(devices: &[String]) -> Result<()> {
     empty::hold(devices)
 }
+
+/// Floods into each firewall rule.
+const FIREWALL_ROUNDS: usize = 3;
 
 /// Destination port of the many-flows loads, and their first source port.
 const SINK_PORT: u16 = 9000;
@@ -210,6 +218,36 @@ pub fn bench(args: Args) -> Result<()> {
         }
         _ => None,
     };
+    // On the path with the fewest hops, as the active flows.
+    let mut floods = Vec::new();
+    if let Some(p) = paths.iter().min_by_key(|p| p.hops)
+        && args.firewall_packets > 0
+    {
+        for round in 0..FIREWALL_ROUNDS {
+            for rule in firewall::Rule::BOTH {
+                check_interrupted()?;
+                let f = firewall::flood(&tracer, p, rule, args.firewall_packets)
+                    .with_context(|| format!("firewall flood, {} rule", rule.name()))?;
+                eprintln!(
+                    "bench: firewall {} flood {round} on {}: sent {}, accepted {}, dropped {}, \
+                     drops {}; nf_filter_in {} ns/run, kfree_skb {} ns/run",
+                    rule.name(),
+                    p.kind.name(),
+                    f.sent,
+                    f.accepted,
+                    f.dropped,
+                    f.drops,
+                    f.cost
+                        .ns_per_run(|n| n == "nf_filter_in")
+                        .map_or(0.0, |v| v.round()),
+                    f.cost
+                        .ns_per_run(|n| n == "kfree_skb")
+                        .map_or(0.0, |v| v.round()),
+                );
+                floods.push(f);
+            }
+        }
+    }
     drop(_servers);
     drop(paths);
 
@@ -229,11 +267,13 @@ pub fn bench(args: Args) -> Result<()> {
             churn_map_size: args.churn_map_size,
             active_flows: args.active_flows,
             active_seconds: args.active_seconds,
+            firewall_packets: args.firewall_packets,
         },
         samples,
         summaries: vec![],
         churn,
         active,
+        firewall: floods,
     });
     write(&out, &results)
 }

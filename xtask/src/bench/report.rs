@@ -385,6 +385,7 @@ pub fn floors(r: &Results) -> Vec<Floor> {
         });
         out.push(exact_below(r, a));
     }
+    out.extend(firewall_floor(r));
     for c in &r.churn {
         let missing = c.missing();
         let met = missing == 0 && c.health.flow_map_full > 0;
@@ -532,6 +533,7 @@ pub fn markdown(r: &Results) -> String {
     floors_section(&mut md, r);
     let _ = writeln!(md, "## What changed\n\n{CHANGES}\n");
     older_hooks_section(&mut md, r);
+    firewall_section(&mut md, r);
     paths_section(&mut md, r);
     cost_section(&mut md, r);
     accuracy_section(&mut md, r);
@@ -591,6 +593,106 @@ fn floors_section(md: &mut String, r: &Results) {
 }
 
 /// Arm E against B: what the hooks of kernels before 6.2 cost.
+/// Every firewall flood counted exactly.
+fn firewall_floor(r: &Results) -> Option<Floor> {
+    let first = r.firewall.first()?;
+    let off: Vec<String> = r
+        .firewall
+        .iter()
+        .filter(|f| !f.exact())
+        .map(|f| {
+            format!(
+                "{} rule: sent {}, accepted {}, dropped {}, drops {}",
+                f.rule.name(),
+                f.sent,
+                f.accepted,
+                f.dropped,
+                f.drops
+            )
+        })
+        .collect();
+    Some(Floor {
+        what: format!("firewall floods counted exactly, {}", first.path.name()),
+        measured: format!(
+            "{} of {} floods exact",
+            r.firewall.len() - off.len(),
+            r.firewall.len()
+        ),
+        target: "each packet accepted, or dropped and freed as a drop".into(),
+        met: off.is_empty(),
+        note: off.join("; "),
+    })
+}
+
+/// What the netfilter observers and the drop program cost per packet.
+fn firewall_section(md: &mut String, r: &Results) {
+    let Some(first) = r.firewall.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## Firewall hooks (tracer alone)
+
+\
+         The labs' namespaces have no firewall, so the loads above never run tracer's \
+         netfilter observers, and drop nothing on purpose. On a Docker host every forwarded \
+         packet passes filter chains. Here {} UDP-64 packets of one flow go as fast as one \
+         sender manages into an iptables INPUT rule of the {} path's server namespace, that \
+         ACCEPTs them (to a socket that reads them) or DROPs them, with BPF statistics on; \
+         {} floods of each, interleaved. Counts are tracer's run totals of the flood's flow: \
+         its verdict rows at INPUT (filter) and its drop rows. ns per run is median [min–max] \
+         over the floods.\n",
+        r.settings.firewall_packets,
+        first.path.name(),
+        r.firewall.iter().filter(|f| f.rule == first.rule).count(),
+    );
+    columns(
+        md,
+        &[
+            "rule",
+            "floods",
+            "sent (median)",
+            "exact",
+            "nf_filter_in ns/run",
+            "nf_filter_out ns/run",
+            "kfree_skb ns/run",
+            "TC ns/run",
+        ],
+    );
+    for rule in super::firewall::Rule::BOTH {
+        let floods: Vec<_> = r.firewall.iter().filter(|f| f.rule == rule).collect();
+        if floods.is_empty() {
+            continue;
+        }
+        let ns = |pick: fn(&str) -> bool| {
+            let v: Vec<f64> = floods
+                .iter()
+                .filter_map(|f| f.cost.ns_per_run(pick))
+                .collect();
+            summarize(&v).map_or_else(
+                || "–".to_string(),
+                |s| format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)),
+            )
+        };
+        let sent = summarize(&floods.iter().map(|f| f.sent as f64).collect::<Vec<_>>())
+            .map_or(0.0, |s| s.median);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} of {} | {} | {} | {} | {} |",
+            rule.name(),
+            floods.len(),
+            num(sent),
+            floods.iter().filter(|f| f.exact()).count(),
+            floods.len(),
+            ns(|n| n == "nf_filter_in"),
+            ns(|n| n == "nf_filter_out"),
+            ns(|n| n == "kfree_skb"),
+            ns(|n| n.starts_with("tc_")),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn older_hooks_section(md: &mut String, r: &Results) {
     if !arms_of(r).contains(&Arm::E) {
         return;
@@ -1100,11 +1202,13 @@ mod tests {
                 churn_map_size: 16,
                 active_flows: 100,
                 active_seconds: 1,
+                firewall_packets: 100,
             },
             samples,
             summaries: vec![],
             churn: vec![flow_load(0, 40)],
             active: Some(flow_load(0, 0)),
+            firewall: vec![],
         })
     }
 
@@ -1134,6 +1238,54 @@ mod tests {
         );
         r.settings.stats_seconds = 0.0;
         assert!(markdown(&r).contains("was 1 for the whole run"));
+    }
+
+    #[test]
+    fn firewall_floods_render_and_judge_exactness() {
+        use crate::bench::firewall::{FirewallLoad, Rule};
+        let flood = |rule, dropped, drops, nf_ns: u64| FirewallLoad {
+            path: PathKind::Veth,
+            rule,
+            sent: 1000,
+            accepted: if rule == Rule::Accept { 1000 } else { 0 },
+            dropped,
+            drops,
+            cost: ToolCost {
+                progs: vec![ProgStat {
+                    id: 7,
+                    name: "nf_filter_in".into(),
+                    run_time_ns: nf_ns * 1000,
+                    run_cnt: 1000,
+                }],
+                ..ToolCost::default()
+            },
+        };
+        let mut r = results(9.9);
+        r.firewall = vec![
+            flood(Rule::Accept, 0, 0, 140),
+            flood(Rule::Drop, 1000, 1000, 150),
+            flood(Rule::Accept, 0, 0, 160),
+            flood(Rule::Drop, 1000, 999, 170),
+        ];
+        let md = markdown(&r);
+        assert!(
+            md.contains("| accept | 2 | 1000 | 2 of 2 | 150 [140–160] | – | – | – |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| drop | 2 | 1000 | 1 of 2 | 160 [150–170] |"),
+            "{md}"
+        );
+        let f = floors(&r)
+            .into_iter()
+            .find(|f| f.what.starts_with("firewall floods"))
+            .unwrap();
+        assert!(!f.met);
+        assert_eq!(f.measured, "3 of 4 floods exact");
+        assert_eq!(
+            f.note,
+            "drop rule: sent 1000, accepted 0, dropped 1000, drops 999"
+        );
     }
 
     #[test]

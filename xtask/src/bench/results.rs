@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::firewall::FirewallLoad;
 use super::{
     arms::{Arm, TcpdumpStats, ToolCost},
     counts::Health,
@@ -23,6 +24,10 @@ pub struct Results {
     pub churn: Vec<FlowLoad>,
     /// Many active flows below map capacity: tracer's CPU and memory.
     pub active: Option<FlowLoad>,
+    /// Floods into firewall rules: the netfilter and drop programs' cost.
+    /// Empty in results from before there were any.
+    #[serde(default)]
+    pub firewall: Vec<FirewallLoad>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +68,9 @@ pub struct Settings {
     pub churn_map_size: u32,
     pub active_flows: u32,
     pub active_seconds: u32,
+    /// Packets of each firewall flood; 0 in results from before there were any.
+    #[serde(default)]
+    pub firewall_packets: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
