@@ -272,7 +272,23 @@ Arm E keeps the probe read (as kernels before 6.2 must) and clsact attachment; t
     from a packet pointer bounds-checked once, which every verifier from 5.10 on accepts; \
     the full parse keeps its copy (variable offsets through a stack buffer are what the \
     5.10 and 6.1 verifiers accept for it). Not done: a compact IPv4 key for the map (the \
-    cache keeps the hash off the common path already).";
+    cache keeps the hash off the common path already; and the drain's kernel side, which \
+    a smaller element would serve, costs about as much with a 32-byte key as with the \
+    104-byte one: 280-320 against 295-352 ns per entry, 20,000 entries filled from \
+    another CPU and drained by lookup-and-delete batches, by a C program).
+
+The firewall hooks (see [Firewall hooks](#firewall-hooks-tracer-alone)): the netfilter \
+    observers and the kfree_skb program hashed their 104- and 112-byte keys into a \
+    per-CPU map on every packet. fa73156 and 309e7bc give them per-CPU caches of 16 slots \
+    per generation as the flow cache is (one cache module for the three): a packet of a \
+    flow the CPU keeps seeing adds to its slot, and the observer after the table reuses \
+    the entry the one before it made. Measured with bpf_stats over a UDP-64 flood of one \
+    flow into an INPUT rule across a veth pair (about 290 kpps, 4 s, two rounds \
+    interleaved, old and new binaries): nf_filter_in 197-212 -> 143-166 ns per run, \
+    nf_filter_out 120-130 -> 70-73 ns, kfree_skb (DROP rule) 228-258 -> 172-178 ns. \
+    What is left in nf_filter_in and kfree_skb is mostly reading the packet: neither \
+    program type has direct packet access, so the headers are copied with a helper and \
+    parsed a byte at a time.";
 
 /// What a profile of the active-flows load showed (perf, 10,000 flows on
 /// two hops, JSON to a file), written down by hand: a profile is not part of
@@ -288,10 +304,14 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     load: 8.1% -> 5.6-6.2% of a core): path rows written by hand like flow rows, each \
     hop's next hop worked out once per report, JSON built in a buffer with names written \
     unescaped where they need no escaping, the sort on keys held inline, a row's device \
-    part written once per device. What would close the gap: less memory per entry (a \
-    compact IPv4 key of 40 bytes where the in-place path already builds one, the \
-    104-byte key kept for IPv6 and VXLAN), or flow counters userspace reads without a \
-    copy (a memory-mapped array). With today's layout, a longer --interval lowers the \
+    part written once per device. Less memory per entry would not close the gap: a C \
+    program that fills 20,000 entries of a 65,536-entry hash map from one CPU and drains \
+    them by lookup-and-delete batches from the other measures 280-320 ns per entry with \
+    a 32-byte key against 295-352 with the 104-byte one, and batches of lookups without \
+    the delete 230-270: the cost is the batch call's work per hash bucket (its lock, two \
+    copies to userspace with their checks), whatever the entry holds. What would: flow \
+    counters userspace reads without a copy (a memory-mapped array), or fewer entries \
+    (one per flow holding its hops, not one per hop). With today's layout, a longer --interval lowers the \
     cost in proportion. Since 1793263 the flow map is one shared hash map (atomic adds) \
     instead of a per-CPU one: a drain copies one value per entry instead of one per \
     possible CPU, and the maps hold 14 MB each whatever the CPU count (a per-CPU pair \
@@ -310,7 +330,11 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     131,072 (as many buckets) measured alike on this load (3.1-3.7% of a core, 2 \
     rounds each, within noise). Text lines, which the bench does not measure, cost \
     more than JSON until caf076a wrote them in place into one buffer as the JSON sink \
-    does (5.0-5.7% -> 3.8-4.5% of a core, 4 interleaved rounds).
+    does (5.0-5.7% -> 3.8-4.5% of a core, 4 interleaved rounds). Then 5169219 replaces \
+    the run totals' hash map (FlowKey's comparison alone, its cache miss, was 11% of \
+    tracer's time) with a table that takes a drain's entries all at once and prefetches \
+    each key's slot 16 keys ahead and the entry it points at 8 ahead, so the misses \
+    overlap: 3.18-3.45% -> 2.65-2.79% of a core (JSON, 3 interleaved rounds of 15 s).
 
 During the throughput loads, most of tracer's own time was the NAT ties' conntrack \
     dumps: one per traced namespace whenever a report had a new conversation, each \
