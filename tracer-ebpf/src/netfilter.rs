@@ -148,15 +148,11 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     if !after {
         pending.begin(skb, 0, generation, hook, table, false);
     }
-    let step = VerdictStats {
-        entered: !after as u64,
-        left: after as u64,
-        unleft: 0,
-    };
+    let (entered, left) = (!after as u64, after as u64);
     // A packet that entered before userspace switched generations leaves
     // into the map: its generation's half of the cache is being read.
     if generation != current {
-        add_to_map(generation, key, &step);
+        add_to_map(generation, key, entered, left);
         return;
     }
     let index = cache::slot_index::<VERDICT_CACHE_SLOTS, _>(key, generation);
@@ -168,27 +164,34 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
     let slot = unsafe { &mut *slot };
     if slot.generation == generation && slot.stats.entered | slot.stats.left != 0 {
         if cache::same(&slot.key, key) {
-            slot.stats.entered += step.entered;
-            slot.stats.left += step.left;
+            slot.stats.entered += entered;
+            slot.stats.left += left;
             return;
         }
         // Another flow had the slot: its counts go to the map of its generation.
-        add_to_map(generation, &slot.key, &slot.stats);
+        add_to_map(generation, &slot.key, slot.stats.entered, slot.stats.left);
     }
     slot.generation = generation;
     cache::store(&mut slot.key, key);
-    slot.stats = step;
+    // Volatile: two constant-zero stores (the counts an observer does not
+    // add to) merge into a byte-wise `memset` otherwise.
+    // SAFETY: plain stores to fields of the slot.
+    unsafe {
+        (&raw mut slot.stats.entered).write_volatile(entered);
+        (&raw mut slot.stats.left).write_volatile(left);
+        (&raw mut slot.stats.unleft).write_volatile(0);
+    }
 }
 
-/// Adds `s` to `key`'s entry in the verdict map of `generation`.
+/// Adds packets that entered and left to `key`'s entry in the verdict map of `generation`.
 #[inline(always)]
-fn add_to_map(generation: u32, key: &VerdictKey, s: &VerdictStats) {
+fn add_to_map(generation: u32, key: &VerdictKey, entered: u64, left: u64) {
     let full = upsert(verdicts(generation), key, |v: &mut VerdictStats| {
-        v.entered += s.entered;
-        v.left += s.left;
+        v.entered += entered;
+        v.left += left;
     }) == Upsert::Full;
     if full {
-        count_n(counter::VERDICT_MAP_FULL, s.entered + s.left);
+        count_n(counter::VERDICT_MAP_FULL, entered + left);
     }
 }
 

@@ -89,11 +89,12 @@ pub fn sum_percpu<S, V: Accumulate + for<'a> From<&'a S>>(values: &[S]) -> V {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A count, for tests of what accumulates.
     #[derive(Default, Clone, Copy, Debug, PartialEq)]
-    struct N(u64);
+    pub struct N(pub u64);
     impl Accumulate for N {
         fn add(&mut self, o: &Self) {
             self.0 += o.0;

@@ -150,14 +150,7 @@ fn prefetch<T>(p: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default, Clone, Copy, Debug, PartialEq)]
-    struct N(u64);
-    impl Accumulate for N {
-        fn add(&mut self, o: &Self) {
-            self.0 += o.0;
-        }
-    }
+    use crate::collectors::tally::tests::N;
 
     /// Against a std HashMap, over batches that grow the table several
     /// times and repeat keys across batches; `key` makes the key of a number.
