@@ -111,7 +111,8 @@ impl DoubleBuffer {
 }
 
 /// A slot of a per-CPU cache the programs count in before a double-buffered
-/// map ([`tracer_ebpf::FlowSlot`], [`tracer_ebpf::VerdictSlot`]): the cache
+/// map ([`tracer_ebpf::FlowSlot`], [`tracer_ebpf::VerdictSlot`],
+/// [`tracer_ebpf::DropSlot`]): the cache
 /// has a half of [`CacheSlot::SLOTS`] per generation parity, and a slot
 /// holds what one key counted in its generation until another key takes it.
 pub trait CacheSlot: Pod {
