@@ -120,12 +120,6 @@ pub fn socket(protocol: isize) -> Result<Socket> {
     Ok(socket)
 }
 
-/// Dumps a netfilter subsystem's objects of every family on a socket of
-/// the calling thread's namespace: see [`Nfnl::dump`].
-pub fn netfilter_dump(get: u16, reply: u16, what: &str, each: impl FnMut(&[u8])) -> Result<()> {
-    Nfnl::open()?.dump(get, reply, what, each)
-}
-
 /// A netfilter netlink socket. It belongs to the namespace it was opened in,
 /// whichever thread uses it later, so a namespace can be asked again without
 /// entering it. Each request has its own sequence number, and replies with

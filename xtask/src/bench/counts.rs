@@ -11,7 +11,8 @@ pub struct Hop<'a> {
     pub dir: &'a str,
 }
 
-fn totals<'a>(rows: &'a [Value], r#type: &'a str) -> impl Iterator<Item = &'a Value> {
+/// The run-total rows of `type`.
+pub fn totals<'a>(rows: &'a [Value], r#type: &'a str) -> impl Iterator<Item = &'a Value> {
     rows.iter()
         .filter(move |r| r["type"] == r#type && r["scope"] == "total")
 }

@@ -13,6 +13,7 @@ use xtask::{lab, tracer::TracerRun, traffic::UdpSink};
 use super::{
     FIRST_SPORT, FLOW_PAYLOAD,
     arms::{ToolCost, Window},
+    counts,
     loads::Blast,
     paths::{Path, PathKind},
 };
@@ -142,9 +143,7 @@ pub fn flood(tracer: &FsPath, p: &Path, rule: Rule, packets: u64) -> Result<Fire
 }
 
 fn flood_totals<'a>(rows: &'a [Value], r#type: &'a str) -> impl Iterator<Item = &'a Value> {
-    rows.iter().filter(move |r| {
-        r["type"] == r#type && r["scope"] == "total" && r["proto"] == "udp" && r["dport"] == PORT
-    })
+    counts::totals(rows, r#type).filter(|r| r["proto"] == "udp" && r["dport"] == PORT)
 }
 
 /// Accepted and dropped packets of the flood at INPUT of `ns`'s filter table.

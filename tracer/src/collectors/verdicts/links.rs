@@ -117,16 +117,9 @@ impl NfLinks {
         let path = &t.netns.path;
         let reader = match self.readers.entry(t.netns.inode) {
             Entry::Occupied(e) if !e.get().stale() => e.into_mut(),
-            e => {
-                let reader = netns::run_in(path, ChainReader::open)??;
-                match e {
-                    Entry::Occupied(mut e) => {
-                        e.insert(reader);
-                        e.into_mut()
-                    }
-                    Entry::Vacant(e) => e.insert(reader),
-                }
-            }
+            e => e
+                .insert_entry(netns::run_in(path, ChainReader::open)??)
+                .into_mut(),
         };
         let chains = reader.base_chains()?;
         let mut needed = Vec::new();
