@@ -34,6 +34,7 @@ static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// `kfree_skb(skb, location, reason[, rx_sk])`: Linux >= 5.17.
 #[btf_tracepoint(function = "kfree_skb")]
+#[inline(always)]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: *const u8 = ctx.arg(1);
@@ -48,6 +49,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 /// tracepoint has no third argument (the verifier refuses reading one).
 /// Frees that are not drops go to `consume_skb` there, not to this one.
 #[btf_tracepoint(function = "kfree_skb")]
+#[inline(always)]
 pub fn kfree_skb_noreason(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: *const u8 = ctx.arg(1);

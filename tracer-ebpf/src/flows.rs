@@ -44,12 +44,14 @@ static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(2 * FLO
 static FLOW_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
+#[inline(always)]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     record(&ctx, DIR_INGRESS);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
+#[inline(always)]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     record(&ctx, DIR_EGRESS);
     TC_ACT_UNSPEC

@@ -93,6 +93,7 @@ pub fn seen<R: Reader>(
 
 /// `icmp_send(skb_in, type, code)`: an ICMPv4 error the stack sends about `skb_in`.
 #[btf_tracepoint(function = "icmp_send")]
+#[inline(always)]
 pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let icmp_type: i32 = ctx.arg(1);

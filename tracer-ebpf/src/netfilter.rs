@@ -98,12 +98,14 @@ struct NfCtx {
 macro_rules! observers {
     ($($before:ident, $after:ident => $table:expr;)*) => {$(
         #[classifier]
+        #[inline(always)]
         pub fn $before(ctx: TcContext) -> i32 {
             observe(ctx.skb.skb as *const NfCtx, $table, false);
             NF_ACCEPT
         }
 
         #[classifier]
+        #[inline(always)]
         pub fn $after(ctx: TcContext) -> i32 {
             observe(ctx.skb.skb as *const NfCtx, $table, true);
             NF_ACCEPT
@@ -258,6 +260,7 @@ static NFT_CALLS: PerCpuArray<Calls> = PerCpuArray::with_max_entries(1, 0);
 /// read the packet now. When a rule drops it, nft_do_chain frees the skb
 /// itself before returning (6.1 and later), so its exit cannot read it.
 #[fentry(function = "nft_do_chain")]
+#[inline(always)]
 pub fn nft_chain_entry(ctx: FEntryContext) -> i32 {
     let pkt: *const u8 = ctx.arg(0);
     let chain: *const u8 = ctx.arg(1);
@@ -272,6 +275,7 @@ pub fn nft_chain_entry(ctx: FEntryContext) -> i32 {
 /// INPUT` and an `inet` table's `input` at priority 0) are one table, as for
 /// the observers.
 #[fexit(function = "nft_do_chain")]
+#[inline(always)]
 pub fn nft_chain_exit(ctx: FExitContext) -> i32 {
     let verdict: u32 = ctx.arg(2);
     chain_verdict(verdict);
@@ -362,6 +366,7 @@ static HOOK_CALLS: PerCpuArray<HookCalls> = PerCpuArray::with_max_entries(1, 0);
 /// its structs; `nf_hook_slow`'s arguments are vmlinux's, and the
 /// `nft_do_chain` kprobe finds its chain among this call's hook entries.
 #[kprobe]
+#[inline(always)]
 pub fn nf_hook_slow_entry(ctx: ProbeContext) -> u32 {
     let (Some(skb), Some(state), Some(entries)) =
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
@@ -390,6 +395,7 @@ pub fn nf_hook_slow_entry(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
+#[inline(always)]
 pub fn nf_hook_slow_exit(_ctx: RetProbeContext) -> u32 {
     if let Some(calls) = HOOK_CALLS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
@@ -403,6 +409,7 @@ pub fn nf_hook_slow_exit(_ctx: RetProbeContext) -> u32 {
 /// state are those of the `nf_hook_slow` call under way, the chain's
 /// priority that of the hook entry whose `priv` it is.
 #[kprobe]
+#[inline(always)]
 pub fn nft_chain_kprobe(ctx: ProbeContext) -> u32 {
     let Some(call) = push_call() else {
         return 0;
@@ -427,6 +434,7 @@ pub fn nft_chain_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
+#[inline(always)]
 pub fn nft_chain_kretprobe(ctx: RetProbeContext) -> u32 {
     let verdict: u32 = ctx.ret();
     chain_verdict(verdict);
