@@ -224,6 +224,9 @@ impl Collector for Drops {
             if self.capture.0 != 0 {
                 self.captures = Some(Captures::take(ebpf)?);
             }
+            // Late in the start, when what loading the programs took is
+            // free again for the table to reuse.
+            self.namer.symbols.load();
         }
         Ok(())
     }
