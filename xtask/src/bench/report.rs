@@ -288,7 +288,23 @@ The firewall hooks (see [Firewall hooks](#firewall-hooks-tracer-alone)): the net
     nf_filter_out 120-130 -> 70-73 ns, kfree_skb (DROP rule) 228-258 -> 172-178 ns. \
     What is left in nf_filter_in and kfree_skb is mostly reading the packet: neither \
     program type has direct packet access, so the headers are copied with a helper and \
-    parsed a byte at a time.";
+    parsed a byte at a time.
+
+Every program: aya's program macros wrap the body in an outer function that calls it, \
+    and LLVM kept that call, a BPF-to-BPF call with a second prologue and epilogue on every \
+    run (a system-wide profile of a UDP-64 flood put a fifth of the TC programs' samples in \
+    the wrapper; arm F's empty program is loaded without one). ef5316a marks each body \
+    `#[inline(always)]`, so each program is one function. bpf_stats over a UDP-64 flood \
+    across a veth pair (4 s, about 200 kpps, 7 rounds interleaved, old and new binaries): \
+    tc_ingress and tc_egress 96-107 (median 101) -> 84-103 ns per run (median 91); over \
+    the firewall floods (2 rounds of each rule) TC 90-95 -> 84-97 ns, the netfilter \
+    observers and kfree_skb within noise.
+
+tracer's own CPU in the arms' windows: the first drop of a run read /proc/kallsyms to \
+    name its place, 70 ms of a core in the middle of the loads (40 ms of it the kernel \
+    formatting 120,000 lines). 6ff5873 reads the symbols as tracer starts, into a compact \
+    table (55 ms, no more memory): arm B's tool CPU on the veth path 1.0% -> 0.1-0.2% of a \
+    core (quick bench, one and two repetitions).";
 
 /// What a profile of the active-flows load showed (perf, 10,000 flows on
 /// two hops, JSON to a file), written down by hand: a profile is not part of
