@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap as HashMap;
 /// when the first drop shows up.
 #[derive(Default)]
 pub struct Symbolizer {
-    /// Empty if /proc/kallsyms could not be read.
+    /// Read on first use; empty if /proc/kallsyms could not be read.
     symbols: Option<Symbols>,
     cache: HashMap<u64, String>,
 }
@@ -23,25 +23,24 @@ pub struct Symbolizer {
 impl Symbolizer {
     /// Reads the symbols now if they were not yet.
     pub fn load(&mut self) {
-        self.symbols.get_or_insert_with(|| {
-            File::open("/proc/kallsyms")
-                .map(|f| Symbols::read(BufReader::new(f)))
-                .unwrap_or_default()
-        });
+        self.symbols();
     }
 
     pub fn name(&mut self, addr: u64) -> String {
         if let Some(n) = self.cache.get(&addr) {
             return n.clone();
         }
-        self.load();
-        let name = self
-            .symbols
-            .as_ref()
-            .map(|s| s.resolve(addr))
-            .unwrap_or_default();
+        let name = self.symbols().resolve(addr);
         self.cache.insert(addr, name.clone());
         name
+    }
+
+    fn symbols(&mut self) -> &Symbols {
+        self.symbols.get_or_insert_with(|| {
+            File::open("/proc/kallsyms")
+                .map(|f| Symbols::read(BufReader::new(f)))
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -59,7 +58,6 @@ impl Symbols {
     /// (`t`, `T`) is kept: a drop location is an address in code. Read a
     /// line at a time: the whole file is 5 MB.
     fn read(file: impl BufRead) -> Symbols {
-        // (address, where its name starts in `names`, its length)
         let mut found: Vec<(u64, u32, u32)> = Vec::new();
         let mut names = String::new();
         for line in file.split(b'\n') {
