@@ -4,8 +4,9 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, Stack},
     programs::TcContext,
 };
 use tracer_ebpf::{
@@ -20,18 +21,43 @@ use crate::{
     head::{self, HeadReader, Linear},
     icmp,
     kernel::{self, Btf, Probe},
-    maps::{self, Upsert, config, count_n, double_buffered, upsert_shared, zero},
+    maps::{self, config, count_n, zero},
 };
 
-/// Default size of each flow map; userspace resizes it from `--flow-map-size`.
+/// Default number of flow slots; userspace resizes the maps from `--flow-map-size`.
 const FLOW_MAP_ENTRIES: u32 = 65536;
 
-// Shared, not per-CPU: the cache below takes a flow's packets, so the map
-// sees only what the cache pushes out, and a per-CPU map would hold and
-// drain a value per possible CPU (48 bytes x 65,536 x 2 maps: 400 MB of
-// kernel memory on a host with 64).
-double_buffered!(shared FlowKey => FlowStats, FLOW_MAP_ENTRIES,
-    FLOWS_0, FLOWS_1, FLOW_GENERATION, flow_generation, flows);
+// A flow keeps a slot while it is active: its counters sit at the slot's
+// index in an array userspace maps into its memory, so a drain reads them in
+// place and copies or deletes no map entry (a batched lookup-and-delete of a
+// hash map cost a quarter of tracer's CPU at 10,000 flows).
+/// Flow key -> its slot.
+#[map]
+static FLOW_INDEX: HashMap<FlowKey, u32> = HashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
+/// Slot -> the key that holds it, written as the key takes the slot.
+#[map]
+static FLOW_KEYS: Array<FlowKey> = Array::with_max_entries(FLOW_MAP_ENTRIES, 0);
+/// Counters by slot, one array per generation parity: the programs add to
+/// the array of the generation they read; userspace, once it switched them
+/// to the other, reads and zeroes this one.
+#[map]
+static FLOW_STATS_0: Array<FlowStats> = Array::with_max_entries(FLOW_MAP_ENTRIES, BPF_F_MMAPABLE);
+#[map]
+static FLOW_STATS_1: Array<FlowStats> = Array::with_max_entries(FLOW_MAP_ENTRIES, BPF_F_MMAPABLE);
+/// Free slots, pushed by userspace at start and as it frees idle flows'
+/// slots. A stack: freed slots are taken again first, so the slots in use
+/// stay at the low end.
+#[map]
+static FLOW_FREE: Stack<u32> = Stack::with_max_entries(FLOW_MAP_ENTRIES, 0);
+/// The generation the programs count for: a count of drains.
+#[map]
+static FLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn flow_generation() -> u32 {
+    FLOW_GENERATION.get(0).copied().unwrap_or(0)
+}
+
 /// `struct net_device` address -> which device it is, written when a flow is first
 /// seen so that userspace can name the `dev` of a [`FlowKey`].
 #[map]
@@ -262,19 +288,57 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
             p.apply(&mut slot.stats);
             return;
         }
-        // Another flow had the slot: its counts go to the map of its generation.
-        if upsert_shared(flows(generation), &slot.key, &slot.stats, |v| {
-            add_atomic(v, &slot.stats)
-        }) == Upsert::Full
-        {
-            count_n(counter::FLOW_MAP_FULL, slot.stats.packets);
-        }
+        // Another flow had the slot: its counts go to its flow slot.
+        evict(&slot.key, &slot.stats, generation);
     }
     slot.generation = generation;
     cache::store(&mut slot.key, key);
     zero(&mut slot.stats);
     p.apply(&mut slot.stats);
     name_device(dev, ifindex);
+}
+
+/// Adds what the cache held for `key` to the counters of its flow slot,
+/// taking a free slot for a new flow.
+#[inline(always)]
+fn evict(key: &FlowKey, s: &FlowStats, generation: u32) {
+    let Some(index) = flow_slot(key) else {
+        count_n(counter::FLOW_MAP_FULL, s.packets);
+        return;
+    };
+    let counters = if generation & 1 == 1 {
+        &FLOW_STATS_1
+    } else {
+        &FLOW_STATS_0
+    };
+    if let Some(v) = counters.get_ptr_mut(index) {
+        add_atomic(v, s);
+    }
+}
+
+/// The slot of `key`: its own, or a free one it takes. `None`: no slot is free.
+#[inline(always)]
+fn flow_slot(key: &FlowKey) -> Option<u32> {
+    if let Some(index) = FLOW_INDEX.get_ptr(key) {
+        // SAFETY: a value of FLOW_INDEX, valid during the program's run.
+        return Some(unsafe { *index });
+    }
+    let free = FLOW_FREE.pop().ok().flatten()?;
+    // The key first: userspace reads it once the slot counts something,
+    // which it can only after the insert below.
+    if let Some(k) = FLOW_KEYS.get_ptr_mut(free) {
+        // SAFETY: a value of FLOW_KEYS; the slot is this program's alone
+        // until the insert publishes it.
+        cache::store(unsafe { &mut *k }, key);
+    }
+    if FLOW_INDEX.insert(key, &free, BPF_NOEXIST as u64).is_ok() {
+        return Some(free);
+    }
+    // Another CPU gave the key a slot meanwhile (or the index is full): the
+    // slot taken goes back.
+    let _ = FLOW_FREE.push(free, 0);
+    // SAFETY: as above.
+    FLOW_INDEX.get_ptr(key).map(|index| unsafe { *index })
 }
 
 /// Adds `s` to the map's counters at `v`, which other CPUs may add to at
@@ -285,7 +349,7 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
 /// larger value may be lost.
 #[inline(always)]
 fn add_atomic(v: *mut FlowStats, s: &FlowStats) {
-    // SAFETY: `v` is a value of the flow map, valid during the program's run
+    // SAFETY: `v` is a value of a flow counter array, valid during the program's run
     // and 8-aligned; other CPUs reach it only through atomic adds and the
     // plain stores of `max_len`.
     unsafe {

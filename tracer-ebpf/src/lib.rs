@@ -85,9 +85,10 @@ pub struct FlowStats {
 pub const FLOW_CACHE_SLOTS: u32 = 64;
 
 /// One slot of the per-CPU flow cache the TC programs count in before the
-/// flow map: the packets of a flow a CPU keeps seeing are added here without
-/// hashing the key; an entry goes to the flow map when another flow takes its
-/// slot, and userspace drains the rest with the map it belongs to.
+/// flow slots: the packets of a flow a CPU keeps seeing are added here without
+/// hashing the key; an entry goes to its flow slot's counters when another
+/// flow takes its cache slot, and userspace reads the rest with the
+/// generation it belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -255,7 +256,7 @@ pub struct DropEvent {
 
 /// Indices into the `COUNTERS` per-CPU array: events the programs could not record.
 pub mod counter {
-    /// A flow could not be inserted because the flow map was full.
+    /// A flow found no free flow slot: its packets were not counted.
     pub const FLOW_MAP_FULL: u32 = 0;
     /// A drop could not be counted because the drop map was full.
     pub const DROP_MAP_FULL: u32 = 1;

@@ -180,24 +180,17 @@ pub fn count_n(index: u32, n: u64) {
 /// and a one-entry array saying which (userspace's `DoubleBuffer` counts it
 /// up, waits for running programs, and drains the other). Defines
 /// `$generation()`, the count now (its parity is the buffer to write to), and
-/// `$buffer(g)`. Per-CPU maps, unless `shared` comes first: one value per
-/// key for all CPUs, which they update with atomic adds. A per-CPU map holds
-/// (and a drain copies) a value per possible CPU for every entry.
+/// `$buffer(g)`. Per-CPU maps: the flows, which are many, count in slots
+/// of their own instead (flows.rs).
 macro_rules! double_buffered {
-    (shared $key:ty => $value:ty, $($rest:tt)*) => {
-        $crate::maps::double_buffered!(@HashMap, $key => $value, $($rest)*);
-    };
-    ($key:ty => $value:ty, $($rest:tt)*) => {
-        $crate::maps::double_buffered!(@PerCpuHashMap, $key => $value, $($rest)*);
-    };
-    (@$kind:ident, $key:ty => $value:ty, $entries:expr,
+    ($key:ty => $value:ty, $entries:expr,
      $m0:ident, $m1:ident, $gen:ident, $generation:ident, $buffer:ident) => {
         #[aya_ebpf::macros::map]
-        static $m0: aya_ebpf::maps::$kind<$key, $value> =
-            aya_ebpf::maps::$kind::with_max_entries($entries, 0);
+        static $m0: aya_ebpf::maps::PerCpuHashMap<$key, $value> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries($entries, 0);
         #[aya_ebpf::macros::map]
-        static $m1: aya_ebpf::maps::$kind<$key, $value> =
-            aya_ebpf::maps::$kind::with_max_entries($entries, 0);
+        static $m1: aya_ebpf::maps::PerCpuHashMap<$key, $value> =
+            aya_ebpf::maps::PerCpuHashMap::with_max_entries($entries, 0);
         #[aya_ebpf::macros::map]
         static $gen: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 
@@ -207,7 +200,7 @@ macro_rules! double_buffered {
         }
 
         #[inline(always)]
-        fn $buffer(generation: u32) -> &'static aya_ebpf::maps::$kind<$key, $value> {
+        fn $buffer(generation: u32) -> &'static aya_ebpf::maps::PerCpuHashMap<$key, $value> {
             if generation & 1 == 1 { &$m1 } else { &$m0 }
         }
     };
@@ -245,33 +238,6 @@ pub fn upsert<K, V: Copy>(map: &PerCpuHashMap<K, V>, key: &K, apply: impl Fn(&mu
             // SAFETY: the map's value for this CPU, valid during the program's run;
             // no other reference to it exists while `apply` runs.
             apply(unsafe { &mut *v });
-            Upsert::Updated
-        }
-        None => Upsert::Full,
-    }
-}
-
-/// Adds `value` to `key`'s value in a map all CPUs share: `add` applies it
-/// to an entry in place (with atomic operations: another CPU may be adding
-/// to the same entry), and a new key is inserted with `value` itself.
-#[inline(always)]
-pub fn upsert_shared<K, V>(
-    map: &HashMap<K, V>,
-    key: &K,
-    value: &V,
-    add: impl Fn(*mut V),
-) -> Upsert {
-    if let Some(v) = map.get_ptr_mut(key) {
-        add(v);
-        return Upsert::Updated;
-    }
-    if map.insert(key, value, BPF_NOEXIST as u64).is_ok() {
-        return Upsert::Inserted;
-    }
-    // Another CPU may have inserted the key meanwhile; otherwise the map is full.
-    match map.get_ptr_mut(key) {
-        Some(v) => {
-            add(v);
             Upsert::Updated
         }
         None => Upsert::Full,

@@ -1,7 +1,8 @@
 //! Per-hop counts stay exact when many flows take turns on a CPU: the TC
-//! programs count in a small per-CPU cache in front of the flow map, so
-//! flows evict each other from it, reports drain it at every interval, and
-//! a full map must lose no more than it says.
+//! programs count in a small per-CPU cache in front of the flow slots, so
+//! flows evict each other from it, reports drain it at every interval, a
+//! full map must lose no more than it says, and idle flows give their slots
+//! back.
 
 mod common;
 
@@ -17,10 +18,15 @@ const FIRST_SPORT: u16 = 20000;
 /// round, the flows in turn, with a pause between rounds that spans report
 /// intervals; returns the datagrams sent.
 fn interleaved(p: &Pair, flows: u16, rounds: u32) -> u64 {
+    interleaved_from(p, FIRST_SPORT, flows, rounds)
+}
+
+/// [`interleaved`] from source ports `first..+flows`.
+fn interleaved_from(p: &Pair, first: u16, flows: u16, rounds: u32) -> u64 {
     let to = SocketAddrV4::new(p.b.ip, PORT);
     for _ in 0..rounds {
         for i in 0..flows {
-            let from = SocketAddrV4::new(p.a.ip, FIRST_SPORT + i);
+            let from = SocketAddrV4::new(p.a.ip, first + i);
             traffic::send_udp(&p.a.ns, from, to, 1, 16).unwrap();
         }
         sleep(Duration::from_millis(700));
@@ -78,4 +84,30 @@ fn a_full_flow_map_loses_only_what_it_counts() {
         "an 8-entry map held {counted} packets of 150 flows"
     );
     assert_eq!(counted + lost, 2 * sent, "counted {counted}, lost {lost}");
+}
+
+#[test]
+fn idle_flows_give_their_slots_back() {
+    let p = Pair::new(1500).unwrap();
+    let (flows, rounds) = (150, 2);
+    let sink = traffic::UdpSink::start(&p.b.ns, SocketAddrV4::new(p.b.ip, PORT)).unwrap();
+    // Two batches of 150 flows x 2 hops, most pushed out of the per-CPU
+    // cache into slots: the second fits in 400 slots only if the first,
+    // idle by then, gave its slots back (after two intervals, and one more
+    // to be sure no program holds them).
+    let run = start(
+        p.namespaces(),
+        &["--interval", "1", "--flow-map-size", "400"],
+    );
+    let mut sent = interleaved_from(&p, FIRST_SPORT, flows, rounds);
+    sleep(Duration::from_millis(5500));
+    sent += interleaved_from(&p, FIRST_SPORT + flows, flows, rounds);
+    assert!(sink.wait_for(sent, Duration::from_secs(10)));
+    let f = stop(run);
+    let expected: Vec<(u64, u64)> = (0..2 * flows)
+        .map(|i| ((FIRST_SPORT + i) as u64, rounds as u64))
+        .collect();
+    assert_eq!(f.totals("health")[0]["flow_map_full"], 0);
+    assert_eq!(per_flow(&f, &p.a.ns, "egress"), expected);
+    assert_eq!(per_flow(&f, &p.b.ns, "ingress"), expected);
 }

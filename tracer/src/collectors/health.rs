@@ -11,7 +11,7 @@ use tracer_ebpf::counter;
 /// Events the eBPF side could not record, and other signs that counts are incomplete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Health {
-    /// Packets not counted because the flow map was full.
+    /// Packets not counted because no flow slot was free.
     pub flow_map_full: u64,
     /// Drops not counted because the drop map was full.
     pub drop_map_full: u64,

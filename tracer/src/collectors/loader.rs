@@ -19,10 +19,16 @@ pub fn load(config: &Config, flow_map_size: u32, kernel: &Kernel) -> Result<Ebpf
         kernel.cast_to_kern_ctx.filter(|_| config.kern_ctx != 0),
     )?;
     let mut loader = EbpfLoader::new();
-    loader
-        .override_global("CONFIG", config, true)
-        .map_max_entries("FLOWS_0", flow_map_size)
-        .map_max_entries("FLOWS_1", flow_map_size);
+    loader.override_global("CONFIG", config, true);
+    for map in [
+        "FLOW_INDEX",
+        "FLOW_KEYS",
+        "FLOW_STATS_0",
+        "FLOW_STATS_1",
+        "FLOW_FREE",
+    ] {
+        loader.map_max_entries(map, flow_map_size);
+    }
     // A page in the object: the ring's memory is taken only when capture is on.
     if config.capture_snaplen != 0 {
         loader.map_max_entries(

@@ -1,6 +1,6 @@
 //! The run's totals by key, added to an interval at a time.
 //!
-//! Every interval adds tens of thousands of keys (a flow map's entries)
+//! Every interval adds tens of thousands of keys (the flows that counted)
 //! scattered over megabytes of totals: a hash map then waits on one cache
 //! miss per key, one after the other (a fifth of the agent's time at 10,000
 //! flows). This table takes the whole interval at once and asks the memory

@@ -420,6 +420,80 @@ pub fn drain_hash(
     }
 }
 
+/// The values of a BPF array created with `BPF_F_MMAPABLE`, mapped into
+/// this process: read and zeroed in place, without a syscall per value.
+pub struct Mapped<T> {
+    values: std::ptr::NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+impl<T: aya::Pod> Mapped<T> {
+    /// Maps the `len` values of array `map`.
+    pub fn new(map: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // The kernel lays values out every round_up(size, 8) bytes: T's own size.
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
+        // SAFETY: a new shared mapping of the map's pages; nothing else in
+        // this process refers to that range.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            values: std::ptr::NonNull::new(p.cast()).expect("mmap returned a mapping"),
+            len,
+            bytes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Value `i` if it is not all zero, zeroed in place. Only while no
+    /// program writes to the array (the caller switched them to another).
+    pub fn take(&self, i: usize) -> Option<T> {
+        assert!(i < self.len);
+        // SAFETY: i < len: the value lies inside the mapping, 8-aligned.
+        let words = unsafe { self.values.as_ptr().add(i).cast::<u64>() };
+        let n = size_of::<T>() / 8;
+        // SAFETY: the value's n words, read as the kernel wrote them.
+        if (0..n).all(|w| unsafe { words.add(w).read_volatile() } == 0) {
+            return None;
+        }
+        // SAFETY: as above; T is Pod, so any bytes are a valid T.
+        let value = unsafe { words.cast::<T>().read_volatile() };
+        for w in 0..n {
+            // SAFETY: as above.
+            unsafe { words.add(w).write_volatile(0) };
+        }
+        Some(value)
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.values.as_ptr().cast(), self.bytes) };
+    }
+}
+
 /// Time spent in program `fd` and its number of runs, as the kernel counts
 /// them while BPF statistics are on (`kernel.bpf_stats_enabled`).
 pub fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(std::time::Duration, u64)> {

@@ -1,6 +1,7 @@
 //! Per-hop flow counters: TC programs on ingress and egress of every traced
 //! device count packets, bytes, fragments and the largest packet per flow.
 
+mod slots;
 pub mod tc;
 
 use std::{cmp::Ordering, collections::HashMap, rc::Rc};
@@ -19,7 +20,7 @@ use crate::{
     cli::Cli,
     collectors::{
         Collector, Notice, Setup,
-        double_buffer::{Cache, CacheSlot, Drained},
+        double_buffer::{Cache, CacheSlot},
         loader,
         tally::Accumulate,
     },
@@ -81,8 +82,9 @@ type DeviceName = (Rc<str>, Rc<str>);
 pub struct Flows {
     mode: tc::AttachMode,
     links: tc::Links,
-    counts: Drained<FlowKey, FlowStats, Counts>,
-    /// The programs' per-CPU cache in front of the flow maps.
+    /// Taken once the programs are loaded.
+    counts: Option<slots::Slots>,
+    /// The programs' per-CPU cache in front of the flow slots.
     cache: Option<Cache<FlowSlot>>,
     devices: DeviceNames,
     /// Kfuncs may be used where the kernel has them (not `--no-kfuncs`).
@@ -112,7 +114,7 @@ impl Flows {
         Flows {
             mode: cli.tc_attach,
             links: tc::Links::default(),
-            counts: Drained::default(),
+            counts: None,
             cache: None,
             devices: DeviceNames::default(),
             kfuncs: !cli.no_kfuncs,
@@ -206,7 +208,7 @@ impl Collector for Flows {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts.take(ebpf, "FLOW_GENERATION", "FLOWS")?;
+        self.counts = Some(slots::Slots::take(ebpf)?);
         self.cache = Some(Cache::take(ebpf, "FLOW_CACHE")?);
         let devices = ebpf
             .take_map("DEVICES")
@@ -216,20 +218,26 @@ impl Collector for Flows {
     }
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
-        self.counts.drain_cached(barrier, self.cache.as_ref())
+        match &mut self.counts {
+            Some(c) => c.drain(barrier, self.cache.as_ref()),
+            None => Ok(()),
+        }
     }
 
     fn fill(&self) -> Option<(usize, u32)> {
-        self.counts.fill()
+        Some(self.counts.as_ref()?.fill())
     }
 
     fn rows(&mut self, scope: Scope, names: &mut Names, report: &mut Report) {
         // Before `rows`, which ends the interval.
+        let Some(counts) = &mut self.counts else {
+            return;
+        };
         if scope == Scope::Interval {
-            report.new_flows = self.counts.fresh().map(|k| k.id).collect();
+            report.new_flows = counts.fresh().map(|k| k.id).collect();
         }
         let devices = &mut self.devices;
-        report.flows = self.counts.rows(scope, |e| devices.named(names, e));
+        report.flows = counts.rows(scope, |e| devices.named(names, e));
     }
 
     fn sync(&mut self, ebpf: &mut Ebpf, targets: &[crate::topology::Target]) -> Result<usize> {
