@@ -49,6 +49,11 @@ static FLOW_STATS_1: Array<FlowStats> = Array::with_max_entries(FLOW_MAP_ENTRIES
 /// stay at the low end.
 #[map]
 static FLOW_FREE: Stack<u32> = Stack::with_max_entries(FLOW_MAP_ENTRIES, 0);
+/// Per CPU: one past the highest slot its programs took, so that userspace
+/// reads the arrays only up to the slots ever used. Per CPU, so a plain
+/// store is exact (the TC programs do not nest on a CPU).
+#[map]
+static FLOW_HIGH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// The generation the programs count for: a count of drains.
 #[map]
 static FLOW_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
@@ -324,6 +329,14 @@ fn flow_slot(key: &FlowKey) -> Option<u32> {
         return Some(unsafe { *index });
     }
     let free = FLOW_FREE.pop().ok().flatten()?;
+    if let Some(high) = FLOW_HIGH.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, which no other program run touches meanwhile.
+        unsafe {
+            if free >= *high {
+                *high = free + 1;
+            }
+        }
+    }
     // The key first: userspace reads it once the slot counts something,
     // which it can only after the insert below.
     if let Some(k) = FLOW_KEYS.get_ptr_mut(free) {

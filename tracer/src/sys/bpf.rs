@@ -421,40 +421,40 @@ pub fn drain_hash(
 }
 
 /// The values of a BPF array created with `BPF_F_MMAPABLE`, mapped into
-/// this process: read and zeroed in place, without a syscall per value.
+/// this process as far as they are used: read and zeroed in place, without
+/// a syscall per value.
+///
+/// Mapped in chunks of `size_of::<T>()` pages (a page's worth of values), as
+/// [`Mapped::reach`] asks: the kernel puts every page of a mapping in it at
+/// once, so mapping all of a 65,536-slot array would add its megabytes to
+/// tracer's resident memory whether used or not.
 pub struct Mapped<T> {
-    values: std::ptr::NonNull<T>,
+    map: OwnedFd,
+    /// Values in the array.
     len: usize,
+    page: usize,
+    chunks: Vec<Chunk>,
+    _values: std::marker::PhantomData<T>,
+}
+
+struct Chunk {
+    values: std::ptr::NonNull<u64>,
     bytes: usize,
 }
 
 impl<T: aya::Pod> Mapped<T> {
-    /// Maps the `len` values of array `map`.
+    /// The `len` values of array `map`, none mapped yet.
     pub fn new(map: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         // The kernel lays values out every round_up(size, 8) bytes: T's own size.
         const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
-        // SAFETY: a new shared mapping of the map's pages; nothing else in
-        // this process refers to that range.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Mapped {
-            values: std::ptr::NonNull::new(p.cast()).expect("mmap returned a mapping"),
+            map: map.try_clone_to_owned()?,
             len,
-            bytes,
+            page,
+            chunks: Vec::new(),
+            _values: std::marker::PhantomData,
         })
     }
 
@@ -466,14 +466,54 @@ impl<T: aya::Pod> Mapped<T> {
         self.len == 0
     }
 
-    /// Value `i` if it is not all zero, zeroed in place. Only while no
-    /// program writes to the array (the caller switched them to another).
+    /// Values per chunk.
+    fn per_chunk(&self) -> usize {
+        self.page
+    }
+
+    /// Maps the values below `end` (at most [`Mapped::len`]) that are not yet.
+    pub fn reach(&mut self, end: usize) -> io::Result<()> {
+        let end = end.min(self.len);
+        let array_bytes = (self.len * size_of::<T>()).div_ceil(self.page) * self.page;
+        while self.chunks.len() * self.per_chunk() < end {
+            let offset = self.chunks.len() * self.per_chunk() * size_of::<T>();
+            let bytes = (self.per_chunk() * size_of::<T>()).min(array_bytes - offset);
+            // SAFETY: a new shared mapping of pages of the array, inside it
+            // (`offset` and `bytes` are page multiples within its size);
+            // nothing else in this process refers to that range.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    bytes,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.map.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let values = std::ptr::NonNull::new(p.cast()).expect("mmap returned a mapping");
+            self.chunks.push(Chunk { values, bytes });
+        }
+        Ok(())
+    }
+
+    /// Value `i` if it is not all zero, zeroed in place; `None` also past
+    /// what is mapped. Only while no program writes to the array (the
+    /// caller switched them to another).
     pub fn take(&self, i: usize) -> Option<T> {
-        assert!(i < self.len);
-        // SAFETY: i < len: the value lies inside the mapping, 8-aligned.
-        let words = unsafe { self.values.as_ptr().add(i).cast::<u64>() };
+        let chunk = self.chunks.get(i / self.per_chunk())?;
         let n = size_of::<T>() / 8;
-        // SAFETY: the value's n words, read as the kernel wrote them.
+        let at = (i % self.per_chunk()) * n;
+        if (at + n) * 8 > chunk.bytes {
+            return None;
+        }
+        // SAFETY: the value's n words lie inside the chunk's mapping (checked
+        // above), 8-aligned.
+        let words = unsafe { chunk.values.as_ptr().add(at) };
+        // SAFETY: as above.
         if (0..n).all(|w| unsafe { words.add(w).read_volatile() } == 0) {
             return None;
         }
@@ -489,8 +529,10 @@ impl<T: aya::Pod> Mapped<T> {
 
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.values.as_ptr().cast(), self.bytes) };
+        for c in &self.chunks {
+            // SAFETY: a mapping made in `reach`, unmapped once.
+            unsafe { libc::munmap(c.values.as_ptr().cast(), c.bytes) };
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::os::fd::AsFd as _;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, Stack},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Stack},
 };
 // Looked up for every slot read when the cache holds something: FxHash.
 use rustc_hash::FxHashMap as HashMap;
@@ -43,6 +43,8 @@ pub struct Slots {
     keys: Array<MapData, FlowKey>,
     index: BpfHashMap<MapData, FlowKey, u32>,
     free: Stack<MapData, u32>,
+    /// Per CPU: one past the highest slot its programs took.
+    high: PerCpuArray<MapData, u32>,
     /// What this side knows of each slot, up to the highest seen.
     held: Vec<Held>,
     /// Slots whose key left the index at the last drain.
@@ -90,6 +92,7 @@ impl Slots {
         };
         let stats = [mapped(ebpf, "FLOW_STATS_0")?, mapped(ebpf, "FLOW_STATS_1")?];
         let keys = take(ebpf, "FLOW_KEYS", Array::try_from)?;
+        let high = take(ebpf, "FLOW_HIGH", PerCpuArray::try_from)?;
         let index = take(ebpf, "FLOW_INDEX", BpfHashMap::try_from)?;
         let mut free: Stack<MapData, u32> = take(ebpf, "FLOW_FREE", Stack::try_from)?;
         // The lowest slots on top: the slots in use stay at the low end.
@@ -102,6 +105,7 @@ impl Slots {
             keys,
             index,
             free,
+            high,
             held: Vec::new(),
             leaving: Vec::new(),
             in_use: 0,
@@ -128,7 +132,12 @@ impl Slots {
                 extra.entry(key).or_default().add(&Counts::from(&stats));
             }
         }
-        let stats = &self.stats[(old & 1) as usize];
+        // Every slot a program of the old generation took is below it: they
+        // have all returned.
+        let high = self.high.get(&0, 0)?.iter().copied().max().unwrap_or(0) as usize;
+        let stats = &mut self.stats[(old & 1) as usize];
+        stats.reach(high).context("map flow counters")?;
+        let stats = &*stats;
         // Slots out of the index: their key may hold a new slot by now.
         for &slot in &self.leaving {
             if let (Some(s), Held::Leaving { key }) =
@@ -137,7 +146,7 @@ impl Slots {
                 extra.entry(key).or_default().add(&Counts::from(&s));
             }
         }
-        for slot in 0..stats.len() {
+        for slot in 0..high {
             let Some(s) = stats.take(slot) else {
                 if let Some(Held::Counting { idle, .. }) = self.held.get_mut(slot) {
                     *idle = idle.saturating_add(1);
