@@ -352,10 +352,58 @@ fn program_fds(ebpf: &Ebpf, collectors: &Collectors) -> Result<Vec<(String, Owne
 /// One line per MTU problem not said before. A veth whose peer is not
 /// traced is no problem: a note in the paths that cross it.
 fn say_findings(findings: &[mtu::Finding], said: &[mtu::Finding]) {
-    for f in findings {
-        if f.kind != mtu::FindingKind::VethPeerUntraced && !said.contains(f) {
+    for f in findings.iter().filter(|f| worth_a_line(f)) {
+        if !said.contains(f) {
             eprintln!("tracer: MTU problem: {}", f.finding);
         }
+    }
+}
+
+fn worth_a_line(f: &mtu::Finding) -> bool {
+    f.kind != mtu::FindingKind::VethPeerUntraced
+}
+
+/// How long an MTU problem that appears while tracing must last before it
+/// is said: Docker creates a veth at 1500 and lowers it to the overlay's
+/// MTU a moment later, which is no problem to wake anyone for.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The MTU problems said on stderr while tracing, and those waiting to
+/// outlive [`SETTLE`].
+struct FindingLines {
+    said: Vec<mtu::Finding>,
+    pending: Vec<(Instant, mtu::Finding)>,
+}
+
+impl FindingLines {
+    /// After the start, which said `findings` at once.
+    fn new(findings: &[mtu::Finding]) -> Self {
+        FindingLines {
+            said: findings.to_vec(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The topology changed: these are its problems now.
+    fn update(&mut self, findings: &[mtu::Finding], now: Instant) {
+        self.said.retain(|f| findings.contains(f));
+        self.pending.retain(|(_, f)| findings.contains(f));
+        for f in findings.iter().filter(|f| worth_a_line(f)) {
+            if !self.said.contains(f) && !self.pending.iter().any(|(_, p)| p == f) {
+                self.pending.push((now, f.clone()));
+            }
+        }
+    }
+
+    /// Says the problems that lasted [`SETTLE`].
+    fn say_settled(&mut self, now: Instant) {
+        let (settled, waiting) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(since, _)| now.duration_since(*since) >= SETTLE);
+        self.pending = waiting;
+        let settled: Vec<mtu::Finding> = settled.into_iter().map(|(_, f)| f).collect();
+        say_findings(&settled, &[]);
+        self.said.extend(settled);
     }
 }
 
@@ -481,6 +529,7 @@ fn stream(
         let mut last = start;
         let mut ticker = tokio::time::interval_at((start + cli.interval).into(), cli.interval);
         let mut watch = tokio::time::interval_at((start + POLL).into(), POLL);
+        let mut finding_lines = FindingLines::new(analysis.findings());
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop_at = cli.duration.map(|d| start + d);
         let until_stop = async {
@@ -512,6 +561,7 @@ fn stream(
                     }
                 }
                 _ = watch.tick() => {
+                    finding_lines.say_settled(Instant::now());
                     if let Some(said) = watcher.poll()? {
                         let targets = &watcher.targets;
                         collectors.sync(ebpf, targets)?;
@@ -523,7 +573,7 @@ fn stream(
                         names.update(targets);
                         let links = links_of(targets, &watcher.topo);
                         let findings = mtu::findings(&watcher.topo);
-                        say_findings(&findings, analysis.findings());
+                        finding_lines.update(&findings, Instant::now());
                         analysis.set_topology(findings, links.clone(), &watcher.namespaces());
                         if let Out::Live(l) = &mut outputs.main {
                             l.set_links(links);
