@@ -34,9 +34,10 @@ const FLOW_MAP_ENTRIES: u32 = 65536;
 /// Flow key -> its slot.
 #[map]
 static FLOW_INDEX: HashMap<FlowKey, u32> = HashMap::with_max_entries(FLOW_MAP_ENTRIES, 0);
-/// Slot -> the key that holds it, written as the key takes the slot.
+/// Slot -> the key that holds it, written as the key takes the slot (and
+/// read by userspace in place too).
 #[map]
-static FLOW_KEYS: Array<FlowKey> = Array::with_max_entries(FLOW_MAP_ENTRIES, 0);
+static FLOW_KEYS: Array<FlowKey> = Array::with_max_entries(FLOW_MAP_ENTRIES, BPF_F_MMAPABLE);
 /// Counters by slot, one array per generation parity: the programs add to
 /// the array of the generation they read; userspace, once it switched them
 /// to the other, reads and zeroes this one.

@@ -500,20 +500,31 @@ impl<T: aya::Pod> Mapped<T> {
         Ok(())
     }
 
+    /// Where value `i` is, if it is mapped.
+    fn words(&self, i: usize) -> Option<*mut u64> {
+        let chunk = self.chunks.get(i / self.per_chunk())?;
+        let n = size_of::<T>() / 8;
+        let at = (i % self.per_chunk()) * n;
+        // SAFETY: the value's n words lie inside the chunk's mapping
+        // (checked first), 8-aligned.
+        ((at + n) * 8 <= chunk.bytes).then(|| unsafe { chunk.values.as_ptr().add(at) })
+    }
+
+    /// Value `i`, if it is mapped; whoever writes it must not meanwhile.
+    pub fn get(&self, i: usize) -> Option<T> {
+        let words = self.words(i)?;
+        // SAFETY: `words` is the value's place in the mapping; T is Pod, so
+        // any bytes are a valid T.
+        Some(unsafe { words.cast::<T>().read_volatile() })
+    }
+
     /// Value `i` if it is not all zero, zeroed in place; `None` also past
     /// what is mapped. Only while no program writes to the array (the
     /// caller switched them to another).
     pub fn take(&self, i: usize) -> Option<T> {
-        let chunk = self.chunks.get(i / self.per_chunk())?;
+        let words = self.words(i)?;
         let n = size_of::<T>() / 8;
-        let at = (i % self.per_chunk()) * n;
-        if (at + n) * 8 > chunk.bytes {
-            return None;
-        }
-        // SAFETY: the value's n words lie inside the chunk's mapping (checked
-        // above), 8-aligned.
-        let words = unsafe { chunk.values.as_ptr().add(at) };
-        // SAFETY: as above.
+        // SAFETY: the value's n words, in the mapping (see `words`).
         if (0..n).all(|w| unsafe { words.add(w).read_volatile() } == 0) {
             return None;
         }

@@ -40,7 +40,9 @@ pub struct Slots {
     generation: Array<MapData, u32>,
     /// The programs' counters by slot, per generation parity.
     stats: [Mapped<FlowStats>; 2],
-    keys: Array<MapData, FlowKey>,
+    /// The key of each slot, as the programs wrote it when one took it;
+    /// unchanged while the slot is held.
+    keys: Mapped<FlowKey>,
     index: BpfHashMap<MapData, FlowKey, u32>,
     free: Stack<MapData, u32>,
     /// Per CPU: one past the highest slot its programs took.
@@ -61,10 +63,10 @@ enum Held {
     /// On the free stack, or taken by a program and not yet seen counting.
     #[default]
     Free,
-    /// Counting for `key`; `idle` drains since it last counted.
-    Counting { key: FlowKey, idle: u8 },
+    /// Counting for its key; `idle` drains since it last counted.
+    Counting { idle: u8 },
     /// Out of the index, with its last counts still to be read.
-    Leaving { key: FlowKey },
+    Leaving,
 }
 
 fn take<T>(
@@ -82,16 +84,16 @@ impl Slots {
     /// Takes the slot maps out of `ebpf` and puts every slot on the free stack.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let generation = take(ebpf, "FLOW_GENERATION", Array::try_from)?;
-        let mapped = |ebpf: &mut Ebpf, name: &str| -> Result<Mapped<FlowStats>> {
+        fn mapped<T: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Mapped<T>> {
             let map = take(ebpf, name, |m| match m {
                 aya::maps::Map::Array(data) => Ok(data),
                 _ => Err(aya::maps::MapError::InvalidName { name: name.into() }),
             })?;
             let entries = map.info()?.max_entries();
             Mapped::new(map.fd().as_fd(), entries as usize).with_context(|| format!("mmap {name}"))
-        };
+        }
         let stats = [mapped(ebpf, "FLOW_STATS_0")?, mapped(ebpf, "FLOW_STATS_1")?];
-        let keys = take(ebpf, "FLOW_KEYS", Array::try_from)?;
+        let keys = mapped(ebpf, "FLOW_KEYS")?;
         let high = take(ebpf, "FLOW_HIGH", PerCpuArray::try_from)?;
         let index = take(ebpf, "FLOW_INDEX", BpfHashMap::try_from)?;
         let mut free: Stack<MapData, u32> = take(ebpf, "FLOW_FREE", Stack::try_from)?;
@@ -137,18 +139,24 @@ impl Slots {
         let high = self.high.get(&0, 0)?.iter().copied().max().unwrap_or(0) as usize;
         let stats = &mut self.stats[(old & 1) as usize];
         stats.reach(high).context("map flow counters")?;
-        let stats = &*stats;
+        self.keys.reach(high).context("map flow keys")?;
+        let (stats, keys) = (&*stats, &self.keys);
+        let key_of = |slot: usize| {
+            keys.get(slot)
+                .ok_or_else(|| anyhow!("flow slot {slot} is not mapped"))
+        };
         // Slots out of the index: their key may hold a new slot by now.
         for &slot in &self.leaving {
-            if let (Some(s), Held::Leaving { key }) =
-                (stats.take(slot as usize), self.held[slot as usize])
-            {
-                extra.entry(key).or_default().add(&Counts::from(&s));
+            if let Some(s) = stats.take(slot as usize) {
+                extra
+                    .entry(key_of(slot as usize)?)
+                    .or_default()
+                    .add(&Counts::from(&s));
             }
         }
         for slot in 0..high {
             let Some(s) = stats.take(slot) else {
-                if let Some(Held::Counting { idle, .. }) = self.held.get_mut(slot) {
+                if let Some(Held::Counting { idle }) = self.held.get_mut(slot) {
                     *idle = idle.saturating_add(1);
                 }
                 continue;
@@ -156,15 +164,9 @@ impl Slots {
             if slot >= self.held.len() {
                 self.held.resize(slot + 1, Held::Free);
             }
-            let key = match self.held[slot] {
-                Held::Counting { key, .. } => key,
-                // Taken since the last drain (a leaving slot was read above).
-                Held::Free | Held::Leaving { .. } => self
-                    .keys
-                    .get(&(slot as u32), 0)
-                    .context("read a flow slot's key")?,
-            };
-            self.held[slot] = Held::Counting { key, idle: 0 };
+            // A leaving slot was read above: this one counts for its key.
+            let key = key_of(slot)?;
+            self.held[slot] = Held::Counting { idle: 0 };
             let mut counts = Counts::from(&s);
             if !extra.is_empty()
                 && let Some(e) = extra.remove(&key)
@@ -187,14 +189,16 @@ impl Slots {
         self.in_use = 0;
         for (slot, held) in self.held.iter_mut().enumerate() {
             match *held {
-                Held::Counting { key, idle } if idle >= IDLE_DRAINS => {
+                Held::Counting { idle } if idle >= IDLE_DRAINS => {
                     // Gone already: the programs found no slot for it.
-                    let _ = self.index.remove(&key);
-                    *held = Held::Leaving { key };
+                    if let Some(key) = self.keys.get(slot) {
+                        let _ = self.index.remove(&key);
+                    }
+                    *held = Held::Leaving;
                     self.leaving.push(slot as u32);
                     self.in_use += 1;
                 }
-                Held::Counting { .. } | Held::Leaving { .. } => self.in_use += 1,
+                Held::Counting { .. } | Held::Leaving => self.in_use += 1,
                 Held::Free => {}
             }
         }
