@@ -210,7 +210,9 @@ fn sink(cli: &Cli, links: Links, to_stderr: bool) -> Result<(Out, Option<Events>
         let w: Box<dyn Write> = if to_stderr {
             Box::new(io::stderr())
         } else {
-            Box::new(io::stdout().lock())
+            let stdout = io::stdout().lock();
+            widen_pipe(stdout.as_fd());
+            Box::new(stdout)
         };
         io::BufWriter::with_capacity(1 << 16, w)
     };
@@ -230,6 +232,32 @@ fn sink(cli: &Cli, links: Links, to_stderr: bool) -> Result<(Out, Option<Events>
             (Out::Live(Box::new(live)), Some(events))
         }
     })
+}
+
+/// A report is megabytes of lines at ten thousand flows: into a pipe of
+/// the default 64 KiB the writer blocks and wakes dozens of times a report,
+/// each a switch to the reader and back. A pipe of 1 MiB (the default
+/// `fs.pipe-max-size`) takes a sixteenth of them. Best effort: anything but
+/// a pipe, or a refusal, keeps what there is.
+fn widen_pipe(fd: std::os::fd::BorrowedFd) {
+    use std::os::unix::fs::FileTypeExt as _;
+    const PIPE: libc::c_int = 1 << 20;
+    let is_pipe = fd
+        .try_clone_to_owned()
+        .and_then(|f| File::from(f).metadata())
+        .is_ok_and(|m| m.file_type().is_fifo());
+    if !is_pipe {
+        return;
+    }
+    let fd = fd.as_raw_fd();
+    // SAFETY: `fd` is open (borrowed for this call); F_GETPIPE_SZ and
+    // F_SETPIPE_SZ take an int and touch no memory, and a failure (over
+    // the limit, EBUSY) leaves the pipe as it was.
+    unsafe {
+        if libc::fcntl(fd, libc::F_GETPIPE_SZ) < PIPE {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE);
+        }
+    }
 }
 
 /// Lines for pipes and scripts, or the live view.
