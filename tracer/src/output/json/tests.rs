@@ -523,3 +523,15 @@ fn flow_rows_of_a_report_are_what_write_flow_writes() {
         String::from_utf8(each).unwrap()
     );
 }
+
+#[test]
+fn ipv4_addresses_as_display_writes_them() {
+    for o in 0..=255u8 {
+        for octets in [[o, 0, 255, o], [9, o, 10, 99], [100, 1, o, 0]] {
+            let mut out = Vec::new();
+            write_v4(&mut out, octets).unwrap();
+            let want = format!("\"{}\"", std::net::Ipv4Addr::from(octets));
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+}
