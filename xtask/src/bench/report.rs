@@ -409,9 +409,9 @@ pub fn floors(r: &Results) -> Vec<Floor> {
             } else {
                 format!(
                     "missed by {} points ({}x the floor); {} of its {} CPU seconds were \
-                     system time. Every second tracer drains, names and adds to its run \
-                     totals {} map entries ({} flows x {} hops) and prints each as a JSON \
-                     line. {CPU_PROFILE}",
+                     system time. Every second tracer reads, names and adds to its run \
+                     totals {} per-hop counters ({} flows x {} hops) and prints each as a \
+                     JSON line. {CPU_PROFILE}",
                     num(cpu - 2.0),
                     num(cpu / 2.0),
                     num(a.cost.cpu_system_s),
