@@ -49,8 +49,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Output::Auto)]
     pub output: Output,
 
-    /// In-kernel flow slots (one per flow and hop; an idle flow's slot is freed after two
-    /// intervals). Packets of flows beyond it are counted as lost and shown.
+    /// In-kernel flow slots (one per flow and hop; a flow idle for a whole interval frees
+    /// its slot). Packets of flows beyond it are counted as lost and shown.
     #[arg(long, default_value_t = 65536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub flow_map_size: u32,
 
