@@ -228,7 +228,17 @@ impl Daemon {
         let mut all = vec!["run", "-d", "--name", name, "--network", network];
         all.extend_from_slice(args);
         all.extend([IMAGE, "sleep", "1000000"]);
-        let id = self.docker(&all)?;
+        let id = match self.docker(&all) {
+            // runc's prestart hook (libnetwork-setkey) failed once in CI
+            // with "no such file or directory" before the container ran:
+            // Docker's, not tracer's. Once more, after removing what it left.
+            Err(e) if format!("{e}").contains("OCI runtime create failed") => {
+                eprintln!("docker run {name} failed, once more: {e}");
+                let _ = self.docker(&["rm", "-f", name]);
+                self.docker(&all)?
+            }
+            r => r?,
+        };
         self.container(name, network)
             .with_context(|| format!("container {name} ({id})"))
     }
