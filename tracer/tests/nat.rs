@@ -223,3 +223,28 @@ fn many_new_dnat_flows_are_all_tied() {
     let f = stop(run);
     assert_tied(&l, &f, 43000..43260, 1);
 }
+
+/// What spares a dump of the whole table in a namespace that tracks
+/// nothing: the kernel's count of one namespace's connections, exact for
+/// the router's conversations and none in the client's (no rule there).
+#[test]
+fn conntrack_counts_each_namespace_on_its_own() {
+    use tracer::sys::{conntrack, netlink::Nfnl, netns};
+    let l = Routed::new();
+    let service = UdpSink::start(&l.server, SocketAddrV4::new(l.server_ip, SERVICE)).unwrap();
+    let count = |ns: &str| {
+        let path = std::path::PathBuf::from(format!("/var/run/netns/{ns}"));
+        netns::run_in(&path, || conntrack::count(&mut Nfnl::open()?))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(count(&l.router), 0);
+    l.send(
+        44000..44005,
+        SocketAddrV4::new(l.public, PUBLISHED),
+        3,
+        &service,
+    );
+    assert_eq!(count(&l.router), 5);
+    assert_eq!(count(&l.client), 0);
+}

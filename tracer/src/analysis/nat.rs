@@ -91,8 +91,13 @@ impl Nat {
                 .sockets
                 .entry(ns.inode)
                 .or_insert_with(|| netns::run_in(&ns.path, Nfnl::open).ok()?.ok());
-            // A namespace without connection tracking, or gone: nothing to tie.
+            // A namespace without connection tracking, or gone, or that
+            // tracks nothing now (most containers'): nothing to tie, and
+            // its count is one read where a dump walks the whole table.
             let Some(nl) = socket else { continue };
+            if conntrack::count(nl).is_ok_and(|n| n == 0) {
+                continue;
+            }
             let found = if dump {
                 conntrack::dnat(nl).unwrap_or_default()
             } else {

@@ -14,6 +14,8 @@ use crate::sys::netlink::{
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
+const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -71,6 +73,27 @@ pub fn dnat(nl: &mut Nfnl) -> Result<Vec<Dnat>> {
     Ok(out)
 }
 
+/// How many connections `nl`'s namespace tracks: a counter the kernel
+/// keeps per namespace, where a dump walks every namespace's buckets.
+pub fn count(nl: &mut Nfnl) -> Result<u32> {
+    let mut n = None;
+    nl.get(
+        CT_GET_STATS,
+        0,
+        &[],
+        CT_GET_STATS,
+        "conntrack stats",
+        |msg| {
+            for (t, p) in attributes(&msg[20..]) {
+                if t == CTA_STATS_GLOBAL_ENTRIES {
+                    n = netlink::be32(p);
+                }
+            }
+        },
+    )?;
+    n.ok_or_else(|| anyhow::anyhow!("conntrack stats: no entry count"))
+}
+
 /// The connection `t` is one direction of in `nl`'s namespace, if it was
 /// DNAT'd: one hash lookup in the kernel. `t` must have ports (TCP, UDP,
 /// SCTP): the kernel wants other protocols' own fields.
@@ -90,6 +113,7 @@ pub fn dnat_of(nl: &mut Nfnl, t: &Tuple) -> Result<Option<Dnat>> {
 
 const CT_GET: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
 const CT_NEW: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+const CT_GET_STATS: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET_STATS;
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 
