@@ -22,6 +22,10 @@ use smallvec::SmallVec;
 
 /// A list of about as many items as a path has hops.
 type Few<T> = SmallVec<[T; 8]>;
+/// A list of big items per place or run of a path: inline for a path of a
+/// couple of hops only, as every move copies the whole inline array (eight
+/// places were a kilobyte copied several times per path).
+type FewBig<T> = SmallVec<[T; 3]>;
 
 use tracer_ebpf::{FlowId, TUPLE_PORTS, Tuple};
 
@@ -474,7 +478,7 @@ fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
     };
     // Everything said about each place: Before the first hop is key 0, after hop i is i + 1.
     let slot = |p: Option<usize>| p.map_or(0, |i| i + 1);
-    let mut at: Few<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
+    let mut at: FewBig<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
     for d in &g.drops {
         let p = &mut at[slot(place(&d.netns, d.iface.as_deref()))];
         p.netns.get_or_insert_with(|| d.netns.clone());
@@ -647,7 +651,7 @@ fn order(
     known: &mut Nexts,
     hops: &[(Hop, Option<u16>)],
     vni: Option<u32>,
-) -> (Few<usize>, Few<(usize, End)>) {
+) -> (Few<usize>, FewBig<(usize, End)>) {
     let nexts: Few<Rc<Next>> = hops
         .iter()
         .map(|(h, p)| known.get(links, h, *p, vni))
@@ -674,7 +678,7 @@ fn order(
     let n = hops.len();
     let mut used: Few<bool> = smallvec::smallvec![false; n];
     let mut order = Few::new();
-    let mut ends = Few::new();
+    let mut ends = FewBig::new();
     let busiest = |c: &mut dyn Iterator<Item = usize>| {
         c.max_by(|&a, &b| {
             hops[a]
