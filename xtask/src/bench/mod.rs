@@ -34,8 +34,10 @@ use sys::check_interrupted;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Repetitions of each arm on each path.
-    #[arg(long, default_value_t = 5)]
+    /// Repetitions of each arm on each path. Nine: on a small VM single
+    /// repetitions of the UDP-64 ratio range over tens of points, and the
+    /// floors are judged on medians.
+    #[arg(long, default_value_t = 9)]
     pub reps: u32,
     /// Seconds of each iperf3 load (TCP, then UDP-64).
     #[arg(long, default_value_t = 3.0)]
