@@ -118,6 +118,8 @@ pub fn bench(args: Args) -> Result<()> {
     sys::catch_signals();
     let started = Instant::now();
     let loadavg_before = loadavg();
+    // Before anything is built: the tree the measured binaries come from.
+    let commit = commit();
     let tracer = crate::demo::build_tracer(true)?;
     let per_arm =
         2.0 * args.seconds + args.stats_seconds / 2.0 + 4.0 + args.requests as f64 / 15_000.0;
@@ -254,7 +256,7 @@ pub fn bench(args: Args) -> Result<()> {
     drop(paths);
 
     let results = report::with_summaries(Results {
-        meta: meta(loadavg_before, started.elapsed()),
+        meta: meta(commit, loadavg_before, started.elapsed()),
         settings: Settings {
             reps: args.reps as usize,
             seconds: args.seconds,
@@ -524,7 +526,23 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn meta(loadavg_before: String, took: Duration) -> Meta {
+/// HEAD, and whether the tree differs from it.
+fn commit() -> String {
+    let ws = crate::demo::workspace();
+    let ws = ws.to_string_lossy();
+    let mut commit = first_line("git", &["-C", &ws, "rev-parse", "--short", "HEAD"]);
+    if !first_line(
+        "git",
+        &["-C", &ws, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_empty()
+    {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    commit
+}
+
+fn meta(commit: String, loadavg_before: String, took: Duration) -> Meta {
     let loadavg_after = loadavg();
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
@@ -568,17 +586,6 @@ fn meta(loadavg_before: String, took: Duration) -> Meta {
             )
         })
         .unwrap_or_default();
-    let ws = crate::demo::workspace();
-    let ws = ws.to_string_lossy();
-    let mut commit = first_line("git", &["-C", &ws, "rev-parse", "--short", "HEAD"]);
-    if !first_line(
-        "git",
-        &["-C", &ws, "status", "--porcelain", "--untracked-files=no"],
-    )
-    .is_empty()
-    {
-        commit.push_str(" (with uncommitted changes)");
-    }
     Meta {
         date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         kernel: first_line("uname", &["-r"]),

@@ -366,7 +366,26 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     slots) counted 17,603 of 120,000 packets with the drained map and 8,040 with slots \
     freed two reports after their flow went idle. Since then a slot is freed in the report \
     that finds it idle for a whole interval (a second wait on running programs, then \
-    what one of them added meanwhile is read): 11,250 in a churn load alone.
+    what one of them added meanwhile is read): 11,250 in a churn load alone. The \
+    measured window starts with the load, so its first report, with 10,000 conversations \
+    new to the run, is in it: that report dumped connection tracking in both traced \
+    namespaces for the NAT ties, each dump walking the kernel's whole table (a quarter \
+    of tracer's samples in the load's first 1.6 s, 20-40 ms of CPU). 3ee5997 asks a \
+    namespace first how many connections it tracks (a counter the kernel keeps per \
+    namespace) and skips one that tracks none, as these lab namespaces and most \
+    containers' do. 635b2e7 stops hashing every slot's 104-byte key to look it up among \
+    the few dozen flows the per-CPU cache holds (3% of tracer's samples): a 4,096-bit \
+    set of their fingerprints says which keys can be there. 3485077 keeps a path's \
+    places and run ends inline for three instead of eight (a SmallVec copies its whole \
+    inline array on every move, and eight places are a kilobyte): 10,000 two-hop paths \
+    built in a loop, 6.3 -> 5.3 ms per report (medians of 5 interleaved runs). Quick \
+    runs of this load alone, interleaved with 20d77b4 in the same hour: 2.6/2.3/2.0% -> \
+    2.0/1.9/1.9% of a core (three pairs; two earlier pairs without 3485077: 2.7/2.5 -> \
+    2.2/2.1). A single run of this load, as the bench makes, moves by 0.3-0.5 points \
+    from one run to the next at the same commit; what is left is spread thin: paths a \
+    quarter of tracer's samples, the JSON lines and their pipe writes a third (a sixth \
+    of it being preempted by the reader at the end of a write), naming and sorting the \
+    flow rows an eighth, the drain a tenth.
 
 During the throughput loads, most of tracer's own time was the NAT ties' conntrack \
     dumps: one per traced namespace whenever a report had a new conversation, each \
