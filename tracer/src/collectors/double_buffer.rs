@@ -1,5 +1,4 @@
-//! Draining a pair of hash maps (per-CPU or shared) that the eBPF programs
-//! fill in turn.
+//! Draining a pair of per-CPU hash maps that the eBPF programs fill in turn.
 //!
 //! The programs write to the map named by a generation index. To drain, userspace
 //! points them at the other map, waits on a [`Barrier`] until no program can
@@ -7,7 +6,12 @@
 //! lookup-and-delete. No update is lost between the read and the delete, which a
 //! single map drained in place cannot promise.
 
-use std::{cell::RefCell, hash::Hash, marker::PhantomData, os::fd::AsFd as _};
+use std::{
+    cell::RefCell,
+    hash::{BuildHasher as _, Hash},
+    marker::PhantomData,
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -15,58 +19,82 @@ use aya::{
     maps::{Array, Map, MapData, PerCpuArray},
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 
 use crate::{
     collectors::tally::{Accumulate, Tally, sum_percpu},
     output::Scope,
-    sys::bpf::{Barrier, Values, drain_hash},
+    sys::bpf::{Barrier, drain_hash, percpu_stride},
 };
 
-pub struct DoubleBuffer {
-    generation: Array<MapData, u32>,
-    maps: [MapData; 2],
-    /// The generation the programs write to now: a count of drains, whose
-    /// parity is the map.
+/// Which of two buffers the programs count in: a count of drains, whose
+/// parity is the buffer, in a one-entry array they read on every run.
+pub struct Generation {
+    map: Array<MapData, u32>,
     active: u32,
-    /// Values per key: one per possible CPU for per-CPU maps, else one.
-    values: Values,
+}
+
+impl Generation {
+    /// Takes the array `name` out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
+        Ok(Generation {
+            map: Array::try_from(map).with_context(|| format!("map {name}"))?,
+            active: 0,
+        })
+    }
+
+    /// Points the programs at the other buffer and waits until none can
+    /// still count in the one they left, whose generation it returns.
+    pub fn switch(&mut self, barrier: &Barrier) -> Result<u32> {
+        let old = self.active;
+        self.map
+            .set(0, old.wrapping_add(1), 0)
+            .context("switch map generation")?;
+        barrier.wait().context("wait for running BPF programs")?;
+        self.active = old.wrapping_add(1);
+        Ok(old)
+    }
+
+    /// The generation the programs count in now.
+    pub fn active(&self) -> u32 {
+        self.active
+    }
+}
+
+pub struct DoubleBuffer {
+    generation: Generation,
+    maps: [MapData; 2],
+    ncpus: usize,
     /// Entries of the last drain.
     drained: usize,
 }
 
 impl DoubleBuffer {
     /// Takes the maps out of `ebpf`: `generation` is an array of one u32,
-    /// `names` the two hash maps it selects between, both per-CPU or both not.
+    /// `names` the two per-CPU hash maps it selects between.
     pub fn take(ebpf: &mut Ebpf, generation: &str, names: [&str; 2]) -> Result<Self> {
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
-        };
-        let generation = Array::try_from(take(ebpf, generation)?)?;
+        let generation = Generation::take(ebpf, generation)?;
         let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let mut take_hash = |name: &str| match take(ebpf, name)? {
-            Map::PerCpuHashMap(data) => Ok((data, Values::PerCpu(ncpus))),
-            Map::HashMap(data) => Ok((data, Values::Shared)),
-            _ => Err(anyhow!("map {name} is not a hash map")),
+        let mut take_hash = |name: &str| match ebpf.take_map(name) {
+            Some(Map::PerCpuHashMap(data)) => Ok(data),
+            Some(_) => Err(anyhow!("map {name} is not a per-CPU hash map")),
+            None => Err(anyhow!("eBPF object has no map {name}")),
         };
-        let ((m0, values), (m1, values1)) = (take_hash(names[0])?, take_hash(names[1])?);
-        if values != values1 {
-            return Err(anyhow!("maps {names:?} are not of one kind"));
-        }
-        let maps = [m0, m1];
+        let maps = [take_hash(names[0])?, take_hash(names[1])?];
         Ok(Self {
             generation,
             maps,
-            active: 0,
-            values,
+            ncpus,
             drained: 0,
         })
     }
 
     /// Switches the programs to the other map and hands every entry of the one
-    /// they were writing to `f`, with its values (one per possible CPU, or
-    /// one); returns the number of entries.
+    /// they were writing to `f`, with its values (one per possible CPU);
+    /// returns the number of entries.
     /// `settled` runs once no program writes to the old generation any more,
     /// before its map is drained, and is given that generation.
     pub fn drain<K: Pod, V: Pod>(
@@ -75,22 +103,16 @@ impl DoubleBuffer {
         settled: impl FnOnce(u32) -> Result<()>,
         mut f: impl FnMut(K, &[V]),
     ) -> Result<usize> {
-        let old = self.active;
-        let new = old.wrapping_add(1);
-        self.generation
-            .set(0, new, 0)
-            .context("switch map generation")?;
-        barrier.wait().context("wait for running BPF programs")?;
-        self.active = new;
+        let old = self.generation.switch(barrier)?;
         settled(old)?;
 
-        let (count, step) = self.values.layout(size_of::<V>());
+        let (count, step) = (self.ncpus, percpu_stride(size_of::<V>()));
         let mut values: Vec<V> = Vec::with_capacity(count);
         let n = drain_hash(
             self.maps[(old & 1) as usize].fd().as_fd(),
             size_of::<K>(),
             size_of::<V>(),
-            self.values,
+            self.ncpus,
             |k, v| {
                 // SAFETY: the kernel wrote `size_of::<K>()` bytes of a `K` and,
                 // per value, `size_of::<V>()` bytes of a `V`; both are Pod.
@@ -148,7 +170,58 @@ impl<T: CacheSlot> Cache<T> {
     }
 }
 
-/// A collector's double-buffered kernel map of `S` values (per CPU or not) by key
+/// What a per-CPU cache held of a drained generation, by key, to merge into
+/// the drained entries of the same key. A drain reads up to tens of
+/// thousands of entries and the cache holds a few dozen per CPU: a bit per
+/// fingerprint says which entries' keys are worth hashing to look up.
+pub struct Extras<K, V> {
+    map: HashMap<K, V>,
+    /// 4,096 bits: about 2 false hits in a hundred entries per hundred extras.
+    seen: [u64; 64],
+    /// A bit index from a few of the key's bytes; [`hashed`] when there is no
+    /// cheaper one.
+    fingerprint: fn(&K) -> usize,
+}
+
+/// A fingerprint for [`Extras`] from the key's FxHash.
+pub fn hashed<K: Hash>(k: &K) -> usize {
+    (FxBuildHasher.hash_one(k) >> 52) as usize
+}
+
+impl<K: Eq + Hash, V: Accumulate> Extras<K, V> {
+    pub fn new(fingerprint: fn(&K) -> usize) -> Self {
+        Extras {
+            map: HashMap::default(),
+            seen: [0; 64],
+            fingerprint,
+        }
+    }
+
+    pub fn add(&mut self, key: K, v: &V) {
+        let f = (self.fingerprint)(&key) % 4096;
+        self.seen[f / 64] |= 1 << (f % 64);
+        self.map.entry(key).or_default().add(v);
+    }
+
+    /// What was added for `key`, once.
+    pub fn take(&mut self, key: &K) -> Option<V> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let f = (self.fingerprint)(key) % 4096;
+        if self.seen[f / 64] & (1 << (f % 64)) == 0 {
+            return None;
+        }
+        self.map.remove(key)
+    }
+
+    /// What was not taken.
+    pub fn rest(self) -> impl Iterator<Item = (K, V)> {
+        self.map.into_iter()
+    }
+}
+
+/// A collector's double-buffered kernel map of per-CPU `S` values by key
 /// `K` (once taken from the object), and the interval and run totals (`V`)
 /// of what was drained from it.
 pub struct Drained<K, S, V> {
@@ -203,29 +276,25 @@ where
         };
         let tally = &mut self.tally;
         // Filled once the programs are off the generation, read per map entry after.
-        let extra: RefCell<HashMap<K, V>> = RefCell::default();
+        let extra = RefCell::new(Extras::new(hashed::<K>));
         maps.drain::<K, S>(
             barrier,
             |generation| {
                 let mut extra = extra.borrow_mut();
                 for (key, stats) in cached(generation)? {
-                    extra.entry(key).or_default().add(&V::from(&stats));
+                    extra.add(key, &V::from(&stats));
                 }
                 Ok(())
             },
             |key, values| {
                 let mut sum: V = sum_percpu(values);
-                // Mostly empty: no hashing of the key then.
-                let mut extra = extra.borrow_mut();
-                if !extra.is_empty()
-                    && let Some(e) = extra.remove(&key)
-                {
+                if let Some(e) = extra.borrow_mut().take(&key) {
                     sum.add(&e);
                 }
                 tally.add(key, sum);
             },
         )?;
-        for (key, v) in extra.into_inner() {
+        for (key, v) in extra.into_inner().rest() {
             tally.add(key, v);
         }
         tally.settle();
@@ -256,13 +325,8 @@ where
         self.tally.fresh()
     }
 
-    /// `name`s the entries of `scope` into rows; `Scope::Interval` then
-    /// starts a new interval.
+    /// [`Tally::rows`].
     pub fn rows<R>(&mut self, scope: Scope, name: impl FnOnce(Vec<(&K, &V)>) -> Vec<R>) -> Vec<R> {
-        let rows = name(self.tally.entries(scope));
-        if scope == Scope::Interval {
-            self.tally.end_interval();
-        }
-        rows
+        self.tally.rows(scope, name)
     }
 }

@@ -68,6 +68,16 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
         self.settled = 0;
     }
 
+    /// `name`s the entries of `scope` into rows; `Scope::Interval` then
+    /// starts a new interval.
+    pub fn rows<R>(&mut self, scope: Scope, name: impl FnOnce(Vec<(&K, &V)>) -> Vec<R>) -> Vec<R> {
+        let rows = name(self.entries(scope));
+        if scope == Scope::Interval {
+            self.end_interval();
+        }
+        rows
+    }
+
     /// The entries of `scope`: the interval's (`First` has none here) or the run's.
     pub fn entries(&self, scope: Scope) -> Vec<(&K, &V)> {
         debug_assert_eq!(self.settled, self.interval.len(), "read before settle");

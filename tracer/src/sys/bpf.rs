@@ -344,27 +344,14 @@ pub fn kernel_btf_by_name(name: &str) -> Option<OwnedFd> {
     }
 }
 
-/// The values of a hash map's entry, as the kernel hands them out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Values {
-    /// One per possible CPU (this many), each padded to 8 bytes.
-    PerCpu(usize),
-    /// One.
-    Shared,
+/// The distance between a per-CPU map entry's values as the kernel hands
+/// them out: each is padded to 8 bytes.
+pub fn percpu_stride(value_size: usize) -> usize {
+    value_size.div_ceil(8) * 8
 }
 
-impl Values {
-    /// How many there are, and the distance from one to the next.
-    pub fn layout(self, value_size: usize) -> (usize, usize) {
-        match self {
-            Values::PerCpu(n) => (n, value_size.div_ceil(8) * 8),
-            Values::Shared => (1, value_size),
-        }
-    }
-}
-
-/// Removes every entry of a hash map, calling `f(key, values)` for each
-/// ([`Values`] says how `values` is laid out).
+/// Removes every entry of a per-CPU hash map, calling `f(key, values)` for
+/// each: `ncpus` values, [`percpu_stride`] apart.
 ///
 /// Only safe from lost updates when no program writes to the map meanwhile;
 /// callers switch the programs to the other buffer and wait on a [`Barrier`] first.
@@ -372,11 +359,10 @@ pub fn drain_hash(
     map: BorrowedFd<'_>,
     key_size: usize,
     value_size: usize,
-    values_of: Values,
+    ncpus: usize,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<usize> {
-    let (n, step) = values_of.layout(value_size);
-    let stride = n * step;
+    let stride = ncpus * percpu_stride(value_size);
     let mut chunk: usize = 1024;
     let mut keys = vec![0u8; key_size * chunk];
     let mut values = vec![0u8; stride * chunk];
@@ -572,12 +558,12 @@ pub fn stats_enabled() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Values;
+    use super::percpu_stride;
 
     #[test]
-    fn per_cpu_values_are_padded_and_a_shared_one_is_not() {
-        assert_eq!(Values::PerCpu(4).layout(12), (4, 16));
-        assert_eq!(Values::PerCpu(2).layout(48), (2, 48));
-        assert_eq!(Values::Shared.layout(12), (1, 12));
+    fn per_cpu_values_are_padded_to_8_bytes() {
+        assert_eq!(percpu_stride(12), 16);
+        assert_eq!(percpu_stride(48), 48);
+        assert_eq!(percpu_stride(1), 8);
     }
 }

@@ -17,16 +17,14 @@ use std::os::fd::AsFd as _;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, Stack},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, Stack},
 };
-// Looked up for every slot read when the cache holds something: FxHash.
-use rustc_hash::FxHashMap as HashMap;
 use tracer_ebpf::{FlowKey, FlowSlot, FlowStats};
 
 use super::Counts;
 use crate::{
     collectors::{
-        double_buffer::Cache,
+        double_buffer::{Cache, Extras, Generation},
         tally::{Accumulate as _, Tally},
     },
     output::Scope,
@@ -41,7 +39,7 @@ use crate::{
 const IDLE_DRAINS: u8 = 1;
 
 pub struct Slots {
-    generation: Array<MapData, u32>,
+    generation: Generation,
     /// The programs' counters by slot, per generation parity.
     stats: [Mapped<FlowStats>; 2],
     /// The key of each slot, as the programs wrote it when one took it;
@@ -55,8 +53,6 @@ pub struct Slots {
     held: Vec<Held>,
     /// Slots held after the last drain.
     in_use: usize,
-    /// The generation the programs count for now: a count of drains.
-    active: u32,
     tally: Tally<FlowKey, Counts>,
 }
 
@@ -69,43 +65,9 @@ enum Held {
     Counting { idle: u8 },
 }
 
-/// What the cache held of the old generation, by key, to merge into the
-/// slots' entries. A drain reads tens of thousands of slots and the cache
-/// holds a few dozen flows per CPU: a bit per fingerprint says which slots'
-/// keys are worth hashing (all 104 bytes of them) to look up.
-struct Extras {
-    map: HashMap<FlowKey, Counts>,
-    /// 4,096 bits: about 2 false hits in a hundred slots per hundred extras.
-    seen: [u64; 64],
-}
-
-impl Default for Extras {
-    fn default() -> Self {
-        Extras {
-            map: HashMap::default(),
-            seen: [0; 64],
-        }
-    }
-}
-
-impl Extras {
-    fn add(&mut self, key: FlowKey, counts: &Counts) {
-        let f = fingerprint(&key);
-        self.seen[f / 64] |= 1 << (f % 64);
-        self.map.entry(key).or_default().add(counts);
-    }
-
-    fn take(&mut self, key: &FlowKey) -> Option<Counts> {
-        let f = fingerprint(key);
-        if self.seen[f / 64] & (1 << (f % 64)) == 0 {
-            return None;
-        }
-        self.map.remove(key)
-    }
-}
-
-/// A bit index from the fields that tell flows apart most often (device,
-/// direction, ports, the addresses' low bytes, VNI): a few loads, no loop.
+/// The [`Extras`] fingerprint of a flow, from the fields that tell flows
+/// apart most often (device, direction, ports, the addresses' low bytes,
+/// VNI): a few loads where hashing reads all 104 bytes.
 fn fingerprint(k: &FlowKey) -> usize {
     let t = &k.id.outer;
     let i = &k.id.inner;
@@ -137,7 +99,7 @@ fn take<T>(
 impl Slots {
     /// Takes the slot maps out of `ebpf` and puts every slot on the free stack.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let generation = take(ebpf, "FLOW_GENERATION", Array::try_from)?;
+        let generation = Generation::take(ebpf, "FLOW_GENERATION")?;
         fn mapped<T: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Mapped<T>> {
             let map = take(ebpf, name, |m| match m {
                 aya::maps::Map::Array(data) => Ok(data),
@@ -164,7 +126,6 @@ impl Slots {
             high,
             held: Vec::new(),
             in_use: 0,
-            active: 0,
             tally: Tally::default(),
         })
     }
@@ -172,16 +133,11 @@ impl Slots {
     /// Moves what the programs counted since the last drain into the tally:
     /// the old generation's array, and what `cache` still holds for it.
     pub fn drain(&mut self, barrier: &Barrier, cache: Option<&Cache<FlowSlot>>) -> Result<()> {
-        let old = self.active;
-        self.generation
-            .set(0, old.wrapping_add(1), 0)
-            .context("switch flow generation")?;
-        barrier.wait().context("wait for running BPF programs")?;
-        self.active = old.wrapping_add(1);
+        let old = self.generation.switch(barrier)?;
 
         // Flows the cache still holds: merged with their slot's counts, so
         // that each key is one entry of the interval.
-        let mut extra = Extras::default();
+        let mut extra = Extras::new(fingerprint);
         if let Some(cache) = cache {
             for (key, stats) in cache.entries(old)? {
                 extra.add(key, &Counts::from(&stats));
@@ -233,7 +189,7 @@ impl Slots {
                 let _ = self.index.remove(&key_of(slot)?);
             }
             barrier.wait().context("wait for running BPF programs")?;
-            let running = &self.stats[(self.active & 1) as usize];
+            let running = &self.stats[(self.generation.active() & 1) as usize];
             for &slot in &idle {
                 if let Some(s) = running.take(slot) {
                     extra.add(key_of(slot)?, &Counts::from(&s));
@@ -242,7 +198,7 @@ impl Slots {
                 self.free.push(slot as u32, 0).context("free a flow slot")?;
             }
         }
-        for (key, counts) in extra.map {
+        for (key, counts) in extra.rest() {
             self.tally.add(key, counts);
         }
         self.tally.settle();
@@ -269,11 +225,7 @@ impl Slots {
         scope: Scope,
         name: impl FnOnce(Vec<(&FlowKey, &Counts)>) -> Vec<R>,
     ) -> Vec<R> {
-        let rows = name(self.tally.entries(scope));
-        if scope == Scope::Interval {
-            self.tally.end_interval();
-        }
-        rows
+        self.tally.rows(scope, name)
     }
 }
 
@@ -302,7 +254,7 @@ mod tests {
 
     #[test]
     fn extras_are_taken_once_each_whatever_their_fingerprints() {
-        let mut e = Extras::default();
+        let mut e = Extras::new(fingerprint);
         let added: Vec<FlowKey> = (0..300).map(|i| key(10_000 + i, (i % 2) as u8)).collect();
         for (i, k) in added.iter().enumerate() {
             e.add(*k, &packets(i as u64 + 1));
@@ -318,6 +270,6 @@ mod tests {
         for i in 0..2_000 {
             assert_eq!(e.take(&key(20_000 + i, 0)), None);
         }
-        assert!(e.map.is_empty());
+        assert_eq!(e.rest().count(), 0);
     }
 }
