@@ -22,8 +22,13 @@ pub struct Results {
     pub summaries: Vec<SummaryRow>,
     /// More flows than tracer's flow map holds, per path.
     pub churn: Vec<FlowLoad>,
-    /// Many active flows below map capacity: tracer's CPU and memory.
+    /// Many active flows below map capacity: tracer's CPU and memory. The
+    /// run of `active_runs` with the median CPU.
     pub active: Option<FlowLoad>,
+    /// Every run of the active-flows load, in the order they ran. Empty in
+    /// results from before there were several (`active` is the one run).
+    #[serde(default)]
+    pub active_runs: Vec<FlowLoad>,
     /// Floods into firewall rules: the netfilter and drop programs' cost.
     /// Empty in results from before there were any.
     #[serde(default)]
@@ -146,6 +151,13 @@ pub struct FlowLoad {
 }
 
 impl FlowLoad {
+    /// The run of `runs` with the median CPU (the lower of the two middle ones).
+    pub fn median_by_cpu(runs: &[FlowLoad]) -> Option<&FlowLoad> {
+        let mut by_cpu: Vec<&FlowLoad> = runs.iter().collect();
+        by_cpu.sort_by(|a, b| a.cost.cpu_pct.total_cmp(&b.cost.cpu_pct));
+        by_cpu.get(by_cpu.len().saturating_sub(1) / 2).copied()
+    }
+
     /// Packets neither counted in a flow nor reported as `flow_map_full`.
     pub fn missing(&self) -> i64 {
         self.kernel_packets as i64 - self.tracer_packets as i64 - self.health.flow_map_full as i64
