@@ -16,13 +16,16 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray},
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 
 use crate::{
-    collectors::tally::{Accumulate, Tally, sum_percpu},
+    collectors::{
+        take_map,
+        tally::{Accumulate, Tally, sum_percpu},
+    },
     output::Scope,
     sys::bpf::{Barrier, drain_hash, percpu_stride},
 };
@@ -37,11 +40,8 @@ pub struct Generation {
 impl Generation {
     /// Takes the array `name` out of `ebpf`.
     pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
         Ok(Generation {
-            map: Array::try_from(map).with_context(|| format!("map {name}"))?,
+            map: take_map(ebpf, name, Array::try_from)?,
             active: 0,
         })
     }
@@ -78,10 +78,11 @@ impl DoubleBuffer {
     pub fn take(ebpf: &mut Ebpf, generation: &str, names: [&str; 2]) -> Result<Self> {
         let generation = Generation::take(ebpf, generation)?;
         let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let mut take_hash = |name: &str| match ebpf.take_map(name) {
-            Some(Map::PerCpuHashMap(data)) => Ok(data),
-            Some(_) => Err(anyhow!("map {name} is not a per-CPU hash map")),
-            None => Err(anyhow!("eBPF object has no map {name}")),
+        let mut take_hash = |name: &str| {
+            take_map(ebpf, name, |map| match map {
+                Map::PerCpuHashMap(data) => Ok(data),
+                _ => Err(MapError::InvalidName { name: name.into() }),
+            })
         };
         let maps = [take_hash(names[0])?, take_hash(names[1])?];
         Ok(Self {
@@ -150,10 +151,7 @@ pub struct Cache<T: Pod>(PerCpuArray<MapData, T>);
 
 impl<T: CacheSlot> Cache<T> {
     pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
-        Ok(Cache(PerCpuArray::try_from(map)?))
+        Ok(Cache(take_map(ebpf, name, PerCpuArray::try_from)?))
     }
 
     /// What the cache holds for `generation`: the entries of its half that

@@ -1,12 +1,14 @@
 //! What the eBPF programs could not record (full maps, lost events), from
 //! the per-CPU `COUNTERS` array they all share.
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
 };
 use tracer_ebpf::counter;
+
+use crate::collectors::take_map;
 
 /// Events the eBPF side could not record, and other signs that counts are incomplete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,11 +70,8 @@ pub struct Counters {
 
 impl Counters {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf
-            .take_map("COUNTERS")
-            .ok_or_else(|| anyhow!("eBPF object has no map COUNTERS"))?;
         Ok(Counters {
-            map: PerCpuArray::try_from(map)?,
+            map: take_map(ebpf, "COUNTERS", PerCpuArray::try_from)?,
             total: Health::default(),
             interval: Health::default(),
             attach_failed: 0,

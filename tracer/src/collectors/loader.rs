@@ -8,7 +8,7 @@ use aya::{
 };
 use tracer_ebpf::{Config, KFUNC_CAST_TO_KERN_CTX};
 
-use crate::{sys::kernel::Kernel, topology::Target};
+use crate::{collectors::take_map, sys::kernel::Kernel, topology::Target};
 
 /// The eBPF programs, compiled by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -190,11 +190,8 @@ pub struct TracedNetns {
 
 impl TracedNetns {
     pub fn take(ebpf: &mut Ebpf, targets: &[Target]) -> Result<Self> {
-        let map = ebpf
-            .take_map("TRACED_NETNS")
-            .ok_or_else(|| anyhow!("eBPF object has no map TRACED_NETNS"))?;
         Ok(TracedNetns {
-            map: HashMap::try_from(map)?,
+            map: take_map(ebpf, "TRACED_NETNS", HashMap::try_from)?,
             set: targets.iter().map(|t| t.netns.inode as u32).collect(),
         })
     }

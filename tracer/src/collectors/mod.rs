@@ -28,6 +28,22 @@ use crate::{
     topology::{Target, names::Names},
 };
 
+/// Takes the map `name` out of `ebpf` as the type `convert` makes of it;
+/// the error names the map, missing or of another kind.
+pub fn take_map<T, E>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("eBPF object has no map {name}"))?;
+    convert(map).with_context(|| format!("map {name}"))
+}
+
 /// What a collector is given to start.
 pub struct Setup<'a> {
     pub cli: &'a Cli,

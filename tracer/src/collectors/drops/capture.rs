@@ -3,12 +3,14 @@
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
 use tracer_ebpf::CaptureEvent;
+
+use crate::collectors::take_map;
 
 /// Ring buffer bytes when capture is on: about 1,800 packets of slack
 /// between two reads (entries have a fixed size, the largest snap length).
@@ -32,11 +34,8 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 impl Captures {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let ring = ebpf
-            .take_map("CAPTURE_EVENTS")
-            .ok_or_else(|| anyhow!("eBPF object has no map CAPTURE_EVENTS"))?;
         Ok(Captures {
-            ring: RingBuf::try_from(ring)?,
+            ring: take_map(ebpf, "CAPTURE_EVENTS", RingBuf::try_from)?,
             to_wall: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
         })
     }

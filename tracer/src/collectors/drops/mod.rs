@@ -8,7 +8,7 @@ pub mod reasons;
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
@@ -20,6 +20,7 @@ use tracer_ebpf::{
 
 use crate::{
     cli::Cli,
+    collectors::take_map,
     collectors::{
         Collector, Notice, SKB_FIELDS, Setup,
         double_buffer::{Cache, CacheSlot, Drained},
@@ -217,10 +218,7 @@ impl Collector for Drops {
         self.counts.take(ebpf, "DROP_GENERATION", "DROPS")?;
         self.cache = Some(Cache::take(ebpf, "DROP_CACHE")?);
         if self.enabled {
-            let ring = ebpf
-                .take_map("DROP_EVENTS")
-                .ok_or_else(|| anyhow!("eBPF object has no map DROP_EVENTS"))?;
-            self.events = Some(RingBuf::try_from(ring)?);
+            self.events = Some(take_map(ebpf, "DROP_EVENTS", RingBuf::try_from)?);
             if self.capture.0 != 0 {
                 self.captures = Some(Captures::take(ebpf)?);
             }

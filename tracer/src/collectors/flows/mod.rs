@@ -6,7 +6,7 @@ pub mod tc;
 
 use std::{cmp::Ordering, collections::HashMap, rc::Rc};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
@@ -18,6 +18,7 @@ use tracer_ebpf::{
 
 use crate::{
     cli::Cli,
+    collectors::take_map,
     collectors::{
         Collector, Notice, Setup,
         double_buffer::{Cache, CacheSlot},
@@ -210,10 +211,7 @@ impl Collector for Flows {
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.counts = Some(slots::Slots::take(ebpf)?);
         self.cache = Some(Cache::take(ebpf, "FLOW_CACHE")?);
-        let devices = ebpf
-            .take_map("DEVICES")
-            .ok_or_else(|| anyhow!("eBPF object has no map DEVICES"))?;
-        self.devices.map = Some(BpfHashMap::try_from(devices)?);
+        self.devices.map = Some(take_map(ebpf, "DEVICES", BpfHashMap::try_from)?);
         Ok(())
     }
 

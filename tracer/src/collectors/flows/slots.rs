@@ -23,6 +23,7 @@ use tracer_ebpf::{FlowKey, FlowSlot, FlowStats};
 
 use super::Counts;
 use crate::{
+    collectors::take_map,
     collectors::{
         double_buffer::{Cache, Extras, Generation},
         tally::{Accumulate as _, Tally},
@@ -85,23 +86,12 @@ fn fingerprint(k: &FlowKey) -> usize {
     (h >> 52) as usize
 }
 
-fn take<T>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    of: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
-) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))?;
-    of(map).with_context(|| format!("map {name}"))
-}
-
 impl Slots {
     /// Takes the slot maps out of `ebpf` and puts every slot on the free stack.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let generation = Generation::take(ebpf, "FLOW_GENERATION")?;
         fn mapped<T: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Mapped<T>> {
-            let map = take(ebpf, name, |m| match m {
+            let map = take_map(ebpf, name, |m| match m {
                 aya::maps::Map::Array(data) => Ok(data),
                 _ => Err(aya::maps::MapError::InvalidName { name: name.into() }),
             })?;
@@ -110,9 +100,9 @@ impl Slots {
         }
         let stats = [mapped(ebpf, "FLOW_STATS_0")?, mapped(ebpf, "FLOW_STATS_1")?];
         let keys = mapped(ebpf, "FLOW_KEYS")?;
-        let high = take(ebpf, "FLOW_HIGH", PerCpuArray::try_from)?;
-        let index = take(ebpf, "FLOW_INDEX", BpfHashMap::try_from)?;
-        let mut free: Stack<MapData, u32> = take(ebpf, "FLOW_FREE", Stack::try_from)?;
+        let high = take_map(ebpf, "FLOW_HIGH", PerCpuArray::try_from)?;
+        let index = take_map(ebpf, "FLOW_INDEX", BpfHashMap::try_from)?;
+        let mut free: Stack<MapData, u32> = take_map(ebpf, "FLOW_FREE", Stack::try_from)?;
         // The lowest slots on top: the slots in use stay at the low end.
         for slot in (0..stats[0].len() as u32).rev() {
             free.push(slot, 0).context("fill the free flow slots")?;
