@@ -176,7 +176,7 @@ pub struct Extras<K, V> {
     map: HashMap<K, V>,
     /// 4,096 bits: about 2 false hits in a hundred entries per hundred extras.
     seen: [u64; 64],
-    /// A bit index from a few of the key's bytes; [`hashed`] when there is no
+    /// A bit index below 4,096 from a few of the key's bytes; [`hashed`] when there is no
     /// cheaper one.
     fingerprint: fn(&K) -> usize,
 }
@@ -195,8 +195,14 @@ impl<K: Eq + Hash, V: Accumulate> Extras<K, V> {
         }
     }
 
+    fn bit(&self, key: &K) -> usize {
+        let f = (self.fingerprint)(key);
+        debug_assert!(f < 4096, "a fingerprint is a bit of 4,096");
+        f
+    }
+
     pub fn add(&mut self, key: K, v: &V) {
-        let f = (self.fingerprint)(&key) % 4096;
+        let f = self.bit(&key);
         self.seen[f / 64] |= 1 << (f % 64);
         self.map.entry(key).or_default().add(v);
     }
@@ -206,7 +212,7 @@ impl<K: Eq + Hash, V: Accumulate> Extras<K, V> {
         if self.map.is_empty() {
             return None;
         }
-        let f = (self.fingerprint)(key) % 4096;
+        let f = self.bit(key);
         if self.seen[f / 64] & (1 << (f % 64)) == 0 {
             return None;
         }
