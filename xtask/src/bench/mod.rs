@@ -113,7 +113,9 @@ pub fn bench(args: Args) -> Result<()> {
     if let Some(json) = &args.render {
         let text =
             std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
-        let r: Results = serde_json::from_str(&text).context("parse results")?;
+        let r = serde_json::from_str::<Results>(&text)
+            .context("parse results")?
+            .upgrade();
         return write(&out, &report::with_summaries(r));
     }
     if !(args.seconds > 0.0 && args.churn_seconds > 0.0 && args.stats_seconds > 0.0) {
@@ -229,7 +231,6 @@ pub fn bench(args: Args) -> Result<()> {
             active_runs.push(f);
         }
     }
-    let active = FlowLoad::median_by_cpu(&active_runs).cloned();
     // On the path with the fewest hops, as the active flows.
     let mut floods = Vec::new();
     if let Some(p) = paths.iter().min_by_key(|p| p.hops)
@@ -284,8 +285,8 @@ pub fn bench(args: Args) -> Result<()> {
         samples,
         summaries: vec![],
         churn,
-        active,
         active_runs,
+        active_one: None,
         firewall: floods,
     });
     write(&out, &results)

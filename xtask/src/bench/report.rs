@@ -416,14 +416,14 @@ pub fn floors(r: &Results) -> Vec<Floor> {
     for &path in &r.settings.paths {
         out.extend(cost_floor(r, path));
     }
-    if let Some(a) = &r.active {
+    if let Some(a) = r.active() {
         let what = format!(
             "{} active flows at --interval 1 ({})",
             a.flows,
             a.path.name()
         );
         let cpu = a.cost.cpu_pct;
-        let runs = active_runs(r);
+        let runs = &r.active_runs;
         let of_runs = if runs.len() > 1 {
             let each: Vec<String> = runs.iter().map(|f| num(f.cost.cpu_pct)).collect();
             format!(" (median of {} runs: {})", runs.len(), each.join(", "))
@@ -527,7 +527,7 @@ fn exact_below(r: &Results, a: &FlowLoad) -> Floor {
         })
         .collect();
     // Every run of the load counts, not only the median one.
-    let runs = active_runs(r);
+    let runs = &r.active_runs;
     let missing: Vec<i64> = runs.iter().map(|f| f.missing()).collect();
     let full: u64 = runs.iter().map(|f| f.health.flow_map_full).sum();
     let met = missing.iter().all(|m| *m == 0) && full == 0 && udp_bad == 0;
@@ -560,16 +560,6 @@ fn exact_below(r: &Results, a: &FlowLoad) -> Floor {
                 off.join("; ")
             )
         },
-    }
-}
-
-/// The runs of the active-flows load: results from before there were
-/// several have the one in `active`.
-fn active_runs(r: &Results) -> Vec<&FlowLoad> {
-    if r.active_runs.is_empty() {
-        r.active.iter().collect()
-    } else {
-        r.active_runs.iter().collect()
     }
 }
 
@@ -1108,7 +1098,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
         }
         let _ = writeln!(md);
     }
-    if !r.churn.is_empty() || r.active.is_some() {
+    if !r.churn.is_empty() || r.active().is_some() {
         let _ = writeln!(
             md,
             "### Many flows (tracer alone)\n\n\
@@ -1141,7 +1131,7 @@ fn accuracy_section(md: &mut String, r: &Results) {
             .churn
             .iter()
             .map(|c| ("churn", c))
-            .chain(active_runs(r).into_iter().map(|a| ("active", a)));
+            .chain(r.active_runs.iter().map(|a| ("active", a)));
         for (name, f) in rows {
             let _ = writeln!(
                 md,
@@ -1271,6 +1261,23 @@ mod tests {
     }
 
     #[test]
+    fn results_from_before_several_active_runs_keep_their_one_run() {
+        let r = results(9.9);
+        let mut v = serde_json::to_value(&r).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert!(!o.contains_key("active"), "the old field is not written");
+        let runs = o.remove("active_runs").unwrap();
+        o.insert("active".into(), runs[0].clone());
+        let old: Results = serde_json::from_value(v).unwrap();
+        assert!(old.active_runs.is_empty());
+        let new = old.upgrade();
+        assert_eq!(new.active_runs.len(), 1);
+        assert!(new.active().is_some());
+        let again = serde_json::to_value(&new).unwrap();
+        assert_eq!(again["active_runs"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn the_active_load_is_judged_on_its_median_run_and_every_run_counts() {
         let run = |cpu: f64, missing: u64, rss_mib: u64| {
             let mut f = flow_load(missing, 0);
@@ -1285,7 +1292,6 @@ mod tests {
             1.9
         );
         let mut r = results(9.9);
-        r.active = FlowLoad::median_by_cpu(&runs).cloned();
         r.active_runs = runs;
         let f = floors(&r);
         let cpu = f.iter().find(|f| f.what.starts_with("tracer CPU")).unwrap();
@@ -1351,7 +1357,7 @@ mod tests {
             samples,
             summaries: vec![],
             churn: vec![flow_load(0, 40)],
-            active: Some(flow_load(0, 0)),
+            active_one: None,
             active_runs: vec![flow_load(0, 0)],
             firewall: vec![],
         })

@@ -22,13 +22,15 @@ pub struct Results {
     pub summaries: Vec<SummaryRow>,
     /// More flows than tracer's flow map holds, per path.
     pub churn: Vec<FlowLoad>,
-    /// Many active flows below map capacity: tracer's CPU and memory. The
-    /// run of `active_runs` with the median CPU.
-    pub active: Option<FlowLoad>,
-    /// Every run of the active-flows load, in the order they ran. Empty in
-    /// results from before there were several (`active` is the one run).
+    /// Every run of the active-flows load (many active flows below map
+    /// capacity: tracer's CPU and memory), in the order they ran. Empty in
+    /// results from before there were several until [`Results::upgrade`].
     #[serde(default)]
     pub active_runs: Vec<FlowLoad>,
+    /// The one run of results from before there were several; read, never
+    /// written: [`Results::upgrade`] moves it to `active_runs`.
+    #[serde(default, rename = "active", skip_serializing)]
+    pub active_one: Option<FlowLoad>,
     /// Floods into firewall rules: the netfilter and drop programs' cost.
     /// Empty in results from before there were any.
     #[serde(default)]
@@ -148,6 +150,22 @@ pub struct FlowLoad {
     pub tracer_packets: u64,
     pub health: Health,
     pub cost: ToolCost,
+}
+
+impl Results {
+    /// Results as read from a file, in today's shape: an older file's one
+    /// active-flows run becomes the list of runs.
+    pub fn upgrade(mut self) -> Self {
+        if self.active_runs.is_empty() {
+            self.active_runs.extend(self.active_one.take());
+        }
+        self
+    }
+
+    /// The run of the active-flows load the CPU floor judges: the median one.
+    pub fn active(&self) -> Option<&FlowLoad> {
+        FlowLoad::median_by_cpu(&self.active_runs)
+    }
 }
 
 impl FlowLoad {
