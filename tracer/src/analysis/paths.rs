@@ -197,14 +197,13 @@ pub fn conversation(id: &FlowId) -> Tuple {
     }
 }
 
-/// What is known about one conversation while its path is built.
+/// What is known about one conversation while its path is built. Its
+/// flow rows are listed apart (see [`paths`]): a list per conversation
+/// would be an allocation per path every report.
 #[derive(Default)]
 struct Group<'a> {
     vni: u32,
     carriers: Vec<Tuple>,
-    /// Merged per (netns, iface, dir, encapsulated); the VXLAN UDP port of
-    /// encapsulated ones.
-    hops: Vec<(Hop, Option<u16>)>,
     drops: Vec<&'a DropRow>,
     verdicts: Vec<&'a VerdictRow>,
     icmps: Vec<&'a IcmpRow>,
@@ -215,12 +214,18 @@ struct Group<'a> {
 /// The paths of every conversation of `rows`, busiest first.
 pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
     let mut groups = Groups::default();
+    // The group of each flow row (u32::MAX: none), then the rows of each
+    // group side by side in one list: where a group's rows start in it is
+    // the sum of the counts of the groups before it.
+    let mut of: Vec<u32> = Vec::with_capacity(rows.flows.len());
+    let mut start: Vec<u32> = Vec::new();
     for f in rows.flows {
         let key = conversation(&f.id);
         if key.family == 0 {
+            of.push(u32::MAX);
             continue;
         }
-        let g = groups.entry(key);
+        let (i, g) = groups.entry(key);
         let vxlan = f.id.inner.family != 0;
         if vxlan && g.vni == 0 {
             g.vni = f.id.vni;
@@ -228,27 +233,29 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
         if vxlan && !g.carriers.contains(&f.id.outer) {
             g.carriers.push(f.id.outer);
         }
-        let port = (vxlan && f.id.outer.flags & TUPLE_PORTS != 0).then_some(f.id.outer.dport);
-        match g.hops.iter_mut().find(|(h, _)| {
-            h.netns == f.netns && h.iface == f.iface && h.dir == f.dir && h.vxlan == vxlan
-        }) {
-            Some((h, _)) => h.counts.add(&f.counts),
-            None => g.hops.push((
-                Hop {
-                    netns: f.netns.clone(),
-                    iface: f.iface.clone(),
-                    dir: f.dir,
-                    vxlan,
-                    counts: f.counts,
-                },
-                port,
-            )),
+        if i == start.len() {
+            start.push(0);
+        }
+        start[i] += 1;
+        of.push(i as u32);
+    }
+    let mut at = 0;
+    for s in &mut start {
+        (*s, at) = (at, at + *s);
+    }
+    let mut members = vec![0u32; at as usize];
+    let mut next = start.clone();
+    for (row, &g) in of.iter().enumerate() {
+        if let Some(n) = next.get_mut(g as usize) {
+            members[*n as usize] = row as u32;
+            *n += 1;
         }
     }
+    start.push(at);
     for d in rows.drops {
         let key = conversation(&d.id);
         if key.family != 0 {
-            let g = groups.entry(key);
+            let (_, g) = groups.entry(key);
             if g.vni == 0 {
                 g.vni = d.id.vni;
             }
@@ -258,7 +265,7 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
     for v in rows.verdicts.iter().filter(|v| v.counts.dropped() > 0) {
         let key = conversation(&v.id);
         if key.family != 0 {
-            groups.entry(key).verdicts.push(v);
+            groups.entry(key).1.verdicts.push(v);
         }
     }
     for i in rows.icmps {
@@ -278,8 +285,17 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
     let mut out: Vec<PathRow> = groups
         .list
         .into_iter()
-        .filter(|(_, g)| !g.hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty())
-        .map(|(key, g)| build(links, &mut nexts, key, g))
+        .enumerate()
+        .filter_map(|(i, (key, g))| {
+            // Groups made after the flow rows (by drops, verdicts) have none.
+            let flows = match (start.get(i), start.get(i + 1)) {
+                (Some(&a), Some(&b)) => &members[a as usize..b as usize],
+                _ => &[],
+            };
+            let hops = merged(rows.flows, flows);
+            (!hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty())
+                .then(|| build(links, &mut nexts, key, g, &hops))
+        })
         .collect();
     // Ids are unique (one path per conversation), so unstable is stable here.
     out.sort_unstable_by(|a, b| b.sent().cmp(&a.sent()).then_with(|| id_order(&a.id, &b.id)));
@@ -295,18 +311,47 @@ struct Groups<'a> {
 }
 
 impl<'a> Groups<'a> {
-    fn entry(&mut self, key: Tuple) -> &mut Group<'a> {
+    /// The group of `key` and its index in the list, made if new.
+    fn entry(&mut self, key: Tuple) -> (usize, &mut Group<'a>) {
         let i = *self.index.entry(key).or_insert_with(|| {
             self.list.push((key, Group::default()));
             self.list.len() - 1
         });
-        &mut self.list[i].1
+        (i, &mut self.list[i].1)
     }
 
     fn get_mut(&mut self, key: &Tuple) -> Option<&mut Group<'a>> {
         let i = *self.index.get(key)?;
         Some(&mut self.list[i].1)
     }
+}
+
+/// The hops of one conversation from its flow rows (indexes into `flows`),
+/// merged per (netns, iface, dir, encapsulated), with the VXLAN UDP port of
+/// encapsulated ones.
+fn merged(flows: &[FlowRow], rows: &[u32]) -> FewBig<(Hop, Option<u16>)> {
+    let mut hops = FewBig::new();
+    for &r in rows {
+        let f = &flows[r as usize];
+        let vxlan = f.id.inner.family != 0;
+        let port = (vxlan && f.id.outer.flags & TUPLE_PORTS != 0).then_some(f.id.outer.dport);
+        match hops.iter_mut().find(|(h, _): &&mut (Hop, _)| {
+            h.netns == f.netns && h.iface == f.iface && h.dir == f.dir && h.vxlan == vxlan
+        }) {
+            Some((h, _)) => h.counts.add(&f.counts),
+            None => hops.push((
+                Hop {
+                    netns: f.netns.clone(),
+                    iface: f.iface.clone(),
+                    dir: f.dir,
+                    vxlan,
+                    counts: f.counts,
+                },
+                port,
+            )),
+        }
+    }
+    hops
 }
 
 /// [`next`] of each distinct hop of one report: tens of thousands of paths
@@ -422,14 +467,20 @@ enum End {
     Untraced(String),
 }
 
-fn build(links: &Links, nexts: &mut Nexts, key: Tuple, g: Group) -> PathRow {
+fn build(
+    links: &Links,
+    nexts: &mut Nexts,
+    key: Tuple,
+    g: Group,
+    merged: &[(Hop, Option<u16>)],
+) -> PathRow {
     let vni_id = FlowId {
         vni: g.vni,
         ..FlowId::default()
     };
     let vni = vni(&vni_id);
-    let (order, ends) = order(links, nexts, &g.hops, vni);
-    let hops: Vec<Hop> = order.iter().map(|&i| g.hops[i].0.clone()).collect();
+    let (order, ends) = order(links, nexts, merged, vni);
+    let hops: Vec<Hop> = order.iter().map(|&i| merged[i].0.clone()).collect();
     let mut incomplete = Vec::new();
     if let Some(first) = hops.first()
         && first.dir == Direction::Ingress
