@@ -526,39 +526,46 @@ fn write_flow_rest(out: &mut impl Write, at: &At, row: &FlowRow) -> io::Result<(
 /// Writes a path row as [`JsonPath`] would, without serde: one per
 /// conversation every interval, as [`write_flow`] for the same reasons. A
 /// test holds the two byte for byte equal.
-fn write_path(out: &mut impl Write, at: &At, row: &PathRow) -> io::Result<()> {
+fn write_path(out: &mut Vec<u8>, at: &At, row: &PathRow, seen: &mut Seen) -> io::Result<()> {
     let (netns, iface, dir) = row.origin();
-    write_fields(
-        out,
-        "path",
-        at,
-        netns,
-        iface,
-        dir.map(|d| d.as_str()),
-        &row.id,
-    )?;
+    let key = (
+        addr(netns),
+        iface.map_or(0, addr),
+        dir.map_or(3, |d| d as u8),
+    );
+    seen.copy(out, key, |out| {
+        write_place(out, "path", at, netns, iface, dir.map(|d| d.as_str()))
+    })?;
+    write_id(out, at, &row.id)?;
     out.write_all(b",\"sent\":")?;
     write_num(out, row.sent())?;
     out.write_all(b",\"arrived\":")?;
     write_num(out, row.arrived())?;
     out.write_all(b",\"hops\":[")?;
     for (i, h) in row.hops.iter().enumerate() {
-        out.write_all(if i == 0 {
-            b"{\"netns\":"
-        } else {
-            b",{\"netns\":"
-        })?;
-        write_str(out, &h.netns)?;
-        out.write_all(b",\"netns_inode\":")?;
-        write_opt(out, at.inode(&h.netns))?;
-        out.write_all(b",\"iface\":")?;
-        write_str(out, &h.iface)?;
-        out.write_all(b",\"dir\":\"")?;
-        out.write_all(h.dir.as_str().as_bytes())?;
-        out.write_all(if h.vxlan {
-            b"\",\"vxlan\":true"
-        } else {
-            b"\",\"vxlan\":false"
+        if i > 0 {
+            out.push(b',');
+        }
+        // Distinct from the path's own place by the 4 and up.
+        let key = (
+            addr(&h.netns),
+            addr(&h.iface),
+            4 + h.dir as u8 * 2 + h.vxlan as u8,
+        );
+        seen.copy(out, key, |out| {
+            out.write_all(b"{\"netns\":")?;
+            write_str(out, &h.netns)?;
+            out.write_all(b",\"netns_inode\":")?;
+            write_opt(out, at.inode(&h.netns))?;
+            out.write_all(b",\"iface\":")?;
+            write_str(out, &h.iface)?;
+            out.write_all(b",\"dir\":\"")?;
+            out.write_all(h.dir.as_str().as_bytes())?;
+            out.write_all(if h.vxlan {
+                b"\",\"vxlan\":true"
+            } else {
+                b"\",\"vxlan\":false"
+            })
         })?;
         let c = &h.counts;
         write_nums(
@@ -616,21 +623,47 @@ fn write_path(out: &mut impl Write, at: &At, row: &PathRow) -> io::Result<()> {
     out.write_all(b"]}\n")
 }
 
-/// `{"type":..` up to `"orig":..`: the fields of [`JsonFlowFields`].
-fn write_fields(
-    out: &mut impl Write,
-    r#type: &'static str,
-    at: &At,
-    netns: &str,
-    iface: Option<&str>,
-    dir: Option<&'static str>,
-    id: &FlowId,
-) -> io::Result<()> {
-    write_place(out, r#type, at, netns, iface, dir)?;
-    write_id(out, at, id)
+/// What the rows of one report write again and again about the few places
+/// they cross (a path's first place, each of its hops): written once and
+/// copied after. Found by the addresses of the names, which the report
+/// keeps alive and unchanged while it is written; an equal name elsewhere
+/// in memory is only written again.
+#[derive(Default)]
+struct Seen {
+    /// (netns address, iface address or 0, what of the place): range in `bytes`.
+    index: rustc_hash::FxHashMap<(usize, usize, u8), (usize, usize)>,
+    bytes: Vec<u8>,
 }
 
-/// [`write_fields`] up to `"dir":..,`.
+impl Seen {
+    /// Copies to `out` what `write` writes for `key`, writing it the first time.
+    fn copy(
+        &mut self,
+        out: &mut Vec<u8>,
+        key: (usize, usize, u8),
+        write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (start, end) = match self.index.get(&key) {
+            Some(&range) => range,
+            None => {
+                let start = self.bytes.len();
+                write(&mut self.bytes)?;
+                let range = (start, self.bytes.len());
+                self.index.insert(key, range);
+                range
+            }
+        };
+        out.extend_from_slice(&self.bytes[start..end]);
+        Ok(())
+    }
+}
+
+/// Where a name is in memory: the identity [`Seen`] knows it by.
+fn addr(s: &str) -> usize {
+    s.as_ptr() as usize
+}
+
+/// The fields of [`JsonFlowFields`] from `{"type":..` up to `"dir":..,`.
 fn write_place(
     out: &mut impl Write,
     r#type: &'static str,
@@ -661,7 +694,7 @@ fn write_place(
     Ok(())
 }
 
-/// [`write_fields`] from `"proto":..`.
+/// The fields of [`JsonFlowFields`] from `"proto":..` up to `"orig":..`.
 fn write_id(out: &mut impl Write, at: &At, id: &FlowId) -> io::Result<()> {
     write_endpoints(out, &Endpoints::of(&id.outer))?;
     out.write_all(b",\"vni\":")?;
@@ -813,8 +846,9 @@ impl<W: Write> Sink for JsonSink<W> {
         for row in &r.rules {
             self.line(&rule(&at, row))?;
         }
+        let mut seen = Seen::default();
         for row in &r.paths {
-            write_path(&mut self.out.buf, &at, row)?;
+            write_path(&mut self.out.buf, &at, row, &mut seen)?;
             self.out.spill()?;
         }
         if let Some(b) = &r.benign {
