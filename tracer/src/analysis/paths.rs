@@ -282,21 +282,19 @@ pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
         }
     }
     let mut nexts = Nexts::default();
-    let mut out: Vec<PathRow> = groups
-        .list
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, (key, g))| {
-            // Groups made after the flow rows (by drops, verdicts) have none.
-            let flows = match (start.get(i), start.get(i + 1)) {
-                (Some(&a), Some(&b)) => &members[a as usize..b as usize],
-                _ => &[],
-            };
-            let hops = merged(rows.flows, flows);
-            (!hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty())
-                .then(|| build(links, &mut nexts, key, g, &hops))
-        })
-        .collect();
+    // Sized first: grown as it fills, it would copy every path row a few times.
+    let mut out: Vec<PathRow> = Vec::with_capacity(groups.list.len());
+    for (i, (key, g)) in groups.list.into_iter().enumerate() {
+        // Groups made after the flow rows (by drops, verdicts) have none.
+        let flows = match (start.get(i), start.get(i + 1)) {
+            (Some(&a), Some(&b)) => &members[a as usize..b as usize],
+            _ => &[],
+        };
+        let hops = merged(rows.flows, flows);
+        if !hops.is_empty() || !g.drops.is_empty() || !g.verdicts.is_empty() {
+            out.push(build(links, &mut nexts, key, g, &hops));
+        }
+    }
     // Ids are unique (one path per conversation), so unstable is stable here.
     out.sort_unstable_by(|a, b| b.sent().cmp(&a.sent()).then_with(|| id_order(&a.id, &b.id)));
     out
