@@ -12,17 +12,17 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
 };
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tracer_ebpf::{
     Config, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey, FlowSlot, FlowStats, Tuple,
 };
 
 use crate::{
     cli::Cli,
-    collectors::take_map,
     collectors::{
         Collector, Notice, Setup,
         double_buffer::{Cache, CacheSlot},
-        loader,
+        loader, take_map,
         tally::Accumulate,
     },
     model::Direction,
@@ -161,19 +161,20 @@ impl DeviceNames {
         // The leading fields of the order beside each row: the keys are
         // scattered over megabytes, and a comparison that follows the
         // pointers misses the cache. Ties on them go to the whole id.
-        let mut ordered: Vec<(Prefix, &FlowKey, &Counts)> = flows
-            .into_iter()
-            .map(|(key, counts)| {
+        let prefixes: Vec<Prefix> = flows
+            .iter()
+            .map(|(key, _)| {
                 let dir = Direction::from_raw(key.dir);
                 let rank = ranks[&(key.dev, key.ifindex)];
-                (Prefix::of(rank, dir, &key.id.outer), key, counts)
+                Prefix::of(rank, dir, &key.id.outer)
             })
             .collect();
-        ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id_order(&a.1.id, &b.1.id)));
-        ordered
+        let order = sorted(&prefixes, |a, b| id_order(&flows[a].0.id, &flows[b].0.id));
+        order
             .into_iter()
-            .map(|(prefix, key, counts)| {
-                let (rank, dir) = (prefix.rank, prefix.dir);
+            .map(|i| {
+                let (key, counts) = flows[i as usize];
+                let (rank, dir) = (prefixes[i as usize].rank, prefixes[i as usize].dir);
                 let (netns, iface) = devices[rank as usize].1.clone();
                 FlowRow {
                     netns,
@@ -280,6 +281,64 @@ impl Prefix {
     }
 }
 
+/// Bytes of [`Prefix::bytes`].
+const PREFIX_BYTES: usize = 4 + 1 + 16 + 16 + 8;
+
+impl Prefix {
+    /// The fields big-endian, one after another: ordered as the prefix is.
+    fn bytes(&self) -> [u8; PREFIX_BYTES] {
+        let mut b = [0; PREFIX_BYTES];
+        b[..4].copy_from_slice(&self.rank.to_be_bytes());
+        b[4] = self.dir as u8;
+        b[5..21].copy_from_slice(&self.src.to_be_bytes());
+        b[21..37].copy_from_slice(&self.dst.to_be_bytes());
+        b[37..].copy_from_slice(&self.rest.to_be_bytes());
+        b
+    }
+}
+
+/// The indexes of `prefixes` in their order, ties broken by `tie`.
+///
+/// Sorted by a digest of each: the first eight bytes of [`Prefix::bytes`]
+/// that are not the same in all of them. It orders as the prefixes do as
+/// far as it goes, since the bytes it skips are equal everywhere; the rows
+/// of a device differ in a few bytes of addresses and ports, so a compare
+/// of two integers decides most pairs, on elements a quarter the size.
+fn sorted(prefixes: &[Prefix], tie: impl Fn(usize, usize) -> Ordering) -> Vec<u32> {
+    let Some(first) = prefixes.first().map(Prefix::bytes) else {
+        return Vec::new();
+    };
+    let mut varies = [0u8; PREFIX_BYTES];
+    for p in prefixes {
+        for (v, (a, b)) in varies.iter_mut().zip(p.bytes().iter().zip(&first)) {
+            *v |= a ^ b;
+        }
+    }
+    let at: SmallVec<[usize; 8]> = (0..PREFIX_BYTES)
+        .filter(|&j| varies[j] != 0)
+        .take(8)
+        .collect();
+    let mut keyed: Vec<(u64, u32)> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let b = p.bytes();
+            let digest = at
+                .iter()
+                .enumerate()
+                .fold(0u64, |d, (k, &j)| d | (b[j] as u64) << (56 - 8 * k));
+            (digest, i as u32)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            let (i, j) = (a.1 as usize, b.1 as usize);
+            prefixes[i].cmp(&prefixes[j]).then_with(|| tie(i, j))
+        })
+    });
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
 /// The order of `FlowId`'s derived `Ord`, comparing the 16-byte addresses
 /// as big-endian integers instead of calling `memcmp` twice per tuple: rows
 /// are sorted every interval, and most comparisons reach the ports.
@@ -313,6 +372,80 @@ mod tests {
             max_len,
             _pad: 0,
         }
+    }
+
+    #[test]
+    fn rows_sort_by_their_digest_as_by_their_whole_prefix() {
+        // Two devices both ways; IPv4 flows that differ in a port only, in
+        // an address only, and IPv6 ones that differ past the digest's
+        // eight bytes; equal prefixes told apart by the tie-breaker.
+        let mut prefixes = Vec::new();
+        for n in 0..600u32 {
+            let mut t = Tuple::default();
+            t.src[10..12].copy_from_slice(&[0xff, 0xff]);
+            t.dst[10..12].copy_from_slice(&[0xff, 0xff]);
+            t.src[12..].copy_from_slice(&[10, 0, (n % 3) as u8, 1]);
+            t.dst[12..].copy_from_slice(&[10, 0, 9, (n % 7) as u8]);
+            t.sport = (n.wrapping_mul(7919) % 97) as u16;
+            t.dport = 53;
+            if n % 5 == 0 {
+                t.src = [
+                    0x20,
+                    1,
+                    0xd,
+                    0xb8,
+                    n as u8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (n % 11) as u8,
+                ];
+                t.dst = [
+                    0x20,
+                    1,
+                    0xd,
+                    0xb8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (n % 13) as u8,
+                    0,
+                    1,
+                ];
+            }
+            let dir = if n % 2 == 0 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            prefixes.push(Prefix::of((n / 150) % 2, dir, &t));
+        }
+        let tie = |a: usize, b: usize| (a % 4).cmp(&(b % 4)).then(a.cmp(&b));
+        let mut expected: Vec<u32> = (0..prefixes.len() as u32).collect();
+        expected.sort_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            prefixes[a].cmp(&prefixes[b]).then_with(|| tie(a, b))
+        });
+        assert_eq!(sorted(&prefixes, tie), expected);
+        // Every prefix the same: the tie-breaker alone orders them.
+        let same: Vec<Prefix> = (0..5)
+            .map(|_| Prefix::of(1, Direction::Egress, &Tuple::default()))
+            .collect();
+        assert_eq!(sorted(&same, |a, b| b.cmp(&a)), [4, 3, 2, 1, 0]);
+        assert!(sorted(&[], tie).is_empty());
     }
 
     #[test]
