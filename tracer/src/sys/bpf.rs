@@ -435,6 +435,7 @@ impl<T: aya::Pod> Mapped<T> {
         const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        debug_assert!(page.is_power_of_two());
         Ok(Mapped {
             map: map.try_clone_to_owned()?,
             len,
@@ -488,9 +489,12 @@ impl<T: aya::Pod> Mapped<T> {
 
     /// Where value `i` is, if it is mapped.
     fn words(&self, i: usize) -> Option<*mut u64> {
-        let chunk = self.chunks.get(i / self.per_chunk())?;
+        // A page is a power of two: a shift and a mask, not a division per
+        // value (tens of thousands of values are read every interval).
+        let per = self.per_chunk();
+        let chunk = self.chunks.get(i >> per.trailing_zeros())?;
         let n = size_of::<T>() / 8;
-        let at = (i % self.per_chunk()) * n;
+        let at = (i & (per - 1)) * n;
         // SAFETY: the value's n words lie inside the chunk's mapping
         // (checked first), 8-aligned.
         ((at + n) * 8 <= chunk.bytes).then(|| unsafe { chunk.values.as_ptr().add(at) })
