@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
@@ -81,7 +81,7 @@ impl DoubleBuffer {
         let mut take_hash = |name: &str| {
             take_map(ebpf, name, |map| match map {
                 Map::PerCpuHashMap(data) => Ok(data),
-                _ => Err(MapError::InvalidName { name: name.into() }),
+                _ => Err(std::io::Error::other("not a per-CPU hash map")),
             })
         };
         let maps = [take_hash(names[0])?, take_hash(names[1])?];

@@ -93,7 +93,7 @@ impl Slots {
         fn mapped<T: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Mapped<T>> {
             let map = take_map(ebpf, name, |m| match m {
                 aya::maps::Map::Array(data) => Ok(data),
-                _ => Err(aya::maps::MapError::InvalidName { name: name.into() }),
+                _ => Err(std::io::Error::other("not an array")),
             })?;
             let entries = map.info()?.max_entries();
             Mapped::new(map.fd().as_fd(), entries as usize).with_context(|| format!("mmap {name}"))
