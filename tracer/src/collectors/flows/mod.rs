@@ -174,7 +174,7 @@ impl DeviceNames {
             .into_iter()
             .map(|i| {
                 let (key, counts) = flows[i as usize];
-                let (rank, dir) = (prefixes[i as usize].rank, prefixes[i as usize].dir);
+                let (rank, dir) = (prefixes[i as usize].rank(), prefixes[i as usize].dir());
                 let (netns, iface) = devices[rank as usize].1.clone();
                 FlowRow {
                     netns,
@@ -253,64 +253,55 @@ impl Collector for Flows {
 }
 
 /// The start of the order of rows: (device rank, direction, then
-/// [`id_order`] of the outer tuple), in fields compared in that order.
+/// [`id_order`] of the outer tuple), as big-endian bytes one after another,
+/// which compare in that order.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Prefix {
-    rank: u32,
-    dir: Direction,
-    src: u128,
-    dst: u128,
-    /// sport, dport, proto, family, flags, pad from the high bits down.
-    rest: u64,
-}
+struct Prefix([u8; PREFIX_BYTES]);
 
-impl Prefix {
-    fn of(rank: u32, dir: Direction, t: &Tuple) -> Self {
-        Prefix {
-            rank,
-            dir,
-            src: u128::from_be_bytes(t.src),
-            dst: u128::from_be_bytes(t.dst),
-            rest: (t.sport as u64) << 48
-                | (t.dport as u64) << 32
-                | (t.proto as u64) << 24
-                | (t.family as u64) << 16
-                | (t.flags as u64) << 8
-                | t._pad as u64,
-        }
-    }
-}
-
-/// Bytes of [`Prefix::bytes`].
+/// rank (4), direction (1), source and destination addresses (16 each),
+/// then sport, dport, proto, family, flags, pad (8).
 const PREFIX_BYTES: usize = 4 + 1 + 16 + 16 + 8;
 
 impl Prefix {
-    /// The fields big-endian, one after another: ordered as the prefix is.
-    fn bytes(&self) -> [u8; PREFIX_BYTES] {
+    fn of(rank: u32, dir: Direction, t: &Tuple) -> Self {
         let mut b = [0; PREFIX_BYTES];
-        b[..4].copy_from_slice(&self.rank.to_be_bytes());
-        b[4] = self.dir as u8;
-        b[5..21].copy_from_slice(&self.src.to_be_bytes());
-        b[21..37].copy_from_slice(&self.dst.to_be_bytes());
-        b[37..].copy_from_slice(&self.rest.to_be_bytes());
-        b
+        b[..4].copy_from_slice(&rank.to_be_bytes());
+        b[4] = dir as u8;
+        b[5..21].copy_from_slice(&t.src);
+        b[21..37].copy_from_slice(&t.dst);
+        b[37..39].copy_from_slice(&t.sport.to_be_bytes());
+        b[39..41].copy_from_slice(&t.dport.to_be_bytes());
+        b[41..].copy_from_slice(&[t.proto, t.family, t.flags, t._pad]);
+        Prefix(b)
+    }
+
+    fn rank(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+
+    fn dir(&self) -> Direction {
+        match self.0[4] {
+            0 => Direction::Egress,
+            1 => Direction::Ingress,
+            _ => Direction::Sent,
+        }
     }
 }
 
 /// The indexes of `prefixes` in their order, ties broken by `tie`.
 ///
-/// Sorted by a digest of each: the first eight bytes of [`Prefix::bytes`]
+/// Sorted by a digest of each: the first eight bytes of a [`Prefix`]
 /// that are not the same in all of them. It orders as the prefixes do as
 /// far as it goes, since the bytes it skips are equal everywhere; the rows
 /// of a device differ in a few bytes of addresses and ports, so a compare
 /// of two integers decides most pairs, on elements a quarter the size.
 fn sorted(prefixes: &[Prefix], tie: impl Fn(usize, usize) -> Ordering) -> Vec<u32> {
-    let Some(first) = prefixes.first().map(Prefix::bytes) else {
+    let Some(Prefix(first)) = prefixes.first() else {
         return Vec::new();
     };
     let mut varies = [0u8; PREFIX_BYTES];
-    for p in prefixes {
-        for (v, (a, b)) in varies.iter_mut().zip(p.bytes().iter().zip(&first)) {
+    for Prefix(p) in prefixes {
+        for (v, (a, b)) in varies.iter_mut().zip(p.iter().zip(first)) {
             *v |= a ^ b;
         }
     }
@@ -321,8 +312,7 @@ fn sorted(prefixes: &[Prefix], tie: impl Fn(usize, usize) -> Ordering) -> Vec<u3
     let mut keyed: Vec<(u64, u32)> = prefixes
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let b = p.bytes();
+        .map(|(i, Prefix(b))| {
             let digest = at
                 .iter()
                 .enumerate()
@@ -446,6 +436,15 @@ mod tests {
             .collect();
         assert_eq!(sorted(&same, |a, b| b.cmp(&a)), [4, 3, 2, 1, 0]);
         assert!(sorted(&[], tie).is_empty());
+        // The row takes its device and direction back from its prefix.
+        for (rank, dir) in [
+            (0, Direction::Egress),
+            (7, Direction::Ingress),
+            (u32::MAX, Direction::Sent),
+        ] {
+            let p = Prefix::of(rank, dir, &Tuple::default());
+            assert_eq!((p.rank(), p.dir()), (rank, dir));
+        }
     }
 
     #[test]
