@@ -320,13 +320,43 @@ fn sorted(prefixes: &[Prefix], tie: impl Fn(usize, usize) -> Ordering) -> Vec<u3
             (digest, i as u32)
         })
         .collect();
-    keyed.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| {
-            let (i, j) = (a.1 as usize, b.1 as usize);
-            prefixes[i].cmp(&prefixes[j]).then_with(|| tie(i, j))
-        })
-    });
+    radix_sort(&mut keyed, at.len());
+    // Rows of one digest: by the whole prefix, then the tie-breaker.
+    for run in keyed.chunk_by_mut(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            run.sort_unstable_by(|a, b| {
+                let (i, j) = (a.1 as usize, b.1 as usize);
+                prefixes[i].cmp(&prefixes[j]).then_with(|| tie(i, j))
+            });
+        }
+    }
     keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Sorts by the top `bytes` bytes of each digest (the rest are zero), one
+/// stable counting pass per byte from the last: linear in the rows, where
+/// a comparison sort of twenty thousand rows was 4-5% of tracer's time at
+/// ten thousand active flows.
+fn radix_sort(v: &mut Vec<(u64, u32)>, bytes: usize) {
+    let mut out = vec![(0, 0); v.len()];
+    for k in (0..bytes).rev() {
+        let shift = 56 - 8 * k;
+        let byte = |d: u64| (d >> shift) as u8 as usize;
+        let mut next = [0usize; 256];
+        for &(d, _) in v.iter() {
+            next[byte(d)] += 1;
+        }
+        let mut at = 0;
+        for n in next.iter_mut() {
+            (*n, at) = (at, at + *n);
+        }
+        for &e in v.iter() {
+            let b = byte(e.0);
+            out[next[b]] = e;
+            next[b] += 1;
+        }
+        std::mem::swap(v, &mut out);
+    }
 }
 
 /// The order of `FlowId`'s derived `Ord`, comparing the 16-byte addresses
