@@ -4,6 +4,7 @@
 //! bpf_probe_read_kernel); each started, measured and stopped.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
@@ -300,6 +301,10 @@ pub struct ToolCost {
     pub cpu_system_s: f64,
     /// `cpu_s` as a percentage of one core.
     pub cpu_pct: f64,
+    /// Whether `cpu_s` is the threads' run time in nanoseconds (schedstat)
+    /// rather than utime + stime in clock ticks: see [`Window::close`].
+    #[serde(default)]
+    pub cpu_exact: bool,
     /// CPU since the processes started, start-up included.
     pub cpu_total_s: f64,
     /// Largest peak RSS (VmHWM) of the tool's processes.
@@ -352,6 +357,8 @@ impl ToolCost {
 pub struct Window {
     start: Instant,
     cpu: CpuTime,
+    /// Run time of each thread of the tools, by thread id.
+    runs: BTreeMap<u32, u64>,
     prog_ids: Vec<u32>,
     /// Statistics at the start, to tell whether anything counted runs
     /// outside the statistics pass.
@@ -364,14 +371,17 @@ impl Window {
     pub fn open(pids: &[u32]) -> Result<Window> {
         let mut prog_ids = Vec::new();
         let mut cpu = CpuTime::default();
+        let mut runs = BTreeMap::new();
         for &pid in pids {
             prog_ids.extend(sys::prog_ids(pid)?);
             cpu = cpu + sys::cpu_time(pid)?;
+            runs.extend(sys::run_times(pid)?);
         }
         let progs_at_start = stats_of(&prog_ids)?;
         Ok(Window {
             start: Instant::now(),
             cpu,
+            runs,
             prog_ids,
             progs_at_start,
             stats_s: 0.0,
@@ -399,12 +409,19 @@ impl Window {
     }
 
     /// Reads the cost so far; call just before stopping the tool.
+    ///
+    /// CPU is the threads' run time in nanoseconds where it accounts for all
+    /// of it: every thread of the start is still there, and the clock ticks
+    /// of the processes (which keep what ended threads used) exceed it by
+    /// no more than their rounding. Otherwise it is the ticks.
     pub fn close(&self, pids: &[u32]) -> Result<ToolCost> {
         let window_s = self.start.elapsed().as_secs_f64();
         let mut total = CpuTime::default();
+        let mut runs = BTreeMap::new();
         let mut peak_rss_kib = 0;
         for &pid in pids {
             total = total + sys::cpu_time(pid)?;
+            runs.extend(sys::run_times(pid)?);
             peak_rss_kib = peak_rss_kib.max(sys::peak_rss_kib(pid)?);
         }
         let all_runs: u64 = sys::prog_deltas(&self.progs_at_start, &stats_of(&self.prog_ids)?)
@@ -413,11 +430,14 @@ impl Window {
             .sum();
         let stats_runs: u64 = self.progs.iter().map(|p| p.run_cnt).sum();
         let used = total - self.cpu;
+        let ran = exact_run_s(&self.runs, &runs, used.total(), pids.len());
+        let cpu_s = ran.unwrap_or(used.total());
         Ok(ToolCost {
             window_s,
-            cpu_s: used.total(),
+            cpu_s,
             cpu_system_s: used.system,
-            cpu_pct: used.total() / window_s * 100.0,
+            cpu_pct: cpu_s / window_s * 100.0,
+            cpu_exact: ran.is_some(),
             cpu_total_s: total.total(),
             peak_rss_kib,
             stats_s: self.stats_s,
@@ -425,6 +445,29 @@ impl Window {
             progs: self.progs.clone(),
         })
     }
+}
+
+/// Seconds the threads ran between two readings of their run times, if
+/// that is all the processes used: no thread of `before` is gone, and the
+/// processes' ticks (`ticks_s`) are no more than two ticks of rounding, at
+/// each end, for user and for system, above it.
+fn exact_run_s(
+    before: &BTreeMap<u32, u64>,
+    after: &BTreeMap<u32, u64>,
+    ticks_s: f64,
+    processes: usize,
+) -> Option<f64> {
+    if before.keys().any(|tid| !after.contains_key(tid)) {
+        return None;
+    }
+    let ns: u64 = after
+        .iter()
+        .map(|(tid, &a)| a.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let ran = ns as f64 / 1e9;
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks_s <= ran + 4.0 * tick * processes as f64).then_some(ran)
 }
 
 fn stats_of(ids: &[u32]) -> Result<Vec<ProgStat>> {
@@ -451,6 +494,23 @@ mod tests {
             }
         );
         assert_eq!(parse_tcpdump_stats("garbage"), TcpdumpStats::default());
+    }
+
+    #[test]
+    fn run_time_is_exact_only_where_it_holds_all_the_cpu() {
+        let before = BTreeMap::from([(10, 1_000_000_000), (11, 500_000_000)]);
+        // 0.25 s and 0.05 s more, and a new thread with 0.1 s.
+        let after = BTreeMap::from([(10, 1_250_000_000), (11, 550_000_000), (12, 100_000_000)]);
+        let ran = exact_run_s(&before, &after, 0.40, 1).unwrap();
+        assert!((ran - 0.40).abs() < 1e-9, "{ran}");
+        // The ticks round: a little above or below is the same run time.
+        assert!(exact_run_s(&before, &after, 0.42, 1).is_some());
+        assert!(exact_run_s(&before, &after, 0.38, 1).is_some());
+        // A thread that ran in the window and ended: its time is only in the ticks.
+        assert_eq!(exact_run_s(&before, &after, 0.90, 1), None);
+        // A thread of the start is gone.
+        let gone = BTreeMap::from([(10, 1_250_000_000)]);
+        assert_eq!(exact_run_s(&before, &gone, 0.25, 1), None);
     }
 
     #[test]

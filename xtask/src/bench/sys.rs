@@ -69,6 +69,35 @@ pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     })
 }
 
+/// Nanoseconds a task ran on a CPU, the first field of its
+/// `/proc/PID/task/TID/schedstat` (run time, wait time, timeslices).
+pub fn parse_schedstat(line: &str) -> Option<u64> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Nanoseconds each thread of `pid` has run so far, by thread id: exact,
+/// where utime and stime come in clock ticks (10 ms, a tenth of a point of
+/// a core over a 10 s window). A thread that exits takes its run time with
+/// it; [`cpu_time`] keeps it.
+pub fn run_times(pid: u32) -> Result<BTreeMap<u32, u64>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let e = e?;
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread that ended since the directory was read is not an error.
+        let Ok(line) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        let ns =
+            parse_schedstat(&line).with_context(|| format!("malformed {dir}/{tid}/schedstat"))?;
+        out.insert(tid, ns);
+    }
+    Ok(out)
+}
+
 /// (pid, ppid, comm, utime + stime ticks) from a `/proc/PID/stat` line.
 pub fn parse_stat_family(stat: &str) -> Option<(u32, u32, &str, u64)> {
     let open = stat.find('(')?;
@@ -456,6 +485,24 @@ mod tests {
                     150 25 0 0 20 0 3 0 12345 100000 2000 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some((150, 25)));
         assert_eq!(parse_stat_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn schedstat_gives_run_time_in_nanoseconds() {
+        assert_eq!(
+            parse_schedstat("1351231073 35050623 776\n"),
+            Some(1_351_231_073)
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn this_process_has_run() {
+        let pid = std::process::id();
+        let runs = run_times(pid).unwrap();
+        assert!(runs.contains_key(&pid), "{runs:?}");
+        assert!(runs.values().sum::<u64>() > 0);
     }
 
     #[test]
