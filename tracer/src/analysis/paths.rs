@@ -527,7 +527,15 @@ fn build(
     };
     // Everything said about each place: Before the first hop is key 0, after hop i is i + 1.
     let slot = |p: Option<usize>| p.map_or(0, |i| i + 1);
-    let mut at: FewBig<Place> = (0..=hops.len()).map(|_| Place::default()).collect();
+    // Most paths have nothing to place (no drop, verdict, ICMP or MTU
+    // finding): then every place is the empty one, and none is made.
+    let quiet =
+        g.drops.is_empty() && g.verdicts.is_empty() && g.icmps.is_empty() && g.mtu.is_empty();
+    let mut at: FewBig<Place> = if quiet {
+        FewBig::new()
+    } else {
+        (0..=hops.len()).map(|_| Place::default()).collect()
+    };
     for d in &g.drops {
         let p = &mut at[slot(place(&d.netns, d.iface.as_deref()))];
         p.netns.get_or_insert_with(|| d.netns.clone());
@@ -582,7 +590,9 @@ fn build(
     }
     let mut lost = Vec::new();
     let mut notes = Vec::new();
-    for (s, p) in at.into_iter().enumerate() {
+    let empty = Place::default();
+    for s in 0..=hops.len() {
+        let p = at.get(s).unwrap_or(&empty);
         let after = s.checked_sub(1);
         // Made into Strings only for a loss: most places have none.
         let (ns, iface): (&str, Option<&str>) = match after {
