@@ -289,73 +289,104 @@ impl Prefix {
 }
 
 /// The indexes of `prefixes` in their order, ties broken by `tie`.
-///
-/// Sorted by a digest of each: the first eight bytes of a [`Prefix`]
-/// that are not the same in all of them. It orders as the prefixes do as
-/// far as it goes, since the bytes it skips are equal everywhere; the rows
-/// of a device differ in a few bytes of addresses and ports, so a compare
-/// of two integers decides most pairs, on elements a quarter the size.
 fn sorted(prefixes: &[Prefix], tie: impl Fn(usize, usize) -> Ordering) -> Vec<u32> {
-    let Some(Prefix(first)) = prefixes.first() else {
-        return Vec::new();
-    };
+    let mut keyed: Vec<(u64, u32)> = (0..prefixes.len() as u32).map(|i| (0, i)).collect();
+    sort_from(prefixes, &mut keyed, 0, &tie);
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Rows this few are compared whole: a digest costs more than it saves.
+const FEW_ROWS: usize = 32;
+
+/// Sorts `rows` ((digest, index into `prefixes`) pairs; the prefixes are
+/// all equal before byte `from`).
+///
+/// By a digest of each: the first eight bytes from `from` on that are not
+/// the same in all of them. It orders as the prefixes do as far as it
+/// goes, since the bytes it skips are equal everywhere; the rows of a
+/// device differ in a few bytes of addresses and ports, so the digest alone
+/// orders most rows, and digests sort in linear time. Rows whose digests
+/// tie are equal up to the digest's last byte: they are sorted again from
+/// the byte after it (a few IPv6 rows among IPv4 ones make their address
+/// bytes vary first, and a digest of those ties all the IPv4 rows).
+fn sort_from(
+    prefixes: &[Prefix],
+    rows: &mut [(u64, u32)],
+    from: usize,
+    tie: &impl Fn(usize, usize) -> Ordering,
+) {
+    if rows.len() <= FEW_ROWS {
+        rows.sort_unstable_by(|a, b| {
+            let (i, j) = (a.1 as usize, b.1 as usize);
+            prefixes[i].cmp(&prefixes[j]).then_with(|| tie(i, j))
+        });
+        return;
+    }
+    // Whole prefixes, which vectorize: the bytes before `from` are equal.
+    let Prefix(first) = &prefixes[rows[0].1 as usize];
     let mut varies = [0u8; PREFIX_BYTES];
-    for Prefix(p) in prefixes {
+    for &(_, r) in rows.iter() {
+        let Prefix(p) = &prefixes[r as usize];
         for (v, (a, b)) in varies.iter_mut().zip(p.iter().zip(first)) {
             *v |= a ^ b;
         }
     }
-    let at: SmallVec<[usize; 8]> = (0..PREFIX_BYTES)
+    let at: SmallVec<[usize; 8]> = (from..PREFIX_BYTES)
         .filter(|&j| varies[j] != 0)
         .take(8)
         .collect();
-    let mut keyed: Vec<(u64, u32)> = prefixes
-        .iter()
-        .enumerate()
-        .map(|(i, Prefix(b))| {
-            let digest = at
-                .iter()
-                .enumerate()
-                .fold(0u64, |d, (k, &j)| d | (b[j] as u64) << (56 - 8 * k));
-            (digest, i as u32)
-        })
-        .collect();
-    radix_sort(&mut keyed, at.len());
-    // Rows of one digest: by the whole prefix, then the tie-breaker.
-    for run in keyed.chunk_by_mut(|a, b| a.0 == b.0) {
-        if run.len() > 1 {
-            run.sort_unstable_by(|a, b| {
-                let (i, j) = (a.1 as usize, b.1 as usize);
-                prefixes[i].cmp(&prefixes[j]).then_with(|| tie(i, j))
-            });
-        }
+    let Some(&last) = at.last() else {
+        // Equal prefixes.
+        rows.sort_unstable_by(|a, b| tie(a.1 as usize, b.1 as usize));
+        return;
+    };
+    for (digest, r) in rows.iter_mut() {
+        let Prefix(b) = &prefixes[*r as usize];
+        *digest = at
+            .iter()
+            .enumerate()
+            .fold(0u64, |d, (k, &j)| d | (b[j] as u64) << (56 - 8 * k));
     }
-    keyed.into_iter().map(|(_, i)| i).collect()
+    radix_sort(rows, at.len());
+    let mut start = 0;
+    while start < rows.len() {
+        let d = rows[start].0;
+        let end = start + rows[start..].iter().take_while(|e| e.0 == d).count();
+        if end - start > 1 {
+            sort_from(prefixes, &mut rows[start..end], last + 1, tie);
+        }
+        start = end;
+    }
 }
 
 /// Sorts by the top `bytes` bytes of each digest (the rest are zero), one
 /// stable counting pass per byte from the last: linear in the rows, where
 /// a comparison sort of twenty thousand rows was 4-5% of tracer's time at
 /// ten thousand active flows.
-fn radix_sort(v: &mut Vec<(u64, u32)>, bytes: usize) {
-    let mut out = vec![(0, 0); v.len()];
+fn radix_sort(v: &mut [(u64, u32)], bytes: usize) {
+    let mut other = vec![(0, 0); v.len()];
+    let (mut from, mut to) = (v, &mut other[..]);
     for k in (0..bytes).rev() {
         let shift = 56 - 8 * k;
         let byte = |d: u64| (d >> shift) as u8 as usize;
         let mut next = [0usize; 256];
-        for &(d, _) in v.iter() {
+        for &(d, _) in from.iter() {
             next[byte(d)] += 1;
         }
         let mut at = 0;
         for n in next.iter_mut() {
             (*n, at) = (at, at + *n);
         }
-        for &e in v.iter() {
+        for &e in from.iter() {
             let b = byte(e.0);
-            out[next[b]] = e;
+            to[next[b]] = e;
             next[b] += 1;
         }
-        std::mem::swap(v, &mut out);
+        std::mem::swap(&mut from, &mut to);
+    }
+    // An odd number of passes left the result in `other`.
+    if bytes % 2 == 1 {
+        to.copy_from_slice(from);
     }
 }
 
@@ -465,6 +496,12 @@ mod tests {
             .map(|_| Prefix::of(1, Direction::Egress, &Tuple::default()))
             .collect();
         assert_eq!(sorted(&same, |a, b| b.cmp(&a)), [4, 3, 2, 1, 0]);
+        // As many as take the digest's path.
+        let many: Vec<Prefix> = (0..FEW_ROWS + 8)
+            .map(|_| Prefix::of(1, Direction::Egress, &Tuple::default()))
+            .collect();
+        let backwards: Vec<u32> = (0..many.len() as u32).rev().collect();
+        assert_eq!(sorted(&many, |a, b| b.cmp(&a)), backwards);
         assert!(sorted(&[], tie).is_empty());
         // The row takes its device and direction back from its prefix.
         for (rank, dir) in [
