@@ -397,7 +397,22 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     eight bytes of their order's prefix that differ among them, 16-byte elements \
     compared as integers instead of 64-byte ones field by field: 1.45 -> 0.78 ms an \
     interval. Quick runs of this load alone, four interleaved pairs of 15 s: \
-    2.08/2.46/2.50/2.51% -> 2.07/2.08/2.29/1.90% of a core with the first three.
+    2.08/2.46/2.50/2.51% -> 2.07/2.08/2.29/1.90% of a core with the first three. \
+    The next run's machine measured the same code about a third higher: three quick runs \
+    of d04c13d's successor 26592fe there gave 2.69-2.79% of a core, where the full run at \
+    d04c13d had 2.00. On that machine: 923c085 takes a tool's CPU from its threads' \
+    run time in nanoseconds (schedstat) instead of utime + stime in 10 ms ticks, a \
+    tenth of a point each over this load's 10 s window; 8c28150 sorts the rows' digests \
+    with a radix sort (sorted() on 20,000 rows shaped like this load's: 0.73-1.09 -> \
+    0.50-0.71 ms); 8e8ce1e hands the JSON out a mebibyte at a time instead of 64 KiB, \
+    so that the reader, woken by each write, preempts tracer a tenth as often (about \
+    140 times a second before): quick runs alternated with its parent, two rounds of \
+    three, 2.50-2.93% (median 2.69) -> 2.31-2.59% (2.45); 7ff1a15 makes no places for \
+    a path with nothing to place: 2.56 -> 2.51, within the noise. The digest is the \
+    first eight bytes that vary among all the rows, and a few IPv6 rows (link-local \
+    traffic, as in these namespaces) make their address bytes vary first, tying all \
+    the IPv4 rows of a device: e7e1bb3 sorts such a run again from the byte after its \
+    digest (sorted() on 20,000 IPv4 rows and 16 IPv6 ones: 3.2-3.3 -> 1.04-1.09 ms).
 
 During the throughput loads, most of tracer's own time was the NAT ties' conntrack \
     dumps: one per traced namespace whenever a report had a new conversation, each \
