@@ -398,9 +398,10 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     compared as integers instead of 64-byte ones field by field: 1.45 -> 0.78 ms an \
     interval. Quick runs of this load alone, four interleaved pairs of 15 s: \
     2.08/2.46/2.50/2.51% -> 2.07/2.08/2.29/1.90% of a core with the first three. \
-    The next run's machine measured the same code about a third higher: three quick runs \
-    of d04c13d's successor 26592fe there gave 2.69-2.79% of a core, where the full run at \
-    d04c13d had 2.00. On that machine: 923c085 takes a tool's CPU from its threads' \
+    The machine of the run after d04c13d's measured the same code about a third \
+    higher: three quick runs of 26592fe (d04c13d's userspace, with error texts changed) \
+    gave 2.69-2.79% of a core there, where the full run at d04c13d had 2.00. On that \
+    machine: 923c085 takes a tool's CPU from its threads' \
     run time in nanoseconds (schedstat) instead of utime + stime in 10 ms ticks, a \
     tenth of a point each over this load's 10 s window; 8c28150 sorts the rows' digests \
     with a radix sort (sorted() on 20,000 rows shaped like this load's: 0.73-1.09 -> \
