@@ -465,9 +465,7 @@ fn exact_run_s(
         .map(|(tid, &a)| a.saturating_sub(before.get(tid).copied().unwrap_or(0)))
         .sum();
     let ran = ns as f64 / 1e9;
-    // SAFETY: sysconf has no preconditions.
-    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks_s <= ran + 4.0 * tick * processes as f64).then_some(ran)
+    (ticks_s <= ran + 4.0 * sys::tick_s() * processes as f64).then_some(ran)
 }
 
 fn stats_of(ids: &[u32]) -> Result<Vec<ProgStat>> {

@@ -57,15 +57,19 @@ impl std::ops::Sub for CpuTime {
     }
 }
 
+/// Seconds in one clock tick, the unit of utime and stime in /proc.
+pub fn tick_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
     let (user, system) = parse_stat_ticks(&stat).context("malformed /proc/PID/stat")?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(CpuTime {
-        user: user as f64 / hz,
-        system: system as f64 / hz,
+        user: user as f64 * tick_s(),
+        system: system as f64 * tick_s(),
     })
 }
 
@@ -164,8 +168,7 @@ impl OtherCpu {
             .iter()
             .map(|(pid, t)| t.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
             .sum();
-        // SAFETY: sysconf has no preconditions.
-        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        ticks as f64 * tick_s()
     }
 }
 
