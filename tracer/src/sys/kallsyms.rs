@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader},
+    thread::{self, JoinHandle},
 };
 
 // Looked up for every drop row of every report: FxHash.
@@ -11,19 +12,25 @@ use rustc_hash::FxHashMap as HashMap;
 /// The kernel's code symbols, read from /proc/kallsyms once. Reading the
 /// file costs the kernel some 40 ms (it formats each of 120,000 lines) and
 /// the parse about as much: the drops collector has them read as it starts
-/// ([`Symbolizer::load`]), before tracing begins, not in the middle of it
-/// when the first drop shows up.
+/// ([`Symbolizer::load`]), on a thread of their own while the programs
+/// load, not in the middle of tracing when the first drop shows up.
 #[derive(Default)]
 pub struct Symbolizer {
     /// Read on first use; empty if /proc/kallsyms could not be read.
     symbols: Option<Symbols>,
+    reading: Option<JoinHandle<Symbols>>,
     cache: HashMap<u64, String>,
 }
 
 impl Symbolizer {
-    /// Reads the symbols now if they were not yet.
+    /// Starts reading the symbols, if that was not yet done.
     pub fn load(&mut self) {
-        self.symbols();
+        if self.symbols.is_none() && self.reading.is_none() {
+            self.reading = thread::Builder::new()
+                .name("kallsyms".into())
+                .spawn(Symbols::kernel)
+                .ok();
+        }
     }
 
     pub fn name(&mut self, addr: u64) -> String {
@@ -36,10 +43,11 @@ impl Symbolizer {
     }
 
     fn symbols(&mut self) -> &Symbols {
+        let reading = self.reading.take();
         self.symbols.get_or_insert_with(|| {
-            File::open("/proc/kallsyms")
-                .map(|f| Symbols::read(BufReader::new(f)))
-                .unwrap_or_default()
+            reading
+                .and_then(|r| r.join().ok())
+                .unwrap_or_else(Symbols::kernel)
         })
     }
 }
@@ -54,6 +62,13 @@ struct Symbols {
 }
 
 impl Symbols {
+    /// The running kernel's, or none if /proc/kallsyms cannot be read.
+    fn kernel() -> Symbols {
+        File::open("/proc/kallsyms")
+            .map(|f| Symbols::read(BufReader::new(f)))
+            .unwrap_or_default()
+    }
+
     /// Lines of /proc/kallsyms, `address type name[\t[module]]`; only code
     /// (`t`, `T`) is kept: a drop location is an address in code. Read a
     /// line at a time: the whole file is 5 MB.
