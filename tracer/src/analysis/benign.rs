@@ -17,6 +17,8 @@ use crate::{
 pub enum Benign {
     /// `NO_SOCKET` at `ping_rcv`: ping's raw socket received the echo
     /// reply; the kernel frees the original, which no ping socket wanted.
+    /// Kernels where `ping_rcv` hands its reason back (6.1) free it in
+    /// `icmp_rcv` or `icmpv6_rcv`, where only `ping_rcv` gives `NO_SOCKET`.
     EchoReply,
     /// `QUEUE_PURGE` of 0 bytes: a closing TCP socket frees its empty
     /// queues (Swarm's gossip on 7946 does it at every close).
@@ -43,7 +45,9 @@ pub fn classify(d: &DropRow) -> Option<Benign> {
             .is_some_and(|rest| rest.starts_with('+'))
     };
     match d.reason.as_deref() {
-        Some("NO_SOCKET") if at("ping_rcv") => Some(Benign::EchoReply),
+        Some("NO_SOCKET") if at("ping_rcv") || at("icmp_rcv") || at("icmpv6_rcv") => {
+            Some(Benign::EchoReply)
+        }
         Some("QUEUE_PURGE") if d.counts.bytes == 0 => Some(Benign::EmptyQueuePurge),
         _ if ipv6_link_local(&d.id) => Some(Benign::Ipv6LinkLocal),
         _ => None,
@@ -141,6 +145,19 @@ mod tests {
         assert_eq!(
             classify(&drop("NO_SOCKET", "ping_rcv+0x8c", ping, 5, 420)),
             Some(Benign::EchoReply)
+        );
+        // Debian 12's 6.1 frees it where ping_rcv returns to.
+        for at in ["icmp_rcv+0x1b1", "icmpv6_rcv+0x2f4"] {
+            assert_eq!(
+                classify(&drop("NO_SOCKET", at, ping, 5, 420)),
+                Some(Benign::EchoReply),
+                "{at}"
+            );
+        }
+        // There any other reason is a real drop.
+        assert_eq!(
+            classify(&drop("NOT_SPECIFIED", "icmp_rcv+0x1b1", ping, 5, 420)),
+            None
         );
         // A UDP datagram to a closed port is a real NO_SOCKET.
         assert_eq!(
