@@ -24,7 +24,7 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
         "its bpftrace witness counts by args->reason, which 5.10's kfree_skb has not",
     ),
     ("5.10", "docker", "", CI_TIME),
-    ("5.10", "swarm", "", CI_TIME),
+    ("5.10", "swarm", "", SWARM),
     // 5.10 has no exact verdict hook (no BPF netfilter programs, no module
     // BTF for fexit): what needs verdict rows stays off it.
     ("5.10", "verdicts", "bridged_flows", NO_VERDICTS),
@@ -35,12 +35,13 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
     ("5.10", "verdicts", "reject_counts", NO_VERDICTS),
     ("5.10", "verdicts", "vxlan_dropped_at_input", NO_VERDICTS),
     ("6.1", "docker", "", CI_TIME),
-    ("6.1", "swarm", "", CI_TIME),
+    ("6.1", "swarm", "", SWARM),
     ("6.12", "docker", "", CI_TIME),
-    ("6.12", "swarm", "", CI_TIME),
+    ("6.12", "swarm", "", SWARM),
 ];
 
 const CI_TIME: &str = "CI time: a real dockerd under TCG; Docker's hooks are the labs' overlay and drop tests, which run here";
+const SWARM: &str = "in the 6.1 VM `docker run` on the Swarm overlay fails (\"attaching to network failed ... context deadline exceeded\"), not yet diagnosed; the labs' overlay tests cover its VXLAN hooks";
 const NO_VERDICTS: &str = "no exact verdict hook on 5.10: no BPF netfilter programs (6.4), no module BTF for fexit; --nf-kprobes misses packets";
 
 /// The paths the guest covers with its own tmpfs: nothing it runs may live there.
