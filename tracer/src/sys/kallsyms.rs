@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap as HashMap;
 pub struct Symbolizer {
     /// Read on first use; empty if /proc/kallsyms could not be read.
     symbols: Option<Symbols>,
+    /// The thread [`Symbolizer::load`] started, until the first use joins it.
     reading: Option<JoinHandle<Symbols>>,
     cache: HashMap<u64, String>,
 }
