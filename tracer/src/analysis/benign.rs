@@ -37,17 +37,21 @@ pub fn ipv6_link_local(id: &FlowId) -> bool {
     from || to
 }
 
-/// Why drop `d` is benign, if it is.
-pub fn classify(d: &DropRow) -> Option<Benign> {
+/// A drop of `reason` at `location` (`function+0x..`) is an echo reply's
+/// ([`Benign::EchoReply`]). Public for the tests that read JSON rows.
+pub fn is_echo_reply(reason: Option<&str>, location: &str) -> bool {
     let at = |f: &str| {
-        d.location
+        location
             .strip_prefix(f)
             .is_some_and(|rest| rest.starts_with('+'))
     };
+    reason == Some("NO_SOCKET") && (at("ping_rcv") || at("icmp_rcv") || at("icmpv6_rcv"))
+}
+
+/// Why drop `d` is benign, if it is.
+pub fn classify(d: &DropRow) -> Option<Benign> {
     match d.reason.as_deref() {
-        Some("NO_SOCKET") if at("ping_rcv") || at("icmp_rcv") || at("icmpv6_rcv") => {
-            Some(Benign::EchoReply)
-        }
+        r if is_echo_reply(r, &d.location) => Some(Benign::EchoReply),
         Some("QUEUE_PURGE") if d.counts.bytes == 0 => Some(Benign::EmptyQueuePurge),
         _ if ipv6_link_local(&d.id) => Some(Benign::Ipv6LinkLocal),
         _ => None,
