@@ -308,14 +308,6 @@ fn docker_user_packets(d: &Daemon, dport: u16) -> u64 {
         .sum()
 }
 
-fn wait_said(run: &TracerRun, what: &str) {
-    assert!(
-        wait_until(|| run.stderr_so_far().contains(what)),
-        "{what:?} not in {}",
-        run.stderr_so_far()
-    );
-}
-
 fn health(f: &Finished) -> &Value {
     f.totals("health")[0]
 }

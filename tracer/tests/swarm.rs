@@ -24,14 +24,6 @@ fn start_on(daemon: &Daemon, extra: &[&str]) -> TracerRun {
     TracerRun::start_in(&daemon.enter(), tracer_bin(), &args, None).expect("start tracer")
 }
 
-fn wait_said(run: &TracerRun, what: &str) {
-    assert!(
-        wait_until(|| run.stderr_so_far().contains(what)),
-        "{what:?} not in {}",
-        run.stderr_so_far()
-    );
-}
-
 fn send(from: &Container, to: &Container, sport: u16, port: u16, n: u32, payload: usize) {
     send_udp_df(
         &from.netns(),
@@ -68,7 +60,7 @@ fn vxlan_blocked_on_a_swarm_node_names_the_drop_the_inner_flow_and_the_rule() {
     let c2 = s.worker.run("c2", "ov", &[]).unwrap();
     // The overlay's namespace, named by its network, and the container.
     wait_said(&run, "tracer: following ov [");
-    wait_said(&run, "tracer: following c2 [eth0");
+    wait_following(&run, "c2", "eth0");
     send(&c1, &c2, 41000, 5001, 10, 100);
     let blocked = || {
         s.worker
@@ -113,7 +105,7 @@ fn lowered_underlay_mtu_on_a_swarm_gives_the_mtu_finding() {
     let run = start_on(&s.manager, &[]);
     let c1 = s.manager.run("c1", "ov", &[]).unwrap();
     let c2 = s.worker.run("c2", "ov", &[]).unwrap();
-    wait_said(&run, "tracer: following c1 [eth0");
+    wait_following(&run, "c1", "eth0");
     // Said once vxlan0's FDB names the worker, which gossip fills in.
     wait_said(
         &run,

@@ -168,6 +168,15 @@ impl Daemon {
         fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
 
+    /// The last lines of its log, for an error of a command it failed:
+    /// Docker's own messages say "check manager logs".
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("dockerd {} log ends:\n{tail}", self.ns)
+    }
+
     /// `nsenter` arguments that run a command on this Docker host: in the
     /// daemon's mount and network namespaces.
     pub fn enter(&self) -> Vec<String> {
@@ -235,9 +244,9 @@ impl Daemon {
             Err(e) if format!("{e}").contains("OCI runtime create failed") => {
                 eprintln!("docker run {name} failed, once more: {e}");
                 let _ = self.docker(&["rm", "-f", name]);
-                self.docker(&all)?
+                self.docker(&all).with_context(|| self.log_tail())?
             }
-            r => r?,
+            r => r.with_context(|| self.log_tail())?,
         };
         self.container(name, network)
             .with_context(|| format!("container {name} ({id})"))
@@ -273,8 +282,22 @@ impl Daemon {
     }
 }
 
+/// Where dockerd keeps each overlay's load-balancer files whatever its
+/// `--data-root` (a path fixed in libnetwork): `lb_<network id>`.
+const LB_FILES: &str = "/var/lib/docker/network/files";
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let overlays = self
+            .docker(&[
+                "network",
+                "ls",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                "driver=overlay",
+            ])
+            .unwrap_or_default();
         if let Ok(ids) = self.docker(&["ps", "-aq"]) {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
@@ -296,6 +319,9 @@ impl Drop for Daemon {
         }
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_file(&self.pidfile);
+        for id in overlays.split_whitespace() {
+            let _ = fs::remove_dir_all(Path::new(LB_FILES).join(format!("lb_{id}")));
+        }
     }
 }
 

@@ -276,3 +276,37 @@ pub fn assert_nothing_attached(ns: &str, dev: &str) {
         "{ns}/{dev}: {state}"
     );
 }
+
+/// Waits until tracer's stderr holds `what`.
+pub fn wait_said(run: &TracerRun, what: &str) {
+    assert!(
+        wait_until(|| run.stderr_so_far().contains(what)),
+        "{what:?} not in {}",
+        run.stderr_so_far()
+    );
+}
+
+/// Waits until tracer follows container `name`'s `dev`. Which messages say
+/// so depends on timing: a namespace Docker names after tracer found it is
+/// followed under its file name first (`following 7282b17bdf02 []`), its
+/// devices come later (`7282b17bdf02: devices added [eth0(ov)`), then
+/// `7282b17bdf02 is now named c1`; on a fast host, `following c1 [eth0`.
+pub fn wait_following(run: &TracerRun, name: &str, dev: &str) {
+    let follows = |ns: &str, err: &str| {
+        err.contains(&format!("tracer: following {ns} [{dev}"))
+            || err.contains(&format!("tracer: {ns}: devices added [{dev}"))
+    };
+    let ok = || {
+        let err = run.stderr_so_far();
+        let renamed_from = err.lines().find_map(|l| {
+            l.strip_prefix("tracer: ")?
+                .strip_suffix(&format!(" is now named {name}"))
+        });
+        follows(name, &err) || renamed_from.is_some_and(|id| follows(id, &err))
+    };
+    assert!(
+        wait_until(ok),
+        "tracer does not follow {name}'s {dev}: {}",
+        run.stderr_so_far()
+    );
+}
