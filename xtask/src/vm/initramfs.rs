@@ -26,11 +26,17 @@ pub const STAGE2: &str = "stage2.sh";
 /// What /init prints when it hands over; the host times the boot by it.
 pub const HANDOVER: &str = "tracer-vm: root switched";
 
+/// Covered by a tmpfs in the guest: dockerd writes there (see
+/// `xtask::docker`), and the host's root is shared read-only.
+pub const DOCKER_LIB: &str = "/var/lib/docker";
+
 /// What the initramfs must load, with their dependencies, unless built in.
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
 /// The initramfs for `kernel`, built once and kept in its cache directory.
 pub fn build(kernel: &Kernel) -> Result<PathBuf> {
+    // The guest mounts on it, and cannot make it on the read-only share.
+    fs::create_dir_all(DOCKER_LIB).with_context(|| format!("create {DOCKER_LIB}"))?;
     let modules = closure(&kernel.modules())?;
     let init = init_script(kernel);
     let busybox = fs::metadata(BUSYBOX).with_context(|| format!("stat {BUSYBOX}"))?;
@@ -93,7 +99,9 @@ while read -r ko what; do
 done < /modules/order
 # Reads of the host's root are cached: nothing writes to it while we run.
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 {ROOT_TAG} /newroot || die "mount the host root"
-for d in /run:0755 /tmp:1777 /var/tmp:1777 /usr/lib/modules:0755; do
+# dockerd writes under /var/lib/docker whatever its --data-root (an
+# overlay's load-balancer files): the host made the directory to mount on.
+for d in /run:0755 /tmp:1777 /var/tmp:1777 /usr/lib/modules:0755 {DOCKER_LIB}:0711; do
     mount -t tmpfs -o "mode=${{d#*:}}" tmpfs "/newroot${{d%:*}}" || die "tmpfs on $d"
 done
 mkdir /newroot/usr/lib/modules/{release}
