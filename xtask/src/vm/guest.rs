@@ -35,6 +35,12 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# What udev makes on a real host. 5.10's execveat(fd, "", AT_EMPTY_PATH)
+# fails with ENOENT without /dev/fd, and runc re-executes itself that way.
+ln -sfn /proc/self/fd /dev/fd
+ln -sfn /proc/self/fd/0 /dev/stdin
+ln -sfn /proc/self/fd/1 /dev/stdout
+ln -sfn /proc/self/fd/2 /dev/stderr
 ip link set lo up
 # Hosts that run containers have it (Docker loads it); the tests set its sysctls.
 modprobe br_netfilter

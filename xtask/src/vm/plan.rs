@@ -23,8 +23,8 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
         "per_reason_totals_agree_with_bpftrace",
         "its bpftrace witness counts by args->reason, which 5.10's kfree_skb has not",
     ),
-    ("5.10", "docker", "", RUNC_5_10),
-    ("5.10", "swarm", "", RUNC_5_10),
+    ("5.10", "docker", "", DOCKER_5_10),
+    ("5.10", "swarm", "", SWARM_5_10),
     // 5.10 has no exact verdict hook (no BPF netfilter programs, no module
     // BTF for fexit): what needs verdict rows stays off it.
     ("5.10", "verdicts", "bridged_flows", NO_VERDICTS),
@@ -36,7 +36,8 @@ const SKIP: &[(&str, &str, &str, &str)] = &[
     ("5.10", "verdicts", "vxlan_dropped_at_input", NO_VERDICTS),
 ];
 
-const RUNC_5_10: &str = "in the 5.10 VM runc cannot start a container: runc init re-executes its bind-mounted copy with execveat(fd, \"\", AT_EMPTY_PATH), which fails with ENOENT there (strace; \"could not ensure we are a cloned binary\", Debian 12's runc 1.1.5); 6.1 and 6.12 run the docker and swarm tests";
+const DOCKER_5_10: &str = "CI time: a real dockerd on 5.10 under TCG takes one to two minutes a test; --full runs them (the four without verdict rows passed, 464 s)";
+const SWARM_5_10: &str = "in the 5.10 VM `docker run` on the Swarm overlay times out attaching (\"context deadline exceeded\"; the manager's log names no error), not yet diagnosed";
 const NO_VERDICTS: &str = "no exact verdict hook on 5.10: no BPF netfilter programs (6.4), no module BTF for fexit; --nf-kprobes misses packets";
 
 /// The paths the guest covers with its own tmpfs: nothing it runs may live there.
