@@ -356,13 +356,13 @@ fn processes() -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// Kills every process in mount namespace `mnt` (containerd and its shims)
-/// and their descendants (the containers, in mount namespaces of their own).
 /// This process's mount namespace.
 fn own_mount_ns() -> Option<u64> {
     mount_ns(std::process::id()).ok()
 }
 
+/// Kills every process in mount namespace `mnt` (containerd and its shims)
+/// and their descendants (the containers, in mount namespaces of their own).
 fn kill_mount_ns(mnt: u64) {
     if Some(mnt) == own_mount_ns() {
         // Everything here, this test included: not a daemon's to kill.
