@@ -416,10 +416,13 @@ fn stop_leftover(pidfile: &Path) {
 /// The image's root filesystem as a tarball: busybox-static and the
 /// applets the tests use. Made once per process.
 fn image_tarball() -> Result<PathBuf> {
-    static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    // Kept open and unlinked: nothing is left in /tmp when the test
+    // process ends, however it ends. Each import opens it afresh through
+    // /proc (its own offset), so parallel tests do not share a position.
+    static MADE: Mutex<Option<fs::File>> = Mutex::new(None);
     let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = made.as_ref().filter(|p| p.exists()) {
-        return Ok(p.clone());
+    if let Some(f) = made.as_ref() {
+        return Ok(proc_fd(f));
     }
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -441,11 +444,21 @@ fn image_tarball() -> Result<PathBuf> {
         .arg(".")
         .output()?;
     let _ = fs::remove_dir_all(&root);
+    let opened = fs::File::open(&tar);
+    let _ = fs::remove_file(&tar);
     if !out.status.success() {
         bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    *made = Some(tar.clone());
-    Ok(tar)
+    let file = opened.with_context(|| format!("open {}", tar.display()))?;
+    let path = proc_fd(&file);
+    *made = Some(file);
+    Ok(path)
+}
+
+/// A path that opens `f` again, unlinked or not.
+fn proc_fd(f: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd as _;
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 /// Two daemons in a Swarm, joined by an underlay veth (`ul0`,
