@@ -30,6 +30,18 @@ pub const HANDOVER: &str = "tracer-vm: root switched";
 /// `xtask::docker`), and the host's root is shared read-only.
 pub const DOCKER_LIB: &str = "/var/lib/docker";
 
+/// The host's directories the guest covers with a tmpfs of its own, and
+/// its mode: the guest writes there, and nothing it runs may live there.
+pub const TMPFS: &[(&str, u32)] = &[
+    ("/run", 0o755),
+    ("/tmp", 0o1777),
+    ("/var/tmp", 0o1777),
+    ("/usr/lib/modules", 0o755),
+    // dockerd writes under it whatever its --data-root (an overlay's
+    // load-balancer files): the host made the directory to mount on.
+    (DOCKER_LIB, 0o711),
+];
+
 /// What the initramfs must load, with their dependencies, unless built in.
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
@@ -99,9 +111,7 @@ while read -r ko what; do
 done < /modules/order
 # Reads of the host's root are cached: nothing writes to it while we run.
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 {ROOT_TAG} /newroot || die "mount the host root"
-# dockerd writes under /var/lib/docker whatever its --data-root (an
-# overlay's load-balancer files): the host made the directory to mount on.
-for d in /run:0755 /tmp:1777 /var/tmp:1777 /usr/lib/modules:0755 {DOCKER_LIB}:0711; do
+for d in {tmpfs}; do
     mount -t tmpfs -o "mode=${{d#*:}}" tmpfs "/newroot${{d%:*}}" || die "tmpfs on $d"
 done
 mkdir /newroot/usr/lib/modules/{release}
@@ -115,6 +125,11 @@ echo "{HANDOVER}"
 exec switch_root /newroot /bin/bash {RESULTS_MOUNT}/{STAGE2}
 "#,
         modules = modules.display(),
+        tmpfs = TMPFS
+            .iter()
+            .map(|(dir, mode)| format!("{dir}:{mode:04o}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::guest::Job;
+use super::{guest::Job, initramfs};
 
 /// Tests kept off a kernel unless `--full` is given: (kernel, binary, libtest
 /// `--skip` filter, or "" for the whole binary, why). CI has 90 minutes for
@@ -40,15 +40,14 @@ const DOCKER_5_10: &str = "CI time: a real dockerd on 5.10 under TCG takes one t
 const SWARM_5_10: &str = "in the 5.10 VM `docker run` on the Swarm overlay times out attaching (\"context deadline exceeded\"; the manager's log names no error), not yet diagnosed";
 const NO_VERDICTS: &str = "no exact verdict hook on 5.10: no BPF netfilter programs (6.4), no module BTF for fexit; --nf-kprobes misses packets";
 
-/// The paths the guest covers with its own tmpfs: nothing it runs may live there.
-const HIDDEN: &[&str] = &[
-    "/tmp/",
-    "/run/",
-    "/var/tmp/",
-    "/var/run/",
-    "/usr/lib/modules/",
-    "/var/lib/docker/",
-];
+/// What the guest covers with its own tmpfs ([`initramfs::TMPFS`]), and
+/// `/var/run`, the host's link to `/run`: nothing it runs may live there.
+fn hidden() -> impl Iterator<Item = &'static str> {
+    initramfs::TMPFS
+        .iter()
+        .map(|(dir, _)| *dir)
+        .chain(["/var/run"])
+}
 
 /// A test binary built on the host.
 #[derive(Debug, Clone)]
@@ -159,8 +158,7 @@ pub fn build(cargo_args: &[String]) -> Result<Vec<Executable>> {
         bail!("building the tests failed");
     }
     for p in exes.iter().flat_map(|e| [&e.path, &e.dir]) {
-        let s = format!("{}/", p.display());
-        if let Some(h) = HIDDEN.iter().find(|h| s.starts_with(*h)) {
+        if let Some(h) = hidden().find(|h| p.starts_with(h)) {
             bail!(
                 "{} is under {h}, which the VM covers with a tmpfs of its own: build elsewhere",
                 p.display()
