@@ -1,6 +1,6 @@
 //! tracer on a two-node Docker Swarm: two real dockerd, each in a lab
 //! namespace and a mount namespace of its own, joined by an underlay veth,
-//! with an attachable overlay network `ov` and one container on each node.
+//! with an attachable overlay network `ov-net` and one container on each node.
 //! tracer runs on a node as a user would: `tracer --netns all`, started
 //! before the containers, so the overlay's namespace (created when the
 //! first local container joins) appears while it runs.
@@ -56,10 +56,10 @@ fn vxlan_blocked_on_a_swarm_node_names_the_drop_the_inner_flow_and_the_rule() {
         .iptables(&["-I", "INPUT", "-p", "udp", "--dport", "4789", "-j", "DROP"])
         .unwrap();
     let run = start_on(&s.worker, &[]);
-    let c1 = s.manager.run("c1", "ov", &[]).unwrap();
-    let c2 = s.worker.run("c2", "ov", &[]).unwrap();
+    let c1 = s.manager.run("c1", Swarm::OVERLAY, &[]).unwrap();
+    let c2 = s.worker.run("c2", Swarm::OVERLAY, &[]).unwrap();
     // The overlay's namespace, named by its network, and the container.
-    wait_said(&run, "tracer: following ov [");
+    wait_said(&run, &format!("tracer: following {} [", Swarm::OVERLAY));
     wait_following(&run, "c2", "eth0");
     send(&c1, &c2, 41000, 5001, 10, 100);
     let blocked = || {
@@ -103,14 +103,17 @@ fn lowered_underlay_mtu_on_a_swarm_gives_the_mtu_finding() {
     let mut lab = Lab::new().unwrap();
     let s = Swarm::new(&mut lab, 1400).unwrap();
     let run = start_on(&s.manager, &[]);
-    let c1 = s.manager.run("c1", "ov", &[]).unwrap();
-    let c2 = s.worker.run("c2", "ov", &[]).unwrap();
+    let c1 = s.manager.run("c1", Swarm::OVERLAY, &[]).unwrap();
+    let c2 = s.worker.run("c2", Swarm::OVERLAY, &[]).unwrap();
     wait_following(&run, "c1", "eth0");
     // Said once vxlan0's FDB names the worker, which gossip fills in.
     wait_said(
         &run,
-        "tracer: MTU problem: overlay MTU 1450 + 50 VXLAN > underlay MTU 1400: packets over \
-         1350 bytes on vxlan0 (ov) fragment on ul0 (host)",
+        &format!(
+            "tracer: MTU problem: overlay MTU 1450 + 50 VXLAN > underlay MTU 1400: packets \
+             over 1350 bytes on vxlan0 ({}) fragment on ul0 (host)",
+            Swarm::OVERLAY
+        ),
     );
     // Swarm's ingress network has a vxlan0 of its own, over the same
     // underlay; gossip fills its FDB on its own schedule.
@@ -124,7 +127,7 @@ fn lowered_underlay_mtu_on_a_swarm_gives_the_mtu_finding() {
     let rows: Vec<&Value> = f
         .totals("mtu")
         .into_iter()
-        .filter(|r| r["kind"] == "vxlan_overhead" && r["devices"][0]["netns"] == "ov")
+        .filter(|r| r["kind"] == "vxlan_overhead" && r["devices"][0]["netns"] == Swarm::OVERLAY)
         .collect();
     assert_eq!(rows.len(), 1, "{:#?}", f.totals("mtu"));
     assert_eq!(rows[0]["limit"], 1350);

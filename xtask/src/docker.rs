@@ -462,9 +462,9 @@ fn proc_fd(f: &fs::File) -> PathBuf {
 }
 
 /// Two daemons in a Swarm, joined by an underlay veth (`ul0`,
-/// `10.<lab>.1.1` and `.2`), with an attachable overlay network `ov` on
-/// `10.<lab>.100.0/24`. The overlay's namespace on a node appears when the
-/// first container there joins it.
+/// `10.<lab>.1.1` and `.2`), with an attachable overlay network
+/// [`Swarm::OVERLAY`] on `10.<lab>.100.0/24`. The overlay's namespace on a
+/// node appears when the first container there joins it.
 pub struct Swarm {
     pub manager: Daemon,
     pub worker: Daemon,
@@ -473,6 +473,13 @@ pub struct Swarm {
 }
 
 impl Swarm {
+    /// The overlay's name. Not a possible ID prefix (Swarm's IDs are
+    /// `[0-9a-z]`): until a node has a container on an attachable network,
+    /// its daemon resolves `--network NAME` by ID prefix among the networks
+    /// it has, and a name like `ov` picked `ingress` once its random ID
+    /// began with "ov" ("network ingress not manually attachable").
+    pub const OVERLAY: &str = "ov-net";
+
     pub fn new(lab: &mut Lab, underlay_mtu: u32) -> Result<Swarm> {
         let manager = Daemon::start(lab, "n1", 201)?;
         let worker = Daemon::start(lab, "n2", 202)?;
@@ -510,7 +517,7 @@ impl Swarm {
             "--attachable",
             "--subnet",
             &subnet,
-            "ov",
+            Self::OVERLAY,
         ])?;
         Ok(Swarm {
             manager,
