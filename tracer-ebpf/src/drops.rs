@@ -7,11 +7,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_ebpf::{
-    DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, REASON_NONE, counter,
+    CACHE_WAYS, CacheSet, DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, REASON_NONE,
+    counter,
 };
 
 use crate::{
-    cache, capture, frags, head,
+    cache::{self, Found, Slot as _},
+    capture, frags, head,
     kernel::{self, Btf, Mem, parse_skb},
     maps::{self, Upsert, config, copy, count, count_n, double_buffered, traced, upsert, zero},
 };
@@ -22,9 +24,10 @@ double_buffered!(DropKey => DropStats, DROP_MAP_ENTRIES,
     DROPS_0, DROPS_1, DROP_GENERATION, drop_generation, drops);
 #[map]
 static DROP_SCRATCH: PerCpuArray<DropKey> = PerCpuArray::with_max_entries(1, 0);
-/// The per-CPU drop cache: [`DROP_CACHE_SLOTS`] slots for each map generation.
+/// The per-CPU drop cache: [`DROP_CACHE_SLOTS`] slots for each map generation, in sets.
 #[map]
-static DROP_CACHE: PerCpuArray<DropSlot> = PerCpuArray::with_max_entries(2 * DROP_CACHE_SLOTS, 0);
+static DROP_CACHE: PerCpuArray<CacheSet<DropSlot>> =
+    PerCpuArray::with_max_entries(2 * DROP_CACHE_SLOTS / CACHE_WAYS as u32, 0);
 /// Keys already announced on [`DROP_EVENTS`].
 #[map]
 static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
@@ -90,18 +93,16 @@ fn record(skb: u64, location: u64, reason: u32) {
     // same fence in the TC programs.
     maps::store_fence();
     let generation = drop_generation();
-    let index = cache::slot_index::<DROP_CACHE_SLOTS, _>(&*key, generation);
-    let Some(slot) = DROP_CACHE.get_ptr_mut(index) else {
-        return;
-    };
-    // SAFETY: a value of this CPU's cache, which only this program uses.
-    let slot = unsafe { &mut *slot };
-    if slot.generation == generation && slot.stats.packets != 0 {
-        if cache::same(&slot.key, &*key) {
+    let slot = match cache::find::<_, DROP_CACHE_SLOTS>(&DROP_CACHE, &*key, generation) {
+        Some(Found::Hit(slot)) => {
             slot.stats.packets += 1;
             slot.stats.bytes += len as u64;
             return;
         }
+        Some(Found::Take(slot)) => slot,
+        None => return,
+    };
+    if slot.live(generation) {
         // Another drop had the slot: its counts go to the map of its generation.
         let map = drops(generation);
         let stats = slot.stats;

@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_ebpf::{
-    DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey, FlowSlot, FlowStats,
-    TUPLE_DF, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, Tuple, counter,
+    CACHE_WAYS, CacheSet, DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey,
+    FlowSlot, FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, Tuple, counter,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, inplace, parse_ethernet},
 };
 
 use crate::{
-    cache::{self, KeyWords},
+    cache::{self, Found, KeyWords, Slot as _},
     frags,
     head::{self, HeadReader, Linear},
     icmp,
@@ -68,9 +68,10 @@ fn flow_generation() -> u32 {
 /// seen so that userspace can name the `dev` of a [`FlowKey`].
 #[map]
 static DEVICES: HashMap<u64, DeviceInfo> = HashMap::with_max_entries(4096, 0);
-/// The per-CPU flow cache: [`FLOW_CACHE_SLOTS`] slots for each map generation.
+/// The per-CPU flow cache: [`FLOW_CACHE_SLOTS`] slots for each map generation, in sets.
 #[map]
-static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS, 0);
+static FLOW_CACHE: PerCpuArray<CacheSet<FlowSlot>> =
+    PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS / CACHE_WAYS as u32, 0);
 /// Room for the key being built: it does not fit the 512-byte eBPF stack with the rest.
 #[map]
 static FLOW_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
@@ -282,18 +283,15 @@ impl KeyWords for InPlace {
 #[inline(always)]
 fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
     let generation = flow_generation();
-    let index = cache::slot_index::<FLOW_CACHE_SLOTS, _>(key, generation);
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
-        return;
-    };
-    // SAFETY: a value of this CPU's cache, which only the TC programs use and
-    // which do not nest on a CPU.
-    let slot = unsafe { &mut *slot };
-    if slot.generation == generation && slot.stats.packets != 0 {
-        if cache::same(&slot.key, key) {
+    let slot = match cache::find::<_, FLOW_CACHE_SLOTS>(&FLOW_CACHE, key, generation) {
+        Some(Found::Hit(slot)) => {
             p.apply(&mut slot.stats);
             return;
         }
+        Some(Found::Take(slot)) => slot,
+        None => return,
+    };
+    if slot.live(generation) {
         // Another flow had the slot: its counts go to its flow slot.
         evict(&slot.key, &slot.stats, generation);
     }

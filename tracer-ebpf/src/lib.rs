@@ -84,6 +84,11 @@ pub struct FlowStats {
 /// Slots of the per-CPU flow cache, per map generation. A power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 64;
 
+/// Slots of a set of a per-CPU cache: a key may take any of its set's.
+pub const CACHE_WAYS: usize = 4;
+/// A value of a per-CPU cache map: one set.
+pub type CacheSet<T> = [T; CACHE_WAYS];
+
 /// One slot of the per-CPU flow cache the TC programs count in before the
 /// flow slots: the packets of a flow a CPU keeps seeing are added here without
 /// hashing the key; an entry goes to its flow slot's counters when another
@@ -95,7 +100,8 @@ pub struct FlowSlot {
     /// Map generation (as `FLOW_GENERATION` counts) the entry belongs to; an
     /// entry of an older generation is empty. So is one with no packets.
     pub generation: u32,
-    pub _pad: u32,
+    /// In the first slot of a two-way set: which of the two was used last.
+    pub recent: u32,
     pub key: FlowKey,
     pub stats: FlowStats,
 }
@@ -138,7 +144,8 @@ pub struct DropSlot {
     /// Map generation (as `DROP_GENERATION` counts) the entry belongs to; an
     /// entry of an older generation is empty. So is one with no packets.
     pub generation: u32,
-    pub _pad: u32,
+    /// In the first slot of a two-way set: which of the two was used last.
+    pub recent: u32,
     pub key: DropKey,
     pub stats: DropStats,
 }
@@ -217,7 +224,8 @@ pub struct VerdictSlot {
     /// Map generation (as `VERDICT_GENERATION` counts) the entry belongs to;
     /// an entry of an older generation is empty. So is one that counted nothing.
     pub generation: u32,
-    pub _pad: u32,
+    /// In the first slot of a two-way set: which of the two was used last.
+    pub recent: u32,
     pub key: VerdictKey,
     pub stats: VerdictStats,
 }

@@ -18,11 +18,13 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TcContext},
 };
 use tracer_ebpf::{
-    NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats, counter, hook, table,
+    CACHE_WAYS, CacheSet, NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats,
+    counter, hook, table,
 };
 
 use crate::{
-    cache, frags, head,
+    cache::{self, Found, Slot as _},
+    frags, head,
     kernel::{Btf, Mem, Probe, parse_skb},
     maps::{self, Upsert, config, count, count_n, double_buffered, traced, upsert, zero},
 };
@@ -41,8 +43,8 @@ static VERDICT_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 
 /// The observers' per-CPU cache in front of the verdict maps: a half per
 /// generation parity (see [`VerdictSlot`]).
 #[map]
-static VERDICT_CACHE: PerCpuArray<VerdictSlot> =
-    PerCpuArray::with_max_entries(2 * VERDICT_CACHE_SLOTS, 0);
+static VERDICT_CACHE: PerCpuArray<CacheSet<VerdictSlot>> =
+    PerCpuArray::with_max_entries(2 * VERDICT_CACHE_SLOTS / CACHE_WAYS as u32, 0);
 
 /// Which packet [`VERDICT_SCRATCH`] describes, and the map generation its
 /// entry was counted in (so that its exit is counted in the same one).
@@ -157,19 +159,16 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
         add_to_map(generation, key, entered, left);
         return;
     }
-    let index = cache::slot_index::<VERDICT_CACHE_SLOTS, _>(key, generation);
-    let Some(slot) = VERDICT_CACHE.get_ptr_mut(index) else {
-        return;
-    };
-    // SAFETY: a value of this CPU's cache, which only the observers use and
-    // which do not nest on a CPU.
-    let slot = unsafe { &mut *slot };
-    if slot.generation == generation && slot.stats.entered | slot.stats.left != 0 {
-        if cache::same(&slot.key, key) {
+    let slot = match cache::find::<_, VERDICT_CACHE_SLOTS>(&VERDICT_CACHE, key, generation) {
+        Some(Found::Hit(slot)) => {
             slot.stats.entered += entered;
             slot.stats.left += left;
             return;
         }
+        Some(Found::Take(slot)) => slot,
+        None => return,
+    };
+    if slot.live(generation) {
         // Another flow had the slot: its counts go to the map of its generation.
         add_to_map(generation, &slot.key, slot.stats.entered, slot.stats.left);
     }

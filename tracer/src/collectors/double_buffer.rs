@@ -20,6 +20,7 @@ use aya::{
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
+use tracer_ebpf::{CACHE_WAYS, CacheSet};
 
 use crate::{
     collectors::{
@@ -146,8 +147,8 @@ pub trait CacheSlot: Pod {
     fn entry(&self, generation: u32) -> Option<(Self::Key, Self::Stats)>;
 }
 
-/// The programs' per-CPU cache of `T` slots.
-pub struct Cache<T: Pod>(PerCpuArray<MapData, T>);
+/// The programs' per-CPU cache of `T` slots, in sets of [`CACHE_WAYS`].
+pub struct Cache<T: Pod>(PerCpuArray<MapData, CacheSet<T>>);
 
 impl<T: CacheSlot> Cache<T> {
     pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
@@ -157,11 +158,12 @@ impl<T: CacheSlot> Cache<T> {
     /// What the cache holds for `generation`: the entries of its half that
     /// belong to it, one per CPU that has one.
     pub fn entries(&self, generation: u32) -> Result<Vec<(T::Key, T::Stats)>> {
-        let first = (generation & 1) * T::SLOTS;
+        let sets = T::SLOTS / CACHE_WAYS as u32;
+        let first = (generation & 1) * sets;
         let mut entries = Vec::new();
-        for index in first..first + T::SLOTS {
-            for slot in self.0.get(&index, 0)?.iter() {
-                entries.extend(slot.entry(generation));
+        for index in first..first + sets {
+            for set in self.0.get(&index, 0)?.iter() {
+                entries.extend(set.iter().filter_map(|slot| slot.entry(generation)));
             }
         }
         Ok(entries)
