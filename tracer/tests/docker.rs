@@ -221,19 +221,11 @@ fn a_container_started_after_tracer_is_followed() {
     let run = start_on(&d, &[]);
     let late = d.run("late", "bridge", &[]).unwrap();
     let veth = host_veth(&d, &late);
-    // Said on stderr once attached.
-    assert!(
-        wait_until(|| {
-            let e = run.stderr_so_far();
-            // The veth may come a poll before the container's namespace,
-            // and then is not tied to it yet.
-            // Under its id first where Docker was slow to name it.
-            (e.contains("tracer: following late [eth0(host)]") || e.contains(" is now named late"))
-                && e.contains(&veth)
-        }),
-        "{veth}: {}",
-        run.stderr_so_far()
-    );
+    // Said on stderr once attached, under the container's name or first
+    // under its id where Docker was slow to name it; the host's veth may
+    // come a poll before or after.
+    wait_following(&run, "late", "eth0");
+    wait_said(&run, &veth);
     udp(&web, &late, 41002, 5003, 10);
     // Removed while tracer runs: let go of, its rows keep their names.
     d.docker(&["rm", "-f", "late"]).unwrap();
