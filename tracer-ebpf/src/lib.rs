@@ -5,6 +5,7 @@
 //! uninitialised padding byte in a hash key would split one flow into many).
 #![no_std]
 
+pub mod cache_set;
 pub mod parse;
 
 /// Address family of a [`Tuple`].
