@@ -9,9 +9,11 @@ use tracer_ebpf::{CACHE_WAYS, CacheSet};
 pub enum Found<'a, S> {
     /// Its slot, live.
     Hit(&'a mut S),
-    /// The slot it takes: empty, or holding another key's counts, which go
-    /// to the map before the slot is overwritten.
-    Take(&'a mut S),
+    /// An empty slot it takes.
+    Empty(&'a mut S),
+    /// The slot it takes from another key, whose counts go to the map
+    /// before the slot is overwritten.
+    Evict(&'a mut S),
 }
 
 /// `key`'s slot in this CPU's `cache` of `SLOTS` slots (a power of two) per
@@ -25,12 +27,10 @@ pub fn find<'a, S: Slot, const SLOTS: u32>(
     // SAFETY: a value of this CPU's cache, which only one kind of program
     // uses and whose runs do not nest on a CPU.
     let set = unsafe { &mut *cache.get_ptr_mut(set_index::<SLOTS, _>(key, generation))? };
-    let (way, hit) = way(set, key, generation);
-    // Bounded right before the access, for older verifiers.
-    let slot = &mut set[way & (CACHE_WAYS - 1)];
-    Some(if hit {
-        Found::Hit(slot)
-    } else {
-        Found::Take(slot)
+    // Each index bounded right before the access, for older verifiers.
+    Some(match way(set, key, generation) {
+        Way::Hit(w) => Found::Hit(&mut set[w & (CACHE_WAYS - 1)]),
+        Way::Empty(w) => Found::Empty(&mut set[w & (CACHE_WAYS - 1)]),
+        Way::Evict(w) => Found::Evict(&mut set[w & (CACHE_WAYS - 1)]),
     })
 }

@@ -17,7 +17,9 @@
 //! and took it from each other on every packet, each time through the map;
 //! which flows did changed with their ports, from run to run.
 
-use crate::{CACHE_WAYS, CacheSet, DropKey, DropSlot, FlowKey, FlowSlot, VerdictKey, VerdictSlot};
+use crate::{
+    CACHE_WAYS, CacheSet, DropKey, DropSlot, FlowKey, FlowSlot, VerdictKey, VerdictSlot, cache_sets,
+};
 
 /// A key as its eight-byte words, wherever they are.
 pub trait KeyWords {
@@ -50,9 +52,8 @@ pub trait Slot {
     fn key(&self) -> &Self::Key;
     /// It holds counts of `generation`: a slot is never taken to count nothing.
     fn live(&self, generation: u32) -> bool;
-    /// In a set's first slot: the way whose slot the set gives up next
-    /// when all are taken (modulo the ways).
-    fn recent(&mut self) -> &mut u32;
+    /// In a set's first slot: how many slots the set gave up to new keys.
+    fn evictions(&mut self) -> &mut u32;
 }
 
 macro_rules! slot {
@@ -69,8 +70,8 @@ macro_rules! slot {
                 $s.generation == generation && $counts
             }
             #[inline(always)]
-            fn recent(&mut self) -> &mut u32 {
-                &mut self.recent
+            fn evictions(&mut self) -> &mut u32 {
+                &mut self.evictions
             }
         }
     )*};
@@ -81,33 +82,43 @@ slot! {
     VerdictSlot => VerdictKey, |s| s.stats.entered | s.stats.left != 0;
 }
 
-/// Which slot of `set` a key counts in: `(way, true)` where it already
-/// counts; else `(way, false)`, the slot it takes: the first empty one (a
+/// Which slot of a set a key counts in, and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// The key's own slot.
+    Hit(usize),
+    /// An empty slot the key takes.
+    Empty(usize),
+    /// The slot the key takes from another key, whose counts go to the map first.
+    Evict(usize),
+}
+
+/// Which slot of `set` `key` counts in: its own; else the first empty one (a
 /// set's slots fill in order and stay live until the generation changes,
-/// so past the first empty one, all are), or, when all hold other keys,
+/// so past the first empty one, all are); else, when all hold other keys,
 /// each in turn.
 #[inline(always)]
-pub fn way<S: Slot>(set: &mut CacheSet<S>, key: &impl KeyWords, generation: u32) -> (usize, bool) {
+pub fn way<S: Slot>(set: &mut CacheSet<S>, key: &impl KeyWords, generation: u32) -> Way {
     for (way, slot) in set.iter().enumerate() {
         if !slot.live(generation) {
-            return (way, false);
+            return Way::Empty(way);
         }
         if same(slot.key(), key) {
-            return (way, true);
+            return Way::Hit(way);
         }
     }
-    let next = set[0].recent();
-    let way = *next as usize % CACHE_WAYS;
-    *next = next.wrapping_add(1);
-    (way, false)
+    let evictions = set[0].evictions();
+    let way = *evictions as usize % CACHE_WAYS;
+    *evictions = evictions.wrapping_add(1);
+    Way::Evict(way)
 }
 
 /// The set of `key` among `SLOTS` slots per half: its words folded and mixed
 /// (Fibonacci hashing), in the half of `generation`.
 #[inline(always)]
 pub fn set_index<const SLOTS: u32, K: KeyWords>(key: &K, generation: u32) -> u32 {
-    let sets = SLOTS / CACHE_WAYS as u32;
     const { assert!(SLOTS.is_power_of_two() && SLOTS as usize >= 2 * CACHE_WAYS) };
+    let sets = cache_sets(SLOTS);
     let mut x = 0u64;
     for i in 0..K::WORDS {
         x ^= key.word(i);
@@ -152,7 +163,10 @@ mod tests {
 
     /// Counts a packet of `k` in `set` as the programs do; whether it hit.
     fn count(set: &mut CacheSet<FlowSlot>, k: &FlowKey, generation: u32) -> bool {
-        let (way, hit) = way(set, k, generation);
+        let (way, hit) = match way(set, k, generation) {
+            Way::Hit(w) => (w, true),
+            Way::Empty(w) | Way::Evict(w) => (w, false),
+        };
         let slot = &mut set[way];
         if !hit {
             slot.generation = generation;
@@ -167,11 +181,11 @@ mod tests {
     fn keys_take_the_empty_slots_in_order_and_find_them_again() {
         let mut set = CacheSet::<FlowSlot>::default();
         for n in 0..4 {
-            assert_eq!(way(&mut set, &key(n), GEN), (n as usize, false));
+            assert_eq!(way(&mut set, &key(n), GEN), Way::Empty(n as usize));
             count(&mut set, &key(n), GEN);
         }
         for n in (0..4).rev() {
-            assert_eq!(way(&mut set, &key(n), GEN), (n as usize, true));
+            assert_eq!(way(&mut set, &key(n), GEN), Way::Hit(n as usize));
         }
     }
 
@@ -192,9 +206,8 @@ mod tests {
         for n in 0..4 {
             count(&mut set, &key(n), GEN);
         }
-        let taken: [usize; 6] =
-            core::array::from_fn(|i| way(&mut set, &key(100 + i as u64), GEN).0);
-        assert_eq!(taken, [0, 1, 2, 3, 0, 1]);
+        let taken: [Way; 6] = core::array::from_fn(|i| way(&mut set, &key(100 + i as u64), GEN));
+        assert_eq!(taken, [0, 1, 2, 3, 0, 1].map(Way::Evict));
     }
 
     #[test]
@@ -204,10 +217,10 @@ mod tests {
             count(&mut set, &key(n), GEN);
         }
         // The same parity two drains later: the old entries were read.
-        assert_eq!(way(&mut set, &key(2), GEN + 2), (0, false));
+        assert_eq!(way(&mut set, &key(2), GEN + 2), Way::Empty(0));
         // A slot that counts nothing is empty too.
         set[0].stats.packets = 0;
-        assert_eq!(way(&mut set, &key(0), GEN), (0, false));
+        assert_eq!(way(&mut set, &key(0), GEN), Way::Empty(0));
     }
 
     #[test]

@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_ebpf::{
-    CACHE_WAYS, CacheSet, DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, REASON_NONE,
+    CacheSet, DROP_CACHE_SLOTS, DropEvent, DropKey, DropSlot, DropStats, REASON_NONE, cache_sets,
     counter,
 };
 
 use crate::{
-    cache::{self, Found, Slot as _},
+    cache::{self, Found},
     capture, frags, head,
     kernel::{self, Btf, Mem, parse_skb},
     maps::{self, Upsert, config, copy, count, count_n, double_buffered, traced, upsert, zero},
@@ -27,7 +27,7 @@ static DROP_SCRATCH: PerCpuArray<DropKey> = PerCpuArray::with_max_entries(1, 0);
 /// The per-CPU drop cache: [`DROP_CACHE_SLOTS`] slots for each map generation, in sets.
 #[map]
 static DROP_CACHE: PerCpuArray<CacheSet<DropSlot>> =
-    PerCpuArray::with_max_entries(2 * DROP_CACHE_SLOTS / CACHE_WAYS as u32, 0);
+    PerCpuArray::with_max_entries(2 * cache_sets(DROP_CACHE_SLOTS), 0);
 /// Keys already announced on [`DROP_EVENTS`].
 #[map]
 static DROP_SEEN: LruHashMap<DropKey, u8> = LruHashMap::with_max_entries(DROP_MAP_ENTRIES, 0);
@@ -99,21 +99,21 @@ fn record(skb: u64, location: u64, reason: u32) {
             slot.stats.bytes += len as u64;
             return;
         }
-        Some(Found::Take(slot)) => slot,
+        Some(Found::Evict(slot)) => {
+            // Another drop had the slot: its counts go to the map of its generation.
+            let stats = slot.stats;
+            if upsert(drops(generation), &slot.key, |s: &mut DropStats| {
+                s.packets += stats.packets;
+                s.bytes += stats.bytes;
+            }) == Upsert::Full
+            {
+                count_n(counter::DROP_MAP_FULL, stats.packets);
+            }
+            slot
+        }
+        Some(Found::Empty(slot)) => slot,
         None => return,
     };
-    if slot.live(generation) {
-        // Another drop had the slot: its counts go to the map of its generation.
-        let map = drops(generation);
-        let stats = slot.stats;
-        if upsert(map, &slot.key, |s: &mut DropStats| {
-            s.packets += stats.packets;
-            s.bytes += stats.bytes;
-        }) == Upsert::Full
-        {
-            count_n(counter::DROP_MAP_FULL, stats.packets);
-        }
-    }
     slot.generation = generation;
     cache::store(&mut slot.key, &*key);
     (slot.stats.packets, slot.stats.bytes) = (1, len as u64);

@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_ebpf::{
-    CACHE_WAYS, CacheSet, DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey,
-    FlowSlot, FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, Tuple, counter,
+    CacheSet, DIR_EGRESS, DIR_INGRESS, DeviceInfo, FLOW_CACHE_SLOTS, FlowId, FlowKey, FlowSlot,
+    FlowStats, TUPLE_DF, TUPLE_FRAG_FIRST, TUPLE_FRAG_REST, Tuple, cache_sets, counter,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, inplace, parse_ethernet},
 };
 
 use crate::{
-    cache::{self, Found, KeyWords, Slot as _},
+    cache::{self, Found, KeyWords},
     frags,
     head::{self, HeadReader, Linear},
     icmp,
@@ -71,7 +71,7 @@ static DEVICES: HashMap<u64, DeviceInfo> = HashMap::with_max_entries(4096, 0);
 /// The per-CPU flow cache: [`FLOW_CACHE_SLOTS`] slots for each map generation, in sets.
 #[map]
 static FLOW_CACHE: PerCpuArray<CacheSet<FlowSlot>> =
-    PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS / CACHE_WAYS as u32, 0);
+    PerCpuArray::with_max_entries(2 * cache_sets(FLOW_CACHE_SLOTS), 0);
 /// Room for the key being built: it does not fit the 512-byte eBPF stack with the rest.
 #[map]
 static FLOW_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
@@ -288,13 +288,14 @@ fn count(key: &impl KeyWords, p: &Packet, dev: u64, ifindex: u32) {
             p.apply(&mut slot.stats);
             return;
         }
-        Some(Found::Take(slot)) => slot,
+        Some(Found::Evict(slot)) => {
+            // Another flow had the slot: its counts go to its flow slot.
+            evict(&slot.key, &slot.stats, generation);
+            slot
+        }
+        Some(Found::Empty(slot)) => slot,
         None => return,
     };
-    if slot.live(generation) {
-        // Another flow had the slot: its counts go to its flow slot.
-        evict(&slot.key, &slot.stats, generation);
-    }
     slot.generation = generation;
     cache::store(&mut slot.key, key);
     zero(&mut slot.stats);

@@ -90,6 +90,11 @@ pub const CACHE_WAYS: usize = 4;
 /// A value of a per-CPU cache map: one set.
 pub type CacheSet<T> = [T; CACHE_WAYS];
 
+/// Sets of a cache of `slots` slots per map generation.
+pub const fn cache_sets(slots: u32) -> u32 {
+    slots / CACHE_WAYS as u32
+}
+
 /// One slot of the per-CPU flow cache the TC programs count in before the
 /// flow slots: the packets of a flow a CPU keeps seeing are added here without
 /// hashing the key; an entry goes to its flow slot's counters when another
@@ -101,8 +106,9 @@ pub struct FlowSlot {
     /// Map generation (as `FLOW_GENERATION` counts) the entry belongs to; an
     /// entry of an older generation is empty. So is one with no packets.
     pub generation: u32,
-    /// In the first slot of a two-way set: which of the two was used last.
-    pub recent: u32,
+    /// In a set's first slot: how many times the set gave a slot up to a
+    /// new key (see [`cache_set::way`]).
+    pub evictions: u32,
     pub key: FlowKey,
     pub stats: FlowStats,
 }
@@ -145,8 +151,9 @@ pub struct DropSlot {
     /// Map generation (as `DROP_GENERATION` counts) the entry belongs to; an
     /// entry of an older generation is empty. So is one with no packets.
     pub generation: u32,
-    /// In the first slot of a two-way set: which of the two was used last.
-    pub recent: u32,
+    /// In a set's first slot: how many times the set gave a slot up to a
+    /// new key (see [`cache_set::way`]).
+    pub evictions: u32,
     pub key: DropKey,
     pub stats: DropStats,
 }
@@ -225,8 +232,9 @@ pub struct VerdictSlot {
     /// Map generation (as `VERDICT_GENERATION` counts) the entry belongs to;
     /// an entry of an older generation is empty. So is one that counted nothing.
     pub generation: u32,
-    /// In the first slot of a two-way set: which of the two was used last.
-    pub recent: u32,
+    /// In a set's first slot: how many times the set gave a slot up to a
+    /// new key (see [`cache_set::way`]).
+    pub evictions: u32,
     pub key: VerdictKey,
     pub stats: VerdictStats,
 }

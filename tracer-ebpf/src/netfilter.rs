@@ -18,12 +18,12 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TcContext},
 };
 use tracer_ebpf::{
-    CACHE_WAYS, CacheSet, NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats,
+    CacheSet, NF_TABLES, VERDICT_CACHE_SLOTS, VerdictKey, VerdictSlot, VerdictStats, cache_sets,
     counter, hook, table,
 };
 
 use crate::{
-    cache::{self, Found, Slot as _},
+    cache::{self, Found},
     frags, head,
     kernel::{Btf, Mem, Probe, parse_skb},
     maps::{self, Upsert, config, count, count_n, double_buffered, traced, upsert, zero},
@@ -44,7 +44,7 @@ static VERDICT_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 
 /// generation parity (see [`VerdictSlot`]).
 #[map]
 static VERDICT_CACHE: PerCpuArray<CacheSet<VerdictSlot>> =
-    PerCpuArray::with_max_entries(2 * VERDICT_CACHE_SLOTS / CACHE_WAYS as u32, 0);
+    PerCpuArray::with_max_entries(2 * cache_sets(VERDICT_CACHE_SLOTS), 0);
 
 /// Which packet [`VERDICT_SCRATCH`] describes, and the map generation its
 /// entry was counted in (so that its exit is counted in the same one).
@@ -165,13 +165,14 @@ fn observe(ctx: *const NfCtx, table: u8, after: bool) {
             slot.stats.left += left;
             return;
         }
-        Some(Found::Take(slot)) => slot,
+        Some(Found::Evict(slot)) => {
+            // Another flow had the slot: its counts go to the map of its generation.
+            add_to_map(generation, &slot.key, slot.stats.entered, slot.stats.left);
+            slot
+        }
+        Some(Found::Empty(slot)) => slot,
         None => return,
     };
-    if slot.live(generation) {
-        // Another flow had the slot: its counts go to the map of its generation.
-        add_to_map(generation, &slot.key, slot.stats.entered, slot.stats.left);
-    }
     slot.generation = generation;
     cache::store(&mut slot.key, key);
     // Volatile: two constant-zero stores (the counts an observer does not

@@ -20,7 +20,7 @@ use aya::{
 };
 // Looked up for every drained entry (tens of thousands a second): FxHash.
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
-use tracer_ebpf::{CACHE_WAYS, CacheSet};
+use tracer_ebpf::{CacheSet, cache_sets};
 
 use crate::{
     collectors::{
@@ -147,7 +147,7 @@ pub trait CacheSlot: Pod {
     fn entry(&self, generation: u32) -> Option<(Self::Key, Self::Stats)>;
 }
 
-/// The programs' per-CPU cache of `T` slots, in sets of [`CACHE_WAYS`].
+/// The programs' per-CPU cache of `T` slots, in sets of [`tracer_ebpf::CACHE_WAYS`].
 pub struct Cache<T: Pod>(PerCpuArray<MapData, CacheSet<T>>);
 
 impl<T: CacheSlot> Cache<T> {
@@ -158,7 +158,7 @@ impl<T: CacheSlot> Cache<T> {
     /// What the cache holds for `generation`: the entries of its half that
     /// belong to it, one per CPU that has one.
     pub fn entries(&self, generation: u32) -> Result<Vec<(T::Key, T::Stats)>> {
-        let sets = T::SLOTS / CACHE_WAYS as u32;
+        let sets = cache_sets(T::SLOTS);
         let first = (generation & 1) * sets;
         let mut entries = Vec::new();
         for index in first..first + sets {
