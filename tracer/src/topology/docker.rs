@@ -23,18 +23,23 @@ const API: &str = "v1.25";
 #[derive(Debug, Clone)]
 pub struct Engine {
     socket: PathBuf,
+    /// Sandbox keys by container id: a container keeps its key while it
+    /// runs, so it is inspected once, not at every look (a host of
+    /// hundreds of containers would be hundreds of requests each time).
+    keys: HashMap<String, PathBuf>,
 }
 
 #[derive(Deserialize)]
 struct Listed {
     #[serde(rename = "Id")]
     id: String,
+    /// `/name`: read at every look, as `docker rename` changes it.
+    #[serde(rename = "Names", default)]
+    names: Vec<String>,
 }
 
 #[derive(Deserialize)]
 struct Inspected {
-    #[serde(rename = "Name")]
-    name: String,
     #[serde(rename = "NetworkSettings")]
     settings: Option<Settings>,
 }
@@ -60,7 +65,10 @@ impl Engine {
             Ok(h) => PathBuf::from(h.strip_prefix("unix://")?),
             Err(_) => PathBuf::from(SOCKET),
         };
-        socket.exists().then_some(Engine { socket })
+        socket.exists().then_some(Engine {
+            socket,
+            keys: HashMap::new(),
+        })
     }
 
     /// `GET path` as JSON. HTTP/1.0, so that the answer is never chunked
@@ -82,18 +90,29 @@ impl Engine {
     /// path under `/var/run/docker/netns`), and overlay networks by the
     /// file name their namespace has there (`1-` and the network id's
     /// first ten characters).
-    pub fn sandbox_names(&self) -> Result<Names> {
+    pub fn sandbox_names(&mut self) -> Result<Names> {
         let mut names = Names::default();
         let listed: Vec<Listed> = self.get("/containers/json")?;
+        self.keys.retain(|id, _| listed.iter().any(|c| c.id == *id));
         for c in listed {
-            // A container may be gone between the list and this.
-            let Ok(i) = self.get::<Inspected>(&format!("/containers/{}/json", c.id)) else {
-                continue;
+            let key = match self.keys.get(&c.id) {
+                Some(k) => k.clone(),
+                None => {
+                    // A container may be gone between the list and this, or
+                    // have no sandbox yet (asked again next time).
+                    let Ok(i) = self.get::<Inspected>(&format!("/containers/{}/json", c.id)) else {
+                        continue;
+                    };
+                    let key = i.settings.and_then(|s| s.sandbox_key);
+                    let Some(key) = key.filter(|k| !k.is_empty()).map(PathBuf::from) else {
+                        continue;
+                    };
+                    self.keys.insert(c.id.clone(), key.clone());
+                    key
+                }
             };
-            let key = i.settings.and_then(|s| s.sandbox_key);
-            if let Some(key) = key.filter(|k| !k.is_empty()) {
-                let name = i.name.trim_start_matches('/').to_string();
-                names.by_path.entry(PathBuf::from(key)).or_insert(name);
+            if let Some(name) = own_name(&c.names) {
+                names.by_path.entry(key).or_insert(name);
             }
         }
         let networks: Vec<Network> =
@@ -157,6 +176,13 @@ fn overlay_name(file: &str, overlays: &[(String, String)]) -> Option<String> {
         .map(|(_, n)| n.clone())
 }
 
+/// A container's own name among those the list gives it: `db`, not a
+/// legacy link's `/web/db`.
+fn own_name(names: &[String]) -> Option<String> {
+    let own = names.iter().find(|n| n.rfind('/') == Some(0));
+    Some(own.or(names.first())?.trim_start_matches('/').to_string())
+}
+
 /// The body of an HTTP answer, if its status is 200.
 fn body(raw: &[u8]) -> Result<&[u8]> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -177,6 +203,15 @@ fn body(raw: &[u8]) -> Result<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_is_named_by_its_own_name_not_a_link() {
+        let v = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(own_name(&v(&["/web/db", "/db"])).as_deref(), Some("db"));
+        assert_eq!(own_name(&v(&["/db", "/web/db"])).as_deref(), Some("db"));
+        assert_eq!(own_name(&v(&["/a/b"])).as_deref(), Some("a/b"));
+        assert_eq!(own_name(&[]), None);
+    }
 
     #[test]
     fn body_of_an_answer() {

@@ -72,13 +72,19 @@ const NAMING: Duration = Duration::from_secs(2);
 /// (followed under its id meanwhile): a container on a busy host can take
 /// this long to start.
 const ASKING: Duration = Duration::from_secs(60);
+/// The longest wait between two such questions. They come at every poll at
+/// first, then ever less often: Docker's own namespaces (`ingress_sbox`, an
+/// overlay's `lb_` sandbox) are never named, and asking at every poll for
+/// a minute kept dockerd and tracer busy while Docker started containers.
+const ASKING_GAP: Duration = Duration::from_secs(2);
 
 /// Names from Docker, asked for only when a namespace Docker may know appears.
 struct DockerNames {
     engine: Option<Engine>,
     names: docker::Names,
-    /// Docker namespace files already asked about, and when first seen.
-    seen: HashMap<PathBuf, Instant>,
+    /// Docker namespace files already asked about: when first seen, and
+    /// when to ask again if Docker still does not name them.
+    seen: HashMap<PathBuf, (Instant, Instant)>,
     /// Docker could not be asked: said once.
     told: bool,
 }
@@ -95,15 +101,20 @@ impl DockerNames {
         self.seen.retain(|p, _| entries.iter().any(|(_, e)| e == p));
         let mut ask = false;
         for (_, p) in &entries {
-            let first = *self.seen.entry(p.clone()).or_insert_with(|| {
+            let (first, next) = self.seen.entry(p.clone()).or_insert_with(|| {
                 ask = true;
-                now
+                (now, now)
             });
-            ask |= self.names.of(p).is_none() && now - first < ASKING;
+            ask |= self.names.of(p).is_none() && due(*next, now) && now - *first < ASKING;
         }
-        if let Some(engine) = &self.engine
+        if let Some(engine) = &mut self.engine
             && ask
         {
+            for (first, next) in self.seen.values_mut() {
+                if due(*next, now) {
+                    *next = ask_again(*first, now);
+                }
+            }
             match engine.sandbox_names() {
                 Ok(n) => self.names = n,
                 Err(e) if !self.told => {
@@ -118,7 +129,7 @@ impl DockerNames {
                 && entries.iter().any(|(i, p)| {
                     *i == ns.inode
                         && self.names.of(p).is_none()
-                        && self.seen.get(p).is_some_and(|t| now - *t < NAMING)
+                        && self.seen.get(p).is_some_and(|(t, _)| now - *t < NAMING)
                 })
         };
         namespaces.retain(|ns| !waiting(ns));
@@ -142,6 +153,20 @@ impl DockerNames {
             taken.insert(ns.name.clone());
         }
     }
+}
+
+/// When to ask Docker again about a namespace first seen at `first`,
+/// asked about at `now`: after as long as it has waited, within
+/// [`POLL`]..[`ASKING_GAP`].
+fn ask_again(first: Instant, now: Instant) -> Instant {
+    now + (now - first).clamp(POLL, ASKING_GAP)
+}
+
+/// Whether a question due at `next` is asked at the poll at `now`: polls
+/// come a little before or after their time, and one that comes early
+/// would put the question off to the poll after.
+fn due(next: Instant, now: Instant) -> bool {
+    now + POLL / 2 >= next
 }
 
 /// What is traced now, kept in step with the host.
@@ -336,4 +361,23 @@ fn changes(old: &[Target], new: &[Target], links: &Links) -> Vec<String> {
         }
     }
     said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_is_asked_ever_less_often_about_a_namespace_it_does_not_name() {
+        let first = Instant::now();
+        let mut at = first;
+        let mut asked = Vec::new();
+        while at - first < ASKING {
+            asked.push((at - first).as_millis());
+            at = ask_again(first, at);
+        }
+        assert_eq!(asked[..6], [0, 400, 800, 1600, 3200, 5200]);
+        // Every poll for a minute was 150 questions.
+        assert_eq!(asked.len(), 33, "{asked:?}");
+    }
 }
