@@ -8,19 +8,40 @@ use std::{
     },
     path::{Path, PathBuf},
     process::Command,
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 
-/// Where `ip netns add` puts named namespaces.
-pub const NAMED_DIR: &str = "/var/run/netns";
-/// Where Docker keeps the namespaces of containers and overlay networks.
-pub const DOCKER_DIR: &str = "/var/run/docker/netns";
+/// `/var/run`, where `ip netns` and Docker keep namespaces, resolved once:
+/// on most hosts it is a link to `/run`. The watcher lists the directories
+/// under it and looks at each entry several times a second; through the
+/// link, every look walked it again (in a 5.10 VM whose `/var/run` is on
+/// 9p, three quarters of tracer's CPU).
+pub fn var_run() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::fs::canonicalize("/var/run").unwrap_or_else(|_| PathBuf::from("/var/run"))
+    })
+}
+
+/// Where `ip netns add` puts named namespaces (`/var/run/netns`).
+pub fn named_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| var_run().join("netns"))
+}
+
+/// Where Docker keeps the namespaces of containers and overlay networks
+/// (`/var/run/docker/netns`).
+pub fn docker_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| var_run().join("docker/netns"))
+}
 
 /// A network namespace tracer works in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
-    /// Its name if it has one (a file under [`NAMED_DIR`] or [`DOCKER_DIR`]), else its inode.
+    /// Its name if it has one (a file under [`named_dir`] or [`docker_dir`]), else its inode.
     pub name: String,
     /// A path that opens it.
     pub path: PathBuf,
@@ -31,7 +52,7 @@ pub struct Netns {
 /// Resolves the `--netns` arguments; none means tracer's own namespace.
 ///
 /// What the user named must be a namespace (else an error); entries found
-/// by listing [`NAMED_DIR`] and [`DOCKER_DIR`] for `all` are what a live host
+/// by listing [`named_dir`] and [`docker_dir`] for `all` are what a live host
 /// holds: one that is not (yet, or any more) a namespace, like the sandbox
 /// file `docker rm` leaves behind, is skipped with one line on stderr.
 pub fn resolve(specs: &[String]) -> Result<Vec<Netns>> {
@@ -71,8 +92,8 @@ impl Resolver {
             match named_path(spec) {
                 Named::All => {
                     paths.push(own());
-                    paths.extend(list_dir(NAMED_DIR).into_iter().map(|p| (p, false)));
-                    paths.extend(list_dir(DOCKER_DIR).into_iter().map(|p| (p, false)));
+                    paths.extend(list_dir(named_dir()).into_iter().map(|p| (p, false)));
+                    paths.extend(list_dir(docker_dir()).into_iter().map(|p| (p, false)));
                 }
                 Named::Path(p) => paths.push((p, true)),
                 Named::Bad(e) if strict => return Err(e),
@@ -142,9 +163,9 @@ fn named_path(spec: &str) -> Named {
         }
         return Named::Path(PathBuf::from(spec));
     }
-    let path = Path::new(NAMED_DIR).join(spec);
+    let path = named_dir().join(spec);
     if !path.exists() {
-        let known: Vec<String> = list_dir(NAMED_DIR)
+        let known: Vec<String> = list_dir(named_dir())
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
@@ -165,8 +186,8 @@ fn named_path(spec: &str) -> Named {
 /// namespace is gone.
 pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
     let candidates = std::iter::once(hint.to_path_buf())
-        .chain(list_dir(NAMED_DIR))
-        .chain(list_dir(DOCKER_DIR))
+        .chain(list_dir(named_dir()))
+        .chain(list_dir(docker_dir()))
         .chain([
             PathBuf::from("/proc/1/ns/net"),
             PathBuf::from("/proc/self/ns/net"),
@@ -183,9 +204,9 @@ pub const HOST: &str = "host";
 /// Names of every named and Docker namespace, by inode, and tracer's own
 /// namespace, [`HOST`] unless it has a name.
 pub fn known_names() -> Vec<(u64, String)> {
-    let mut names: Vec<(u64, String)> = list_dir(NAMED_DIR)
+    let mut names: Vec<(u64, String)> = list_dir(named_dir())
         .into_iter()
-        .chain(list_dir(DOCKER_DIR))
+        .chain(list_dir(docker_dir()))
         .filter_map(|p| {
             let inode = std::fs::metadata(&p).ok()?.ino();
             Some((inode, p.file_name()?.to_string_lossy().into_owned()))
@@ -223,13 +244,13 @@ fn open(path: &Path, names: &[(u64, String)]) -> Result<Netns> {
 /// (inode, path) of every namespace file Docker keeps (an unmounted one
 /// has the inode of the file itself).
 pub fn docker_entries() -> Vec<(u64, PathBuf)> {
-    list_dir(DOCKER_DIR)
+    list_dir(docker_dir())
         .into_iter()
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.ino(), p)))
         .collect()
 }
 
-fn list_dir(dir: &str) -> Vec<PathBuf> {
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();

@@ -65,6 +65,8 @@ impl Engine {
             Ok(h) => PathBuf::from(h.strip_prefix("unix://")?),
             Err(_) => PathBuf::from(SOCKET),
         };
+        // Through `/var/run`'s link once, not at every connection.
+        let socket = std::fs::canonicalize(&socket).unwrap_or(socket);
         socket.exists().then_some(Engine {
             socket,
             keys: HashMap::new(),
