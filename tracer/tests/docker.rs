@@ -212,7 +212,8 @@ fn a_drop_in_docker_user_is_named() {
 }
 
 /// A container started while tracer runs is traced from then on: its
-/// namespace, its host veth; removed, it is let go of cleanly.
+/// namespace, its host veth; restarted, its new namespace under its name
+/// again; removed, it is let go of cleanly.
 #[test]
 fn a_container_started_after_tracer_is_followed() {
     let mut lab = Lab::new().unwrap();
@@ -227,13 +228,43 @@ fn a_container_started_after_tracer_is_followed() {
     wait_following(&run, "late", "eth0");
     wait_said(&run, &veth);
     udp(&web, &late, 41002, 5003, 10);
+    // Restarted: a new sandbox, named again (tracer keeps what Docker said
+    // of a container until it restarts).
+    let gone = "tracer: late is gone; its rows keep their names";
+    let sandbox = d.sandbox_key("late").unwrap();
+    d.docker(&["restart", "-t", "0", "late"]).unwrap();
+    let late = d.container("late", "bridge").unwrap();
+    assert_ne!(d.sandbox_key("late").unwrap(), sandbox, "a new sandbox");
+    wait_said(&run, gone);
+    let after_restart = || {
+        let err = run.stderr_so_far();
+        err[err.find(gone).map_or(err.len(), |i| i + gone.len())..].to_string()
+    };
+    assert!(
+        wait_until(|| {
+            let err = after_restart();
+            err.contains("tracer: following late [eth0") || err.contains(" is now named late")
+        }),
+        "the restarted container is not named: {}",
+        run.stderr_so_far()
+    );
+    wait_said(&run, &host_veth(&d, &late));
+    udp(&web, &late, 41012, 5003, 5);
     // Removed while tracer runs: let go of, its rows keep their names.
     d.docker(&["rm", "-f", "late"]).unwrap();
-    wait_said(&run, "tracer: late is gone; its rows keep their names");
+    assert!(
+        wait_until(|| after_restart().contains(gone)),
+        "{}",
+        run.stderr_so_far()
+    );
     let f = stop(run);
     assert_eq!(
         flow_total(&f, "late", "eth0", "ingress", 41002)["packets"],
         10
+    );
+    assert_eq!(
+        flow_total(&f, "late", "eth0", "ingress", 41012)["packets"],
+        5
     );
     assert_eq!(
         flow_total(&f, "host", &veth, "egress", 41002)["packets"],

@@ -23,10 +23,12 @@ const API: &str = "v1.25";
 #[derive(Debug, Clone)]
 pub struct Engine {
     socket: PathBuf,
-    /// Sandbox keys by container id: a container keeps its key while it
-    /// runs, so it is inspected once, not at every look (a host of
-    /// hundreds of containers would be hundreds of requests each time).
-    keys: HashMap<String, PathBuf>,
+    /// Sandbox keys by container id, with the endpoints the container had
+    /// then: a container keeps its sandbox while it runs, so it is
+    /// inspected once, not at every look (a host of hundreds of containers
+    /// would be hundreds of requests each time). A restart gives it a new
+    /// sandbox and new endpoints, and so another look.
+    keys: HashMap<String, (Vec<String>, PathBuf)>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +38,32 @@ struct Listed {
     /// `/name`: read at every look, as `docker rename` changes it.
     #[serde(rename = "Names", default)]
     names: Vec<String>,
+    #[serde(rename = "NetworkSettings", default)]
+    settings: Option<ListedSettings>,
+}
+
+#[derive(Deserialize)]
+struct ListedSettings {
+    #[serde(rename = "Networks", default)]
+    networks: Option<HashMap<String, Endpoint>>,
+}
+
+#[derive(Deserialize)]
+struct Endpoint {
+    #[serde(rename = "EndpointID", default)]
+    id: Option<String>,
+}
+
+impl Listed {
+    /// Its endpoints' ids, sorted.
+    fn endpoints(&self) -> Vec<String> {
+        let mut ids: Vec<String> = (self.settings.iter())
+            .flat_map(|s| s.networks.iter().flatten())
+            .filter_map(|(_, e)| e.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,8 +125,9 @@ impl Engine {
         let listed: Vec<Listed> = self.get("/containers/json")?;
         self.keys.retain(|id, _| listed.iter().any(|c| c.id == *id));
         for c in listed {
-            let key = match self.keys.get(&c.id) {
-                Some(k) => k.clone(),
+            let endpoints = c.endpoints();
+            let key = match self.keys.get(&c.id).filter(|(e, _)| *e == endpoints) {
+                Some((_, k)) => k.clone(),
                 None => {
                     // A container may be gone between the list and this, or
                     // have no sandbox yet (asked again next time).
@@ -109,7 +138,7 @@ impl Engine {
                     let Some(key) = key.filter(|k| !k.is_empty()).map(PathBuf::from) else {
                         continue;
                     };
-                    self.keys.insert(c.id.clone(), key.clone());
+                    self.keys.insert(c.id.clone(), (endpoints, key.clone()));
                     key
                 }
             };
@@ -205,6 +234,19 @@ fn body(raw: &[u8]) -> Result<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_container_s_endpoints_change_when_it_restarts() {
+        let listed = |json: &str| serde_json::from_str::<Listed>(json).unwrap().endpoints();
+        let two = r#"{"Id":"c","Names":["/web"],"NetworkSettings":{"Networks":
+            {"b":{"EndpointID":"e2"},"a":{"EndpointID":"e1"}}}}"#;
+        assert_eq!(listed(two), ["e1", "e2"]);
+        let restarted = r#"{"Id":"c","NetworkSettings":{"Networks":{"a":{"EndpointID":"e3"}}}}"#;
+        assert_eq!(listed(restarted), ["e3"]);
+        // Older daemons or a container with no network say less.
+        assert!(listed(r#"{"Id":"c","NetworkSettings":{"Networks":null}}"#).is_empty());
+        assert!(listed(r#"{"Id":"c"}"#).is_empty());
+    }
 
     #[test]
     fn a_container_is_named_by_its_own_name_not_a_link() {
