@@ -26,16 +26,14 @@ pub fn var_run() -> &'static Path {
 }
 
 /// Where `ip netns add` puts named namespaces (`/var/run/netns`).
-pub fn named_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| var_run().join("netns"))
+pub fn named_dir() -> PathBuf {
+    var_run().join("netns")
 }
 
 /// Where Docker keeps the namespaces of containers and overlay networks
 /// (`/var/run/docker/netns`).
-pub fn docker_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| var_run().join("docker/netns"))
+pub fn docker_dir() -> PathBuf {
+    var_run().join("docker/netns")
 }
 
 /// A network namespace tracer works in.
@@ -92,8 +90,8 @@ impl Resolver {
             match named_path(spec) {
                 Named::All => {
                     paths.push(own());
-                    paths.extend(list_dir(named_dir()).into_iter().map(|p| (p, false)));
-                    paths.extend(list_dir(docker_dir()).into_iter().map(|p| (p, false)));
+                    paths.extend(list_dir(&named_dir()).into_iter().map(|p| (p, false)));
+                    paths.extend(list_dir(&docker_dir()).into_iter().map(|p| (p, false)));
                 }
                 Named::Path(p) => paths.push((p, true)),
                 Named::Bad(e) if strict => return Err(e),
@@ -165,7 +163,7 @@ fn named_path(spec: &str) -> Named {
     }
     let path = named_dir().join(spec);
     if !path.exists() {
-        let known: Vec<String> = list_dir(named_dir())
+        let known: Vec<String> = list_dir(&named_dir())
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
@@ -186,8 +184,8 @@ fn named_path(spec: &str) -> Named {
 /// namespace is gone.
 pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
     let candidates = std::iter::once(hint.to_path_buf())
-        .chain(list_dir(named_dir()))
-        .chain(list_dir(docker_dir()))
+        .chain(list_dir(&named_dir()))
+        .chain(list_dir(&docker_dir()))
         .chain([
             PathBuf::from("/proc/1/ns/net"),
             PathBuf::from("/proc/self/ns/net"),
@@ -204,9 +202,9 @@ pub const HOST: &str = "host";
 /// Names of every named and Docker namespace, by inode, and tracer's own
 /// namespace, [`HOST`] unless it has a name.
 pub fn known_names() -> Vec<(u64, String)> {
-    let mut names: Vec<(u64, String)> = list_dir(named_dir())
+    let mut names: Vec<(u64, String)> = list_dir(&named_dir())
         .into_iter()
-        .chain(list_dir(docker_dir()))
+        .chain(list_dir(&docker_dir()))
         .filter_map(|p| {
             let inode = std::fs::metadata(&p).ok()?.ino();
             Some((inode, p.file_name()?.to_string_lossy().into_owned()))
@@ -244,7 +242,7 @@ fn open(path: &Path, names: &[(u64, String)]) -> Result<Netns> {
 /// (inode, path) of every namespace file Docker keeps (an unmounted one
 /// has the inode of the file itself).
 pub fn docker_entries() -> Vec<(u64, PathBuf)> {
-    list_dir(docker_dir())
+    list_dir(&docker_dir())
         .into_iter()
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.ino(), p)))
         .collect()

@@ -82,9 +82,8 @@ const ASKING_GAP: Duration = Duration::from_secs(2);
 struct DockerNames {
     engine: Option<Engine>,
     names: docker::Names,
-    /// Docker namespace files already asked about: when first seen, and
-    /// when to ask again if Docker still does not name them.
-    seen: HashMap<PathBuf, (Instant, Instant)>,
+    /// Docker namespace files already asked about.
+    seen: HashMap<PathBuf, Asked>,
     /// Docker could not be asked: said once.
     told: bool,
 }
@@ -101,18 +100,21 @@ impl DockerNames {
         self.seen.retain(|p, _| entries.iter().any(|(_, e)| e == p));
         let mut ask = false;
         for (_, p) in &entries {
-            let (first, next) = self.seen.entry(p.clone()).or_insert_with(|| {
+            let a = self.seen.entry(p.clone()).or_insert_with(|| {
                 ask = true;
-                (now, now)
+                Asked {
+                    first: now,
+                    next: now,
+                }
             });
-            ask |= self.names.of(p).is_none() && due(*next, now) && now - *first < ASKING;
+            ask |= self.names.of(p).is_none() && due(a.next, now) && now - a.first < ASKING;
         }
         if let Some(engine) = &mut self.engine
             && ask
         {
-            for (first, next) in self.seen.values_mut() {
-                if due(*next, now) {
-                    *next = ask_again(*first, now);
+            for a in self.seen.values_mut() {
+                if due(a.next, now) {
+                    a.next = ask_again(a.first, now);
                 }
             }
             match engine.sandbox_names() {
@@ -129,7 +131,7 @@ impl DockerNames {
                 && entries.iter().any(|(i, p)| {
                     *i == ns.inode
                         && self.names.of(p).is_none()
-                        && self.seen.get(p).is_some_and(|(t, _)| now - *t < NAMING)
+                        && self.seen.get(p).is_some_and(|a| now - a.first < NAMING)
                 })
         };
         namespaces.retain(|ns| !waiting(ns));
@@ -153,6 +155,13 @@ impl DockerNames {
             taken.insert(ns.name.clone());
         }
     }
+}
+
+/// When a Docker namespace file was first seen, and when Docker is asked
+/// about it again if it still does not name it.
+struct Asked {
+    first: Instant,
+    next: Instant,
 }
 
 /// When to ask Docker again about a namespace first seen at `first`,
