@@ -70,8 +70,13 @@ impl Container {
 /// The mount namespace setup and dockerd, run by `sh` in a new mount
 /// namespace inside the lab namespace. `/sys` is mounted again so that it
 /// shows this network namespace's devices, keeping the cgroup mounts.
+/// `/etc/docker` is a tmpfs of its own: dockerd 20.10 writes its identity
+/// key there, which fails on a VM's read-only root and would otherwise give
+/// every test daemon (both Swarm nodes) the host's one identity.
 const NODE_SCRIPT: &str = r#"set -e
 mount -t tmpfs -o mode=755 tmpfs /run
+[ -d /etc/docker ] || mkdir -p /etc/docker
+mount -t tmpfs -o mode=700 tmpfs /etc/docker
 mkdir /run/cg
 mount --rbind /sys/fs/cgroup /run/cg
 mount -t sysfs sysfs /sys
