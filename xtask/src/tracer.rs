@@ -2,7 +2,6 @@
 //! file, SIGTERM to stop, totals at exit.
 
 use std::{
-    io::BufRead as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -22,8 +21,9 @@ pub struct TracerRun {
     /// `None` when standard output went elsewhere (`start_with_stdout`).
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
-    /// What tracer printed on standard error so far.
-    stderr_lines: Arc<Mutex<String>>,
+    /// What tracer printed on standard output and error so far.
+    stdout_so_far: Shared,
+    stderr_so_far: Shared,
     ready: PathBuf,
 }
 
@@ -36,12 +36,31 @@ pub struct Finished {
     pub stderr: String,
 }
 
-fn reader(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
+/// Reads `r` into `so_far` as it comes; returns all of it once `r` ends.
+fn reader(mut r: impl std::io::Read + Send + 'static, so_far: Shared) -> JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => so_far
+                    .lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let all = std::mem::take(&mut *so_far.lock().expect("not poisoned"));
+        String::from_utf8_lossy(&all).into_owned()
     })
+}
+
+/// What a reader thread has read so far.
+type Shared = Arc<Mutex<Vec<u8>>>;
+
+fn so_far(s: &Shared) -> String {
+    String::from_utf8_lossy(&s.lock().expect("not poisoned")).into_owned()
 }
 
 impl TracerRun {
@@ -89,25 +108,18 @@ impl TracerRun {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        let stdout = child.stdout.take().map(reader);
-        let stderr_lines = Arc::new(Mutex::new(String::new()));
-        let stderr = {
-            let lines = stderr_lines.clone();
-            let r = std::io::BufReader::new(child.stderr.take().expect("piped"));
-            std::thread::spawn(move || {
-                for line in r.lines().map_while(Result::ok) {
-                    let mut all = lines.lock().expect("not poisoned");
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-                lines.lock().expect("not poisoned").clone()
-            })
-        };
+        let (stdout_so_far, stderr_so_far) = (Shared::default(), Shared::default());
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| reader(o, stdout_so_far.clone()));
+        let stderr = reader(child.stderr.take().expect("piped"), stderr_so_far.clone());
         let mut run = TracerRun {
             child,
             stdout,
             stderr: Some(stderr),
-            stderr_lines,
+            stdout_so_far,
+            stderr_so_far,
             ready,
         };
         // A guard against a hung start, not a timing check: under qemu's TCG
@@ -133,9 +145,18 @@ impl TracerRun {
         self.child.id()
     }
 
+    /// The rows tracer has printed so far (none when standard output went
+    /// elsewhere); a line still on its way is left out.
+    pub fn rows_so_far(&self) -> Vec<Value> {
+        so_far(&self.stdout_so_far)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// What tracer has printed on standard error so far.
     pub fn stderr_so_far(&self) -> String {
-        self.stderr_lines.lock().expect("not poisoned").clone()
+        so_far(&self.stderr_so_far)
     }
 
     /// The URL `--metrics` serves, from tracer's start-up line. Printed
