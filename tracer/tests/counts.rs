@@ -115,3 +115,60 @@ fn idle_flows_give_their_slots_back() {
     assert_eq!(per_flow(&f, &p.a.ns, "egress"), expected);
     assert_eq!(per_flow(&f, &p.b.ns, "ingress"), expected);
 }
+
+/// A device renamed while traced (Docker moves a veth into a container and
+/// renames it eth0) is followed under its new name, and its rows take that
+/// name, those counted before too: a report named them under the old one.
+#[test]
+fn a_renamed_device_is_counted_under_its_new_name() {
+    let p = Pair::new(1500).unwrap();
+    let to = SocketAddrV4::new(p.b.ip, PORT);
+    let sink = traffic::UdpSink::start(&p.b.ns, to).unwrap();
+    let run = start(p.namespaces(), &["--interval", "1"]);
+    let send = |sport: u16| {
+        let from = SocketAddrV4::new(p.a.ip, sport);
+        traffic::send_udp(&p.a.ns, from, to, 5, 16).unwrap();
+    };
+    send(FIRST_SPORT);
+    assert!(sink.wait_for(5, Duration::from_secs(10)));
+    let named_before = |ns: &str, iface: &str, sport: u16| {
+        run.rows_so_far().iter().any(|r| {
+            r["type"] == "flow"
+                && r["scope"] == "interval"
+                && r["netns"] == ns
+                && r["iface"] == iface
+                && r["sport"] == sport
+        })
+    };
+    assert!(
+        wait_until(|| named_before(&p.b.ns, "v0", FIRST_SPORT)),
+        "no report of the flow at v0: {:?}",
+        run.rows_so_far()
+    );
+    let b = &p.b.ns;
+    xtask::cmd::ip(&["-n", b, "link", "set", "v0", "down"]).unwrap();
+    xtask::cmd::ip(&["-n", b, "link", "set", "v0", "name", "v1"]).unwrap();
+    xtask::lab::up(b, "v1").unwrap();
+    wait_said(&run, &format!("tracer: {b}: devices added [v1"));
+    send(FIRST_SPORT + 1);
+    assert!(sink.wait_for(10, Duration::from_secs(10)));
+    let f = stop(run);
+    let ingress = |iface: &str| -> Vec<(u64, u64)> {
+        let mut rows: Vec<(u64, u64)> = flows_at(&f, b, iface, "ingress")
+            .into_iter()
+            .filter(|r| r["proto"] == "udp" && r["dport"] == PORT)
+            .map(|r| (r["sport"].as_u64().unwrap(), r["packets"].as_u64().unwrap()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let first = (FIRST_SPORT as u64, 5);
+    assert_eq!(
+        ingress("v1"),
+        [first, (first.0 + 1, 5)],
+        "tracer said: {}",
+        f.stderr
+    );
+    assert_eq!(ingress("v0"), []);
+    assert_eq!(f.totals("health")[0]["attach_failed"], 0);
+}

@@ -44,10 +44,17 @@ fn udp(from: &Container, to: &Container, sport: u16, port: u16, n: u32) {
 fn flow_total<'a>(f: &'a Finished, netns: &str, iface: &str, dir: &str, sport: u16) -> &'a Value {
     let rows = flows_at(f, netns, iface, dir);
     let matching: Vec<&&Value> = rows.iter().filter(|r| r["sport"] == sport).collect();
+    let anywhere: Vec<&Value> = f
+        .totals("flow")
+        .into_iter()
+        .filter(|r| r["sport"] == sport)
+        .collect();
     assert_eq!(
         matching.len(),
         1,
-        "{netns}/{iface} {dir} sport {sport}: {rows:#?}"
+        "{netns}/{iface} {dir} sport {sport}: {rows:#?}\nsport {sport} anywhere: \
+         {anywhere:#?}\ntracer said: {}",
+        f.stderr
     );
     matching[0]
 }

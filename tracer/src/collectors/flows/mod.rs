@@ -106,8 +106,11 @@ impl CacheSlot for FlowSlot {
 struct DeviceNames {
     /// Address -> device, filled by the TC programs.
     map: Option<BpfHashMap<MapData, u64, DeviceInfo>>,
-    /// Address -> (netns name, device name), from `map`.
-    cache: HashMap<u64, (String, String)>,
+    /// (address, ifindex) -> the device's namespace inode, as last read from
+    /// `map`. By ifindex too: a device made as another is deleted (a
+    /// restarted container's veth) may get the freed one's address, and
+    /// `map` then tells of the new one.
+    places: HashMap<(u64, u32), u64>,
 }
 
 impl Flows {
@@ -124,18 +127,20 @@ impl Flows {
 }
 
 impl DeviceNames {
-    /// Names the device at kernel address `dev`.
+    /// Names the device at kernel address `dev` with `ifindex`. Read again
+    /// at every report, a lookup per device: a device moves to another
+    /// namespace (the TC programs then write its new one), and a namespace
+    /// or device is renamed (Docker names a sandbox after it appears and
+    /// renames the veth it moves in to eth0).
     fn device(&mut self, names: &Names, dev: u64, ifindex: u32) -> (String, String) {
-        if let Some(n) = self.cache.get(&dev) {
-            return n.clone();
+        let now = self.map.as_ref().and_then(|d| d.get(&dev, 0).ok());
+        if let Some(info) = now.filter(|i| i.ifindex == ifindex) {
+            self.places.insert((dev, ifindex), info.netns_inode as u64);
         }
-        let info = self.map.as_ref().and_then(|d| d.get(&dev, 0).ok());
-        let Some(info) = info else {
-            return ("?".to_string(), format!("if{ifindex}"));
-        };
-        let name = names.device(info.netns_inode as u64, info.ifindex);
-        self.cache.insert(dev, name.clone());
-        name
+        match self.places.get(&(dev, ifindex)) {
+            Some(&inode) => names.device(inode, ifindex),
+            None => ("?".to_string(), format!("if{ifindex}")),
+        }
     }
 
     /// Named rows in a stable order: by namespace, device, direction, flow.
