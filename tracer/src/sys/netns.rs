@@ -36,6 +36,60 @@ pub fn docker_dir() -> PathBuf {
     var_run().join("docker/netns")
 }
 
+/// The files of [`named_dir`] and [`docker_dir`], each with its inode
+/// (`None`: gone since it was listed), read once: a poll of the watcher
+/// looks them up for the namespaces, their names and Docker's, and a
+/// Docker host holds hundreds.
+#[derive(Debug, Default)]
+pub struct Listing {
+    named: Vec<(PathBuf, Option<u64>)>,
+    docker: Vec<(PathBuf, Option<u64>)>,
+}
+
+impl Listing {
+    pub fn now() -> Self {
+        let stat = |dir: &Path| -> Vec<(PathBuf, Option<u64>)> {
+            list_dir(dir)
+                .into_iter()
+                .map(|p| {
+                    let inode = std::fs::metadata(&p).ok().map(|m| m.ino());
+                    (p, inode)
+                })
+                .collect()
+        };
+        Listing {
+            named: stat(&named_dir()),
+            docker: stat(&docker_dir()),
+        }
+    }
+
+    /// (inode, path) of every namespace file Docker keeps (an unmounted one
+    /// has the inode of the file itself).
+    pub fn docker_entries(&self) -> Vec<(u64, PathBuf)> {
+        self.docker
+            .iter()
+            .filter_map(|(p, i)| Some(((*i)?, p.clone())))
+            .collect()
+    }
+
+    /// Names of every named and Docker namespace, by inode, and tracer's
+    /// own namespace, [`HOST`] unless it has a name.
+    pub fn known_names(&self) -> Vec<(u64, String)> {
+        let mut names: Vec<(u64, String)> = self
+            .named
+            .iter()
+            .chain(&self.docker)
+            .filter_map(|(p, i)| Some(((*i)?, p.file_name()?.to_string_lossy().into_owned())))
+            .collect();
+        if let Ok(own) = std::fs::metadata("/proc/self/ns/net")
+            && !names.iter().any(|(i, _)| *i == own.ino())
+        {
+            names.push((own.ino(), HOST.to_string()));
+        }
+        names
+    }
+}
+
 /// A network namespace tracer works in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -81,8 +135,14 @@ impl Resolver {
     /// that is missing or not a namespace is an error; later it is left out
     /// (it went away) and taken again when it comes back.
     pub fn resolve(&mut self, strict: bool) -> Result<Vec<Netns>> {
-        let mut paths: Vec<(PathBuf, bool)> = Vec::new();
-        let own = || (PathBuf::from("/proc/self/ns/net"), true);
+        self.resolve_in(&Listing::now(), strict)
+    }
+
+    /// [`Resolver::resolve`] with the namespace files as `listing` found them.
+    pub fn resolve_in(&mut self, listing: &Listing, strict: bool) -> Result<Vec<Netns>> {
+        // (path, named by the user, its inode if listed)
+        let mut paths: Vec<(PathBuf, bool, Option<Option<u64>>)> = Vec::new();
+        let own = || (PathBuf::from("/proc/self/ns/net"), true, None);
         if self.specs.is_empty() {
             paths.push(own());
         }
@@ -90,19 +150,19 @@ impl Resolver {
             match named_path(spec) {
                 Named::All => {
                     paths.push(own());
-                    paths.extend(list_dir(&named_dir()).into_iter().map(|p| (p, false)));
-                    paths.extend(list_dir(&docker_dir()).into_iter().map(|p| (p, false)));
+                    let listed = listing.named.iter().chain(&listing.docker);
+                    paths.extend(listed.map(|(p, i)| (p.clone(), false, Some(*i))));
                 }
-                Named::Path(p) => paths.push((p, true)),
+                Named::Path(p) => paths.push((p, true, None)),
                 Named::Bad(e) if strict => return Err(e),
                 Named::Bad(_) => {}
             }
         }
-        let names = known_names();
+        let names = listing.known_names();
         let mut out: Vec<Netns> = Vec::new();
         let mut checked = std::collections::HashMap::new();
-        for (path, named) in paths {
-            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        for (path, named, listed) in paths {
+            let inode = listed.unwrap_or_else(|| std::fs::metadata(&path).map(|m| m.ino()).ok());
             let known = inode.filter(|i| self.checked.get(&path) == Some(i));
             let opened = match known {
                 Some(inode) => Ok(Netns {
@@ -199,25 +259,6 @@ pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
 /// that is the host's.
 pub const HOST: &str = "host";
 
-/// Names of every named and Docker namespace, by inode, and tracer's own
-/// namespace, [`HOST`] unless it has a name.
-pub fn known_names() -> Vec<(u64, String)> {
-    let mut names: Vec<(u64, String)> = list_dir(&named_dir())
-        .into_iter()
-        .chain(list_dir(&docker_dir()))
-        .filter_map(|p| {
-            let inode = std::fs::metadata(&p).ok()?.ino();
-            Some((inode, p.file_name()?.to_string_lossy().into_owned()))
-        })
-        .collect();
-    if let Ok(own) = std::fs::metadata("/proc/self/ns/net")
-        && !names.iter().any(|(i, _)| *i == own.ino())
-    {
-        names.push((own.ino(), HOST.to_string()));
-    }
-    names
-}
-
 /// The display name of the namespace with `inode`: its name, else the inode.
 pub fn name_of(inode: u64, names: &[(u64, String)]) -> String {
     names
@@ -237,15 +278,6 @@ fn open(path: &Path, names: &[(u64, String)]) -> Result<Netns> {
         path: path.to_path_buf(),
         inode,
     })
-}
-
-/// (inode, path) of every namespace file Docker keeps (an unmounted one
-/// has the inode of the file itself).
-pub fn docker_entries() -> Vec<(u64, PathBuf)> {
-    list_dir(&docker_dir())
-        .into_iter()
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.ino(), p)))
-        .collect()
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {

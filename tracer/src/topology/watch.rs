@@ -2,8 +2,8 @@
 //! `docker rm`, an overlay network's namespace made when its first local
 //! container joins), devices created and deleted in the traced ones.
 //!
-//! The namespace directories are listed at every poll (a readdir and a stat
-//! per entry); each traced namespace has a netlink socket subscribed to its
+//! The namespace directories are listed at every poll (a readdir and one
+//! stat per entry); each traced namespace has a netlink socket subscribed to its
 //! link events, so that its devices are read again only when they changed.
 
 use std::{
@@ -16,7 +16,7 @@ use anyhow::Result;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::{
-    sys::netns::{self, Netns, Resolver},
+    sys::netns::{self, Listing, Netns, Resolver},
     topology::{
         self, Target, devices,
         docker::{self, Engine},
@@ -94,8 +94,8 @@ impl DockerNames {
     /// Docker namespace that Docker does not name yet is left out for a
     /// moment (it is named in a poll or two), so that it is followed under
     /// its name.
-    fn apply(&mut self, namespaces: &mut Vec<Netns>, hold: bool) {
-        let entries = netns::docker_entries();
+    fn apply(&mut self, listing: &Listing, namespaces: &mut Vec<Netns>, hold: bool) {
+        let entries = listing.docker_entries();
         let now = Instant::now();
         self.seen.retain(|p, _| entries.iter().any(|(_, e)| e == p));
         let mut ask = false;
@@ -194,14 +194,15 @@ impl Watcher {
     /// with nothing to trace yet is not: tracer says so and waits.
     pub fn start(specs: &[String], ifaces: &[String]) -> Result<Self> {
         let mut resolver = Resolver::new(specs);
-        let mut namespaces = resolver.resolve(true)?;
+        let listing = Listing::now();
+        let mut namespaces = resolver.resolve_in(&listing, true)?;
         let mut docker = DockerNames {
             engine: Engine::find(),
             names: docker::Names::default(),
             seen: HashMap::new(),
             told: false,
         };
-        docker.apply(&mut namespaces, false);
+        docker.apply(&listing, &mut namespaces, false);
         // One that vanished since it was resolved is left out: a live host.
         let (namespaces, topo) = devices::topology_lenient(&namespaces);
         let found = namespaces
@@ -246,14 +247,16 @@ impl Watcher {
     /// to say on stderr once the new targets are attached to: then
     /// [`Watcher::targets`] and [`Watcher::topo`] are new.
     pub fn poll(&mut self) -> Result<Option<Vec<String>>> {
-        let mut namespaces = self.resolver.resolve(false)?;
+        // Listed once: the namespaces, their names and Docker's are looked up in it.
+        let listing = Listing::now();
+        let mut namespaces = self.resolver.resolve_in(&listing, false)?;
         // Those already followed are not held back again.
         let traced: Vec<u64> = self.targets.iter().map(|t| t.netns.inode).collect();
         let (mut known, mut new): (Vec<Netns>, Vec<Netns>) = namespaces
             .into_iter()
             .partition(|n| traced.contains(&n.inode));
-        self.docker.apply(&mut known, false);
-        self.docker.apply(&mut new, true);
+        self.docker.apply(&listing, &mut known, false);
+        self.docker.apply(&listing, &mut new, true);
         known.extend(new);
         namespaces = known;
         let same_namespaces = namespaces.len() == self.targets.len()
