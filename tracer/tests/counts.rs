@@ -35,9 +35,14 @@ fn interleaved_from(p: &Pair, first: u16, flows: u16, rounds: u32, burst: u32) -
     flows as u64 * rounds as u64 * burst as u64
 }
 
-/// Packets per source port of the test's flows at one hop.
+/// Packets per source port of the test's flows at one hop (on v0).
 fn per_flow(f: &xtask::tracer::Finished, ns: &str, dir: &str) -> Vec<(u64, u64)> {
-    let mut rows: Vec<(u64, u64)> = flows_at(f, ns, "v0", dir)
+    per_flow_at(f, ns, "v0", dir)
+}
+
+/// Packets per source port of the test's flows at `iface` of `ns`.
+fn per_flow_at(f: &xtask::tracer::Finished, ns: &str, iface: &str, dir: &str) -> Vec<(u64, u64)> {
+    let mut rows: Vec<(u64, u64)> = flows_at(f, ns, iface, dir)
         .into_iter()
         .filter(|r| r["proto"] == "udp" && r["dport"] == PORT)
         .map(|r| (r["sport"].as_u64().unwrap(), r["packets"].as_u64().unwrap()))
@@ -153,15 +158,7 @@ fn a_renamed_device_is_counted_under_its_new_name() {
     send(FIRST_SPORT + 1);
     assert!(sink.wait_for(10, Duration::from_secs(10)));
     let f = stop(run);
-    let ingress = |iface: &str| -> Vec<(u64, u64)> {
-        let mut rows: Vec<(u64, u64)> = flows_at(&f, b, iface, "ingress")
-            .into_iter()
-            .filter(|r| r["proto"] == "udp" && r["dport"] == PORT)
-            .map(|r| (r["sport"].as_u64().unwrap(), r["packets"].as_u64().unwrap()))
-            .collect();
-        rows.sort();
-        rows
-    };
+    let ingress = |iface: &str| per_flow_at(&f, b, iface, "ingress");
     let first = (FIRST_SPORT as u64, 5);
     assert_eq!(
         ingress("v1"),
