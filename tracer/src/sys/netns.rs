@@ -52,7 +52,7 @@ impl Listing {
             list_dir(dir)
                 .into_iter()
                 .map(|p| {
-                    let inode = std::fs::metadata(&p).ok().map(|m| m.ino());
+                    let inode = inode_of(&p);
                     (p, inode)
                 })
                 .collect()
@@ -81,10 +81,10 @@ impl Listing {
             .chain(&self.docker)
             .filter_map(|(p, i)| Some(((*i)?, p.file_name()?.to_string_lossy().into_owned())))
             .collect();
-        if let Ok(own) = std::fs::metadata("/proc/self/ns/net")
-            && !names.iter().any(|(i, _)| *i == own.ino())
+        if let Some(own) = inode_of(Path::new("/proc/self/ns/net"))
+            && !names.iter().any(|(i, _)| *i == own)
         {
-            names.push((own.ino(), HOST.to_string()));
+            names.push((own, HOST.to_string()));
         }
         names
     }
@@ -140,9 +140,13 @@ impl Resolver {
 
     /// [`Resolver::resolve`] with the namespace files as `listing` found them.
     pub fn resolve_in(&mut self, listing: &Listing, strict: bool) -> Result<Vec<Netns>> {
-        // (path, named by the user, its inode if listed)
-        let mut paths: Vec<(PathBuf, bool, Option<Option<u64>>)> = Vec::new();
-        let own = || (PathBuf::from("/proc/self/ns/net"), true, None);
+        // (path, named by the user, its inode now)
+        let mut paths: Vec<(PathBuf, bool, Option<u64>)> = Vec::new();
+        let user = |p: PathBuf| {
+            let inode = inode_of(&p);
+            (p, true, inode)
+        };
+        let own = || user(PathBuf::from("/proc/self/ns/net"));
         if self.specs.is_empty() {
             paths.push(own());
         }
@@ -151,9 +155,9 @@ impl Resolver {
                 Named::All => {
                     paths.push(own());
                     let listed = listing.named.iter().chain(&listing.docker);
-                    paths.extend(listed.map(|(p, i)| (p.clone(), false, Some(*i))));
+                    paths.extend(listed.map(|(p, i)| (p.clone(), false, *i)));
                 }
-                Named::Path(p) => paths.push((p, true, None)),
+                Named::Path(p) => paths.push(user(p)),
                 Named::Bad(e) if strict => return Err(e),
                 Named::Bad(_) => {}
             }
@@ -161,8 +165,7 @@ impl Resolver {
         let names = listing.known_names();
         let mut out: Vec<Netns> = Vec::new();
         let mut checked = std::collections::HashMap::new();
-        for (path, named, listed) in paths {
-            let inode = listed.unwrap_or_else(|| std::fs::metadata(&path).map(|m| m.ino()).ok());
+        for (path, named, inode) in paths {
             let known = inode.filter(|i| self.checked.get(&path) == Some(i));
             let opened = match known {
                 Some(inode) => Ok(Netns {
@@ -250,9 +253,7 @@ pub fn find_by_inode(inode: u64, hint: &Path) -> Option<PathBuf> {
             PathBuf::from("/proc/1/ns/net"),
             PathBuf::from("/proc/self/ns/net"),
         ]);
-    candidates
-        .into_iter()
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
+    candidates.into_iter().find(|p| inode_of(p) == Some(inode))
 }
 
 /// The name of tracer's own namespace when it has no other: on a host
@@ -278,6 +279,11 @@ fn open(path: &Path, names: &[(u64, String)]) -> Result<Netns> {
         path: path.to_path_buf(),
         inode,
     })
+}
+
+/// The inode of the file at `path`, if there is one.
+fn inode_of(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 fn list_dir(dir: &Path) -> Vec<PathBuf> {

@@ -49,14 +49,6 @@ impl Names {
             .collect()
     }
 
-    /// The namespace's name, else its inode.
-    pub fn netns(&self, inode: u64) -> String {
-        match self.netns.get(&inode) {
-            Some(known) => known.name.clone(),
-            None => inode.to_string(),
-        }
-    }
-
     /// (namespace, device) names of `ifindex` in the namespace with `inode`;
     /// an unknown device is `if<N>`.
     pub fn device(&self, inode: u64, ifindex: u32) -> (String, String) {
