@@ -89,20 +89,13 @@ pub fn send_udp_df(
     df: Df,
 ) -> Result<()> {
     let sock = udp_socket(ns, from)?;
-    let value = df as libc::c_int;
-    // SAFETY: IP_MTU_DISCOVER takes an int.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        bail!("IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
-    }
+    set_int(
+        &sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        df as libc::c_int,
+    )
+    .context("IP_MTU_DISCOVER")?;
     let buf = vec![0x5a; payload];
     for _ in 0..count {
         let n = sock
@@ -115,6 +108,35 @@ pub fn send_udp_df(
     Ok(())
 }
 
+/// Sets the int socket option `name` of `level`.
+fn set_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Result<()> {
+    // SAFETY: the options set here take an int, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!("{}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A sink's receive buffer: a test's burst (hundreds of datagrams from a
+/// loop of senders) must wait there while the receiving thread, one among
+/// parallel tests and tracer on two CPUs, is not running; the default
+/// (about 200 datagrams' worth) overflowed.
+const SINK_BUFFER: libc::c_int = 16 << 20;
+
 /// Counts datagrams arriving on a socket until dropped.
 pub struct UdpSink {
     received: Arc<AtomicU64>,
@@ -126,6 +148,8 @@ pub struct UdpSink {
 impl UdpSink {
     pub fn start(ns: &str, addr: SocketAddrV4) -> Result<Self> {
         let sock = udp_socket(ns, addr)?;
+        set_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SINK_BUFFER)
+            .context("SO_RCVBUFFORCE")?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
