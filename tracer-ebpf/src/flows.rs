@@ -64,8 +64,11 @@ fn flow_generation() -> u32 {
     FLOW_GENERATION.get(0).copied().unwrap_or(0)
 }
 
-/// `struct net_device` address -> which device it is, written when a flow is first
-/// seen so that userspace can name the `dev` of a [`FlowKey`].
+/// `struct net_device` address -> which device it is, written when a flow
+/// enters the cache so that userspace can name the `dev` of a [`FlowKey`].
+/// Userspace takes the entries out at each report: the map holds the devices
+/// of one interval, not every device ever seen (a host where containers come
+/// and go makes new ones all day). Resized from `--device-map-size`.
 #[map]
 static DEVICES: HashMap<u64, DeviceInfo> = HashMap::with_max_entries(4096, 0);
 /// The per-CPU flow cache: [`FLOW_CACHE_SLOTS`] slots for each map generation, in sets.
@@ -411,8 +414,9 @@ fn set_device_word(key: &mut FlowKey, word: u64) {
 }
 
 /// Names device `dev` for userspace when a flow enters the cache on it.
-/// Written only if it changed (a device moved to another namespace):
-/// rewriting an entry allocates and frees one, a microsecond.
+/// Written only if it changed (userspace took it, or the device moved to
+/// another namespace): rewriting an entry allocates and frees one, a
+/// microsecond.
 #[inline(always)]
 fn name_device(dev: u64, ifindex: u32) {
     let info = DeviceInfo {
@@ -420,7 +424,9 @@ fn name_device(dev: u64, ifindex: u32) {
         netns_inode: netns_of(dev),
     };
     // SAFETY: a value of DEVICES, valid during the program's run.
-    if DEVICES.get_ptr(&dev).map(|known| unsafe { *known }) != Some(info) {
-        let _ = DEVICES.insert(&dev, &info, 0);
+    if DEVICES.get_ptr(&dev).map(|known| unsafe { *known }) != Some(info)
+        && DEVICES.insert(&dev, &info, 0).is_err()
+    {
+        count_n(counter::DEVICE_MAP_FULL, 1);
     }
 }

@@ -289,7 +289,10 @@ pub mod counter {
     pub const CAPTURE_RATE_LIMITED: u32 = 6;
     /// A dropped packet not captured: the ring buffer was full, or its bytes unreadable.
     pub const CAPTURE_LOST: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// A device a flow was seen on could not be recorded for naming: the
+    /// device map was full. Its rows are named by ifindex alone.
+    pub const DEVICE_MAP_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Maximum number of UDP ports decoded as VXLAN.

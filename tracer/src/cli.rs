@@ -54,6 +54,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 65536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub flow_map_size: u32,
 
+    /// In-kernel entries naming the devices flows were seen on: one per device with new
+    /// flows in an interval (tracer empties it at each report). A device it has no room
+    /// for is counted (device_map_full) and its rows are named `?`/`if<ifindex>`.
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
+    pub device_map_size: u32,
+
     /// Show only drops for this reason (repeatable), e.g. NETFILTER_DROP; see --list-reasons.
     #[arg(long = "reason", value_name = "REASON")]
     pub reasons: Vec<String>,

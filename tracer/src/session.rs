@@ -84,7 +84,14 @@ pub fn run(cli: Cli) -> Result<()> {
     // them before aya parses the object and its own copy of the BTF lowers
     // the start-up peak by a third.
     kernel.release_types();
-    let mut ebpf = loader::load(&config, cli.flow_map_size, &kernel)?;
+    let mut ebpf = loader::load(
+        &config,
+        loader::MapSizes {
+            flows: cli.flow_map_size,
+            devices: cli.device_map_size,
+        },
+        &kernel,
+    )?;
     loader::set_traced_netns(&mut ebpf, &targets)?;
     let setup = Setup {
         cli: &cli,

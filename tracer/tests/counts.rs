@@ -169,3 +169,75 @@ fn a_renamed_device_is_counted_under_its_new_name() {
     assert_eq!(ingress("v0"), []);
     assert_eq!(f.totals("health")[0]["attach_failed"], 0);
 }
+
+/// The device map holds the devices of one interval, not of the run: tracer
+/// takes its entries out at each report. A two-entry map names the devices
+/// of a pair used after another pair's were named (a host where containers
+/// come and go makes new devices all day).
+#[test]
+fn devices_used_in_turn_are_named_through_a_small_device_map() {
+    let pairs = [Pair::new(1500).unwrap(), Pair::new(1500).unwrap()];
+    let namespaces: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| p.namespaces().iter().cloned())
+        .collect();
+    let run = start(&namespaces, &["--interval", "1", "--device-map-size", "2"]);
+    for p in &pairs {
+        let to = SocketAddrV4::new(p.b.ip, PORT);
+        let sink = traffic::UdpSink::start(&p.b.ns, to).unwrap();
+        traffic::send_udp(&p.a.ns, SocketAddrV4::new(p.a.ip, FIRST_SPORT), to, 5, 16).unwrap();
+        assert!(sink.wait_for(5, Duration::from_secs(10)));
+        // Named by a report: the one that took this pair's devices out.
+        let named = || {
+            let rows = run.rows_so_far();
+            [(&p.a.ns, "egress"), (&p.b.ns, "ingress")]
+                .iter()
+                .all(|(ns, dir)| {
+                    rows.iter().any(|r| {
+                        r["type"] == "flow"
+                            && r["scope"] == "interval"
+                            && r["netns"] == **ns
+                            && r["iface"] == "v0"
+                            && r["dir"] == *dir
+                    })
+                })
+        };
+        assert!(wait_until(named), "not named: {:?}", run.rows_so_far());
+    }
+    let f = stop(run);
+    for p in &pairs {
+        let five = [(FIRST_SPORT as u64, 5)];
+        assert_eq!(per_flow(&f, &p.a.ns, "egress"), five, "{}", f.stderr);
+        assert_eq!(per_flow(&f, &p.b.ns, "ingress"), five, "{}", f.stderr);
+    }
+    assert_eq!(f.totals("health")[0]["device_map_full"], 0);
+}
+
+/// A device the device map has no room for is counted as such, and its
+/// packets still are, under `?` and its ifindex.
+#[test]
+fn a_device_the_device_map_has_no_room_for_is_counted() {
+    let p = Pair::new(1500).unwrap();
+    let to = SocketAddrV4::new(p.b.ip, PORT);
+    let sink = traffic::UdpSink::start(&p.b.ns, to).unwrap();
+    let run = start(
+        p.namespaces(),
+        &["--interval", "1", "--device-map-size", "1"],
+    );
+    traffic::send_udp(&p.a.ns, SocketAddrV4::new(p.a.ip, FIRST_SPORT), to, 5, 16).unwrap();
+    assert!(sink.wait_for(5, Duration::from_secs(10)));
+    let f = stop(run);
+    // Each packet leaves a's v0 before it reaches b's: a's takes the entry.
+    let five = [(FIRST_SPORT as u64, 5)];
+    assert_eq!(per_flow(&f, &p.a.ns, "egress"), five);
+    assert_eq!(per_flow(&f, &p.b.ns, "ingress"), []);
+    let unnamed: u64 = f
+        .totals("flow")
+        .iter()
+        .filter(|r| r["netns"] == "?" && r["dir"] == "ingress" && r["sport"] == FIRST_SPORT)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(unnamed, 5, "{:?}", f.totals("flow"));
+    let full = f.totals("health")[0]["device_map_full"].as_u64().unwrap();
+    assert!(full > 0, "{:?}", f.totals("health"));
+}

@@ -704,7 +704,11 @@ fn both_kfree_skb_variants_load_with_capture_on() {
         };
         for &program in &programs {
             // Attached with no namespace traced: it sees drops, records none.
-            let mut ebpf = loader::load(&config, 1024, &kernel).unwrap();
+            let sizes = loader::MapSizes {
+                flows: 1024,
+                devices: 16,
+            };
+            let mut ebpf = loader::load(&config, sizes, &kernel).unwrap();
             loader::attach_tracepoint(&mut ebpf, kernel.aya_btf().unwrap(), program, "kfree_skb")
                 .unwrap_or_else(|e| panic!("{program} ({snaplen}, {rate}): {e:#}"));
         }

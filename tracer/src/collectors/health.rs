@@ -24,6 +24,9 @@ pub struct Health {
     pub verdict_map_full: u64,
     /// ICMP errors not counted because the ICMP map was full.
     pub icmp_map_full: u64,
+    /// Times a device could not be recorded for naming (device map full):
+    /// its rows show `?` and `if<ifindex>` instead of its names.
+    pub device_map_full: u64,
     /// Non-first fragments whose first fragment was not seen: counted by addresses only.
     pub frag_unmatched: u64,
     /// Times the kernel dropped nftables trace events (`--explain`) because
@@ -50,6 +53,7 @@ impl Health {
             drop_events_lost: self.drop_events_lost - before.drop_events_lost,
             verdict_map_full: self.verdict_map_full - before.verdict_map_full,
             icmp_map_full: self.icmp_map_full - before.icmp_map_full,
+            device_map_full: self.device_map_full - before.device_map_full,
             frag_unmatched: self.frag_unmatched - before.frag_unmatched,
             explain_events_lost: self.explain_events_lost - before.explain_events_lost,
             capture_rate_limited: self.capture_rate_limited - before.capture_rate_limited,
@@ -99,6 +103,7 @@ impl Counters {
             drop_events_lost: read(counter::DROP_EVENTS_LOST)?,
             verdict_map_full: read(counter::VERDICT_MAP_FULL)?,
             icmp_map_full: read(counter::ICMP_MAP_FULL)?,
+            device_map_full: read(counter::DEVICE_MAP_FULL)?,
             frag_unmatched: read(counter::FRAG_UNMATCHED)?,
             explain_events_lost: 0,
             capture_rate_limited: read(counter::CAPTURE_RATE_LIMITED)?,

@@ -13,7 +13,15 @@ use crate::{collectors::take_map, sys::kernel::Kernel, topology::Target};
 /// The eBPF programs, compiled by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-pub fn load(config: &Config, flow_map_size: u32, kernel: &Kernel) -> Result<Ebpf> {
+/// Entries of the maps whose size the command line sets.
+pub struct MapSizes {
+    /// Flow slots (`--flow-map-size`).
+    pub flows: u32,
+    /// Devices seen with new flows in one interval (`--device-map-size`).
+    pub devices: u32,
+}
+
+pub fn load(config: &Config, sizes: MapSizes, kernel: &Kernel) -> Result<Ebpf> {
     let object = with_kfuncs(
         OBJECT,
         kernel.cast_to_kern_ctx.filter(|_| config.kern_ctx != 0),
@@ -27,8 +35,9 @@ pub fn load(config: &Config, flow_map_size: u32, kernel: &Kernel) -> Result<Ebpf
         "FLOW_STATS_1",
         "FLOW_FREE",
     ] {
-        loader.map_max_entries(map, flow_map_size);
+        loader.map_max_entries(map, sizes.flows);
     }
+    loader.map_max_entries("DEVICES", sizes.devices);
     // A page in the object: the ring's memory is taken only when capture is on.
     if config.capture_snaplen != 0 {
         loader.map_max_entries(

@@ -104,7 +104,7 @@ impl CacheSlot for FlowSlot {
 /// Names of the devices flow keys name by their `struct net_device` address.
 #[derive(Default)]
 struct DeviceNames {
-    /// Address -> device, filled by the TC programs.
+    /// Address -> device, filled by the TC programs and emptied here.
     map: Option<BpfHashMap<MapData, u64, DeviceInfo>>,
     /// (address, ifindex) -> the device's namespace inode, as last read from
     /// `map`. By ifindex too: a device made as another is deleted (a
@@ -127,16 +127,31 @@ impl Flows {
 }
 
 impl DeviceNames {
-    /// Names the device at kernel address `dev` with `ifindex`. Read again
-    /// at every report, a lookup per device: a device moves to another
-    /// namespace (the TC programs then write its new one), and a namespace
-    /// or device is renamed (Docker names a sandbox after it appears and
-    /// renames the veth it moves in to eth0).
-    fn device(&mut self, names: &Names, dev: u64, ifindex: u32) -> (String, String) {
-        let now = self.map.as_ref().and_then(|d| d.get(&dev, 0).ok());
-        if let Some(info) = now.filter(|i| i.ifindex == ifindex) {
-            self.places.insert((dev, ifindex), info.netns_inode as u64);
+    /// Takes what the TC programs wrote since the last report: a device
+    /// moves to another namespace (they then write its new one). Taken out,
+    /// so the map holds the devices of one interval: they write a device
+    /// again as its first flow of an interval enters their cache. Deleted
+    /// one by one, as 5.10 cannot look up and delete a hash map's entry at
+    /// once; an entry rewritten between the two is written again by the
+    /// device's next new flow.
+    fn take_written(&mut self) {
+        let Some(map) = &mut self.map else {
+            return;
+        };
+        let written: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for dev in written {
+            if let Ok(info) = map.get(&dev, 0) {
+                self.places
+                    .insert((dev, info.ifindex), info.netns_inode as u64);
+            }
+            let _ = map.remove(&dev);
         }
+    }
+
+    /// Names the device at kernel address `dev` with `ifindex`, named again
+    /// at every report: a namespace or device is renamed (Docker names a
+    /// sandbox after it appears and renames the veth it moves in to eth0).
+    fn device(&self, names: &Names, dev: u64, ifindex: u32) -> (String, String) {
         match self.places.get(&(dev, ifindex)) {
             Some(&inode) => names.device(inode, ifindex),
             None => ("?".to_string(), format!("if{ifindex}")),
@@ -241,6 +256,7 @@ impl Collector for Flows {
             report.new_flows = counts.fresh().map(|k| k.id).collect();
         }
         let devices = &mut self.devices;
+        devices.take_written();
         report.flows = counts.rows(scope, |e| devices.named(names, e));
     }
 

@@ -115,6 +115,7 @@ fn vxlan_flow_row_matches_the_contract() {
             drop_events_lost: 2,
             verdict_map_full: 3,
             icmp_map_full: 4,
+            device_map_full: 10,
             frag_unmatched: 5,
             explain_events_lost: 6,
             capture_rate_limited: 8,
@@ -140,7 +141,8 @@ fn vxlan_flow_row_matches_the_contract() {
         lines[1],
         serde_json::json!({"type": "health", "scope": "total", "seconds": 2.0,
                            "flow_map_full": 7, "drop_map_full": 1, "drop_events_lost": 2,
-                           "verdict_map_full": 3, "icmp_map_full": 4, "frag_unmatched": 5,
+                           "verdict_map_full": 3, "icmp_map_full": 4, "device_map_full": 10,
+                           "frag_unmatched": 5,
                            "explain_events_lost": 6, "capture_rate_limited": 8,
                            "capture_lost": 9, "attach_failed": 0})
     );

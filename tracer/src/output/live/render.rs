@@ -64,6 +64,7 @@ fn header_line(s: &State) -> Line<'static> {
         (h.verdict_map_full, "VERDICT MAP FULL"),
         (h.drop_events_lost, "DROP EVENTS LOST"),
         (h.icmp_map_full, "ICMP MAP FULL"),
+        (h.device_map_full, "DEVICE MAP FULL"),
         (h.frag_unmatched, "UNMATCHED FRAGMENTS"),
         (h.explain_events_lost, "TRACE EVENTS LOST"),
         (h.capture_rate_limited, "PCAP RATE LIMITED"),

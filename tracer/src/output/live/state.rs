@@ -563,6 +563,7 @@ fn add_health(h: &mut Health, o: &Health) {
     h.drop_events_lost += o.drop_events_lost;
     h.verdict_map_full += o.verdict_map_full;
     h.icmp_map_full += o.icmp_map_full;
+    h.device_map_full += o.device_map_full;
     h.frag_unmatched += o.frag_unmatched;
     h.explain_events_lost += o.explain_events_lost;
     h.capture_rate_limited += o.capture_rate_limited;

@@ -207,6 +207,7 @@ impl MetricsSink {
             ("drop_events_lost", h.drop_events_lost),
             ("verdict_map_full", h.verdict_map_full),
             ("icmp_map_full", h.icmp_map_full),
+            ("device_map_full", h.device_map_full),
             ("frag_unmatched", h.frag_unmatched),
             ("explain_events_lost", h.explain_events_lost),
             ("capture_rate_limited", h.capture_rate_limited),
