@@ -213,7 +213,9 @@ struct Group<'a> {
 
 /// The paths of every conversation of `rows`, busiest first.
 pub fn paths(links: &Links, rows: Rows) -> Vec<PathRow> {
-    let mut groups = Groups::default();
+    // Sized first: grown as it fills, the list is copied a few times, and
+    // the index hashed again. Most conversations cross two hops or more.
+    let mut groups = Groups::with_capacity(rows.flows.len() / 2);
     // The group of each flow row (u32::MAX: none), then the rows of each
     // group side by side in one list: where a group's rows start in it is
     // the sum of the counts of the groups before it.
@@ -309,6 +311,13 @@ struct Groups<'a> {
 }
 
 impl<'a> Groups<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Groups {
+            index: HashMap::with_capacity_and_hasher(n, Default::default()),
+            list: Vec::with_capacity(n),
+        }
+    }
+
     /// The group of `key` and its index in the list, made if new.
     fn entry(&mut self, key: Tuple) -> (usize, &mut Group<'a>) {
         let i = *self.index.entry(key).or_insert_with(|| {
