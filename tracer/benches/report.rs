@@ -1,5 +1,6 @@
-//! What one report costs the agent, apart from the kernel: the paths built
-//! from its flow rows and its JSON lines, on the shape of the bench's
+//! What one report costs the agent, apart from the kernel: the run totals
+//! of its flows, the paths built from its flow rows and its JSON lines, on
+//! the shape of the bench's
 //! active-flows load (N conversations over a veth pair, each seen at the
 //! sender's egress and the receiver's ingress). Whole-agent runs on a
 //! 2-vCPU VM swing by a sixth from one run to the next; this times the
@@ -12,12 +13,15 @@ use std::{hint::black_box, rc::Rc, time::Instant};
 
 use tracer::{
     analysis::paths::{Rows, paths},
-    collectors::flows::{Counts, FlowRow},
+    collectors::{
+        flows::{Counts, FlowRow},
+        tally::Tally,
+    },
     model::Direction,
     output::{Report, Sink, json::JsonSink},
     topology::links::Links,
 };
-use tracer_ebpf::{FAMILY_IPV4, FlowId, TUPLE_PORTS, Tuple};
+use tracer_ebpf::{FAMILY_IPV4, FlowId, FlowKey, TUPLE_PORTS, Tuple};
 
 /// The flow rows of `n` UDP conversations, as the flow collector orders
 /// them: by device, then by flow.
@@ -86,8 +90,49 @@ fn main() {
     // Its lines are made in its buffer and handed on in large pieces; the
     // copy into a pipe is the kernel's, and not timed here.
     let mut sink = JsonSink::new(std::io::sink());
+    // The flow collector's keys of those rows, in the order it reads its
+    // slots (taken as the flows first came: each packet at the egress, then
+    // at the ingress).
+    let half = report.flows.len() / 2;
+    let keys: Vec<(FlowKey, Counts)> = (0..report.flows.len())
+        .map(|i| {
+            let r = &report.flows[(i % 2) * half + i / 2];
+            let key = FlowKey {
+                dev: 0xffff_8880_0000_0000 + (i % 2) as u64 * 4096,
+                ifindex: 2 + (i % 2) as u32,
+                dir: r.dir as u8,
+                id: r.id,
+                ..FlowKey::default()
+            };
+            (key, r.counts)
+        })
+        .collect();
+    // The run totals, each key looked up by hash every interval, or (as
+    // the flow slots do) added where the last interval found it.
+    let mut hashed: Tally<FlowKey, Counts> = Tally::default();
+    let mut placed: Tally<FlowKey, Counts> = Tally::default();
+    let mut at = vec![u32::MAX; keys.len()];
+    let (mut hashed_ms, mut placed_ms) = (Vec::new(), Vec::new());
     let (mut path_ms, mut json_ms) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
+        let start = Instant::now();
+        for (k, c) in &keys {
+            hashed.add(*k, *c);
+        }
+        hashed.settle();
+        hashed.end_interval();
+        hashed_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        for ((k, c), &a) in keys.iter().zip(&at) {
+            placed.add_at(*k, *c, a);
+        }
+        placed.settle();
+        for (i, a) in at.iter_mut().enumerate() {
+            *a = placed.total_at(i);
+        }
+        placed.end_interval();
+        placed_ms.push(start.elapsed().as_secs_f64() * 1e3);
+
         let start = Instant::now();
         report.paths = black_box(paths(&links, Rows::of(&report)));
         path_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -100,6 +145,8 @@ fn main() {
         report.flows.len(),
         report.paths.len()
     );
+    println!("run totals, keys hashed: {}", summary(hashed_ms));
+    println!("run totals, keys placed: {}", summary(placed_ms));
     println!("paths: {}", summary(path_ms));
     println!("json:  {}", summary(json_ms));
 }

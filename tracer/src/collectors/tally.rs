@@ -2,7 +2,10 @@
 
 use std::hash::Hash;
 
-use crate::{collectors::totals::Totals, output::Scope};
+use crate::{
+    collectors::totals::{Totals, UNKNOWN},
+    output::Scope,
+};
 
 /// A value that accumulates.
 pub trait Accumulate: Default + Copy {
@@ -15,6 +18,9 @@ pub trait Accumulate: Default + Copy {
 /// the cache misses of looking the keys up.
 pub struct Tally<K, V> {
     interval: Vec<(K, V)>,
+    /// Per entry of `interval`: where its key's total is (see
+    /// [`Totals::add_all`]), as the adder knew it, and once settled.
+    at: Vec<u32>,
     /// How many entries of `interval` the totals hold.
     settled: usize,
     /// Indexes into `interval` of the keys the run had not seen before.
@@ -26,6 +32,7 @@ impl<K, V> Default for Tally<K, V> {
     fn default() -> Self {
         Self {
             interval: Vec::new(),
+            at: Vec::new(),
             settled: 0,
             fresh: Vec::new(),
             total: Totals::default(),
@@ -35,9 +42,25 @@ impl<K, V> Default for Tally<K, V> {
 
 impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     /// Adds what one drain read for `key`; a drain adds each key at most
-    /// once, and is settled before the tally is read.
-    pub fn add(&mut self, key: K, v: V) {
+    /// once, and is settled before the tally is read. Returns where the
+    /// entry is, for [`Tally::total_at`].
+    pub fn add(&mut self, key: K, v: V) -> usize {
+        self.add_at(key, v, UNKNOWN)
+    }
+
+    /// [`Tally::add`] for a key whose total the last settle put at `total`
+    /// ([`Tally::total_at`]): added to without hashing the key, if it is
+    /// still the key there.
+    pub fn add_at(&mut self, key: K, v: V, total: u32) -> usize {
         self.interval.push((key, v));
+        self.at.push(total);
+        self.interval.len() - 1
+    }
+
+    /// Where the total of the entry `add` put at `entry` is, once settled.
+    pub fn total_at(&self, entry: usize) -> u32 {
+        debug_assert!(entry < self.settled, "read before settle");
+        self.at[entry]
     }
 
     /// Adds the entries since the last settle to the run totals.
@@ -45,7 +68,9 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
         let start = self.settled;
         let fresh = &mut self.fresh;
         self.total
-            .add_all(&self.interval[start..], |i| fresh.push(start + i));
+            .add_all(&self.interval[start..], &mut self.at[start..], |i| {
+                fresh.push(start + i)
+            });
         self.settled = self.interval.len();
     }
 
@@ -64,6 +89,7 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     /// (tens of thousands of entries every second).
     pub fn end_interval(&mut self) {
         self.interval.clear();
+        self.at.clear();
         self.fresh.clear();
         self.settled = 0;
     }

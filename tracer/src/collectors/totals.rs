@@ -18,14 +18,18 @@ use crate::collectors::tally::Accumulate;
 /// prefetched half as far ahead, once the slot has arrived.
 const AHEAD: usize = 16;
 
+/// An `at` of [`Totals::add_all`]: where the key's total is, not known.
+pub const UNKNOWN: u32 = u32::MAX;
+
 pub struct Totals<K, V> {
     /// Every key the run has seen, with its total, in the order first seen.
     entries: Vec<(K, V)>,
     /// Open addressing, linear probing, at most half full: 0 for an empty
     /// slot, else the key's hash's low 32 bits above its entry's index + 1.
     slots: Vec<u64>,
-    /// Per key of the batch being added: its hash (kept for its memory).
-    hashes: Vec<u64>,
+    /// Per key of the batch being added by hash: its batch index and hash
+    /// (kept for its memory).
+    hashed: Vec<(usize, u64)>,
 }
 
 impl<K, V> Default for Totals<K, V> {
@@ -33,7 +37,7 @@ impl<K, V> Default for Totals<K, V> {
         Totals {
             entries: Vec::new(),
             slots: Vec::new(),
-            hashes: Vec::new(),
+            hashed: Vec::new(),
         }
     }
 }
@@ -41,27 +45,51 @@ impl<K, V> Default for Totals<K, V> {
 impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
     /// Adds every `(key, value)` of `batch` to the totals, and calls `fresh`
     /// with the batch index of each key the run had not seen before.
-    pub fn add_all(&mut self, batch: &[(K, V)], mut fresh: impl FnMut(usize)) {
-        self.reserve(batch.len());
-        self.hashes.clear();
-        self.hashes.extend(batch.iter().map(|(k, _)| hash(k)));
-        let mask = self.slots.len() - 1;
+    ///
+    /// `at[i]` is where the total of `batch[i]`'s key is, if the caller
+    /// knows ([`UNKNOWN`] if not), as a previous call left it there: a key
+    /// found there is added to without hashing it (a flow slot's key stays
+    /// the same while the slot is held; most of an interval's keys are
+    /// those of the last). Where it was not known (or not found), it is set.
+    pub fn add_all(&mut self, batch: &[(K, V)], at: &mut [u32], mut fresh: impl FnMut(usize)) {
+        assert_eq!(batch.len(), at.len(), "one place per entry");
         for (i, (key, value)) in batch.iter().enumerate() {
-            if let Some(&h) = self.hashes.get(i + AHEAD) {
+            if let Some(e) = self.entries.get_mut(at[i] as usize)
+                && e.0 == *key
+            {
+                e.1.add(value);
+            } else {
+                at[i] = UNKNOWN;
+            }
+        }
+        // The rest by hash.
+        let mut hashed = std::mem::take(&mut self.hashed);
+        hashed.clear();
+        hashed.extend(
+            (0..batch.len())
+                .filter(|&i| at[i] == UNKNOWN)
+                .map(|i| (i, hash(&batch[i].0))),
+        );
+        self.reserve(hashed.len());
+        let mask = self.slots.len() - 1;
+        for n in 0..hashed.len() {
+            if let Some(&(_, h)) = hashed.get(n + AHEAD) {
                 prefetch(&self.slots[home(h, mask)]);
             }
-            if let Some(&h) = self.hashes.get(i + AHEAD / 2) {
+            if let Some(&(_, h)) = hashed.get(n + AHEAD / 2) {
                 let slot = self.slots[home(h, mask)];
                 if slot != 0 && tag(slot) == h as u32 {
                     prefetch(&self.entries[index(slot)]);
                 }
             }
-            let h = self.hashes[i];
-            let mut at = home(h, mask);
+            let (i, h) = hashed[n];
+            let (key, value) = &batch[i];
+            let mut probe = home(h, mask);
             loop {
-                let slot = self.slots[at];
+                let slot = self.slots[probe];
                 if slot == 0 {
-                    self.slots[at] = (h as u32 as u64) << 32 | (self.entries.len() as u64 + 1);
+                    self.slots[probe] = (h as u32 as u64) << 32 | (self.entries.len() as u64 + 1);
+                    at[i] = self.entries.len() as u32;
                     self.entries.push((*key, *value));
                     fresh(i);
                     break;
@@ -70,12 +98,14 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
                     let e = &mut self.entries[index(slot)];
                     if e.0 == *key {
                         e.1.add(value);
+                        at[i] = index(slot) as u32;
                         break;
                     }
                 }
-                at = (at + 1) & mask;
+                probe = (probe + 1) & mask;
             }
         }
+        self.hashed = hashed;
     }
 
     /// Every key's total, in the order first seen.
@@ -154,9 +184,12 @@ mod tests {
 
     /// Against a std HashMap, over batches that grow the table several
     /// times and repeat keys across batches; `key` makes the key of a number.
+    /// Of the keys seen before, a third come with where the last call put
+    /// them, a third with another key's place, a third without.
     fn matches_a_hash_map<K: Eq + Hash + Copy + std::fmt::Debug>(key: fn(u32) -> K) {
         let mut t: Totals<K, N> = Totals::default();
         let mut model: std::collections::HashMap<u32, u64> = Default::default();
+        let mut placed: std::collections::HashMap<u32, u32> = Default::default();
         for round in 0..40u32 {
             let mut batch: Vec<(u32, N)> = Vec::new();
             for i in 0..round * 13 {
@@ -167,8 +200,20 @@ mod tests {
                 }
             }
             let keyed: Vec<(K, N)> = batch.iter().map(|&(k, v)| (key(k), v)).collect();
+            let entries = t.entries.len().max(1) as u32;
+            let mut at: Vec<u32> = (batch.iter().enumerate())
+                .map(|(n, (k, _))| match (placed.get(k), n % 3) {
+                    (Some(&a), 0) => a,
+                    (Some(&a), 1) => (a + 1) % entries,
+                    _ => UNKNOWN,
+                })
+                .collect();
             let mut fresh = Vec::new();
-            t.add_all(&keyed, |i| fresh.push(batch[i].0));
+            t.add_all(&keyed, &mut at, |i| fresh.push(batch[i].0));
+            for ((k, _), &a) in batch.iter().zip(&at) {
+                assert_eq!(t.entries[a as usize].0, key(*k), "round {round}");
+                placed.insert(*k, a);
+            }
             let mut expect_fresh = Vec::new();
             for (k, v) in &batch {
                 if model.insert(*k, model.get(k).unwrap_or(&0) + v.0).is_none() {

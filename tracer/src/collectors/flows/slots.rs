@@ -27,6 +27,7 @@ use crate::{
     collectors::{
         double_buffer::{Cache, Extras, Generation},
         tally::{Accumulate as _, Tally},
+        totals::UNKNOWN,
     },
     output::Scope,
     sys::bpf::{Barrier, Mapped},
@@ -62,8 +63,10 @@ enum Held {
     /// On the free stack, or taken by a program and not yet seen counting.
     #[default]
     Free,
-    /// Counting for its key; `idle` drains since it last counted.
-    Counting { idle: u8 },
+    /// Counting for its key; `idle` drains since it last counted; where
+    /// its key's run total is ([`Tally::total_at`]), so that the totals
+    /// add to it without hashing the key again.
+    Counting { idle: u8, total: u32 },
 }
 
 /// The [`Extras`] fingerprint of a flow, from the fields that tell flows
@@ -146,9 +149,12 @@ impl Slots {
                 .ok_or_else(|| anyhow!("flow slot {slot} is not mapped"))
         };
         let stats = &self.stats[(old & 1) as usize];
+        // Slots that counted, with their entry in the tally: where their
+        // key's total is, once settled.
+        let mut placed: Vec<(usize, usize)> = Vec::new();
         for slot in 0..high {
             let Some(s) = stats.take(slot) else {
-                if let Some(Held::Counting { idle }) = self.held.get_mut(slot) {
+                if let Some(Held::Counting { idle, .. }) = self.held.get_mut(slot) {
                     *idle = idle.saturating_add(1);
                 }
                 continue;
@@ -157,12 +163,17 @@ impl Slots {
                 self.held.resize(slot + 1, Held::Free);
             }
             let key = key_of(slot)?;
-            self.held[slot] = Held::Counting { idle: 0 };
             let mut counts = Counts::from(&s);
             if let Some(e) = extra.take(&key) {
                 counts.add(&e);
             }
-            self.tally.add(key, counts);
+            let total = match self.held[slot] {
+                Held::Counting { total, .. } => total,
+                Held::Free => UNKNOWN,
+            };
+            let entry = self.tally.add_at(key, counts, total);
+            self.held[slot] = Held::Counting { idle: 0, total };
+            placed.push((slot, entry));
         }
 
         // Idle slots: their keys leave the index, then once no program can
@@ -170,7 +181,7 @@ impl Slots {
         // to the running generation's array joins this interval (its key is
         // then not among the slots read above: it counted nothing there).
         let idle: Vec<usize> = (self.held.iter().enumerate())
-            .filter(|(_, h)| matches!(h, Held::Counting { idle } if *idle >= IDLE_DRAINS))
+            .filter(|(_, h)| matches!(h, Held::Counting { idle, .. } if *idle >= IDLE_DRAINS))
             .map(|(slot, _)| slot)
             .collect();
         if !idle.is_empty() {
@@ -192,6 +203,11 @@ impl Slots {
             self.tally.add(key, counts);
         }
         self.tally.settle();
+        for (slot, entry) in placed {
+            if let Held::Counting { total, .. } = &mut self.held[slot] {
+                *total = self.tally.total_at(entry);
+            }
+        }
         self.in_use = (self.held.iter())
             .filter(|h| matches!(h, Held::Counting { .. }))
             .count();
