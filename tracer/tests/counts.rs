@@ -241,3 +241,50 @@ fn a_device_the_device_map_has_no_room_for_is_counted() {
     let full = f.totals("health")[0]["device_map_full"].as_u64().unwrap();
     assert!(full > 0, "{:?}", f.totals("health"));
 }
+
+/// The run totals hold `--totals-limit` keys: the rows of keys beyond it
+/// are still exact in their interval, left out of the totals and counted.
+#[test]
+fn keys_beyond_the_totals_limit_are_reported_and_counted() {
+    let p = Pair::new(1500).unwrap();
+    let to = SocketAddrV4::new(p.b.ip, PORT);
+    let sink = traffic::UdpSink::start(&p.b.ns, to).unwrap();
+    let run = start(p.namespaces(), &["--interval", "1", "--totals-limit", "4"]);
+    let (flows, burst) = (5u16, 3u32);
+    for i in 0..flows {
+        let from = SocketAddrV4::new(p.a.ip, FIRST_SPORT + i);
+        traffic::send_udp(&p.a.ns, from, to, burst, 16).unwrap();
+    }
+    assert!(sink.wait_for((flows as u32 * burst) as u64, Duration::from_secs(10)));
+    let f = stop(run);
+    // Every flow at both hops, from its interval rows.
+    for (ns, dir) in [(&p.a.ns, "egress"), (&p.b.ns, "ingress")] {
+        let mut per_flow: Vec<(u64, u64)> = Vec::new();
+        for r in f.rows.iter().filter(|r| {
+            r["type"] == "flow"
+                && r["scope"] == "interval"
+                && r["netns"] == **ns
+                && r["dir"] == dir
+                && r["dport"] == PORT
+        }) {
+            let sport = r["sport"].as_u64().unwrap();
+            match per_flow.iter_mut().find(|(s, _)| *s == sport) {
+                Some(e) => e.1 += r["packets"].as_u64().unwrap(),
+                None => per_flow.push((sport, r["packets"].as_u64().unwrap())),
+            }
+        }
+        per_flow.sort();
+        let expected: Vec<(u64, u64)> = (0..flows)
+            .map(|i| ((FIRST_SPORT + i) as u64, burst as u64))
+            .collect();
+        assert_eq!(per_flow, expected, "{ns} {dir}");
+    }
+    // Four of the ten keys (five flows at two hops) in the totals, whole.
+    let totals = f.totals("flow");
+    assert_eq!(totals.len(), 4, "{totals:?}");
+    assert!(totals.iter().all(|r| r["packets"] == burst), "{totals:?}");
+    // The other six left out at least once each (more if a key's packets
+    // fell in two intervals).
+    let full = f.totals("health")[0]["totals_full"].as_u64().unwrap();
+    assert!(full >= 6, "totals_full {full}");
+}

@@ -252,6 +252,19 @@ where
     S: Pod,
     V: Accumulate + for<'a> From<&'a S>,
 {
+    /// Counts whose run totals hold at most `limit` keys (`--totals-limit`).
+    pub fn limited(limit: usize) -> Self {
+        Drained {
+            tally: Tally::limited(limit),
+            ..Drained::default()
+        }
+    }
+
+    /// Interval entries the run totals left out (see [`Tally::untotalled`]).
+    pub fn untotalled(&self) -> u64 {
+        self.tally.untotalled()
+    }
+
     /// Takes the maps `<prefix>_0`, `<prefix>_1` and `<generation>` out of `ebpf`.
     pub fn take(&mut self, ebpf: &mut Ebpf, generation: &str, prefix: &str) -> Result<()> {
         let names = [format!("{prefix}_0"), format!("{prefix}_1")];

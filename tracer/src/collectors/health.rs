@@ -38,6 +38,9 @@ pub struct Health {
     pub capture_lost: u64,
     /// Devices or namespaces that came after start and could not be attached to.
     pub attach_failed: u64,
+    /// Interval rows (of flows, drops, verdicts, ICMP errors) whose keys the
+    /// run totals did not take: they held `--totals-limit` keys of that kind.
+    pub totals_full: u64,
 }
 
 impl Health {
@@ -59,6 +62,7 @@ impl Health {
             capture_rate_limited: self.capture_rate_limited - before.capture_rate_limited,
             capture_lost: self.capture_lost - before.capture_lost,
             attach_failed: self.attach_failed - before.attach_failed,
+            totals_full: self.totals_full - before.totals_full,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Counters {
     interval: Health,
     /// Counted in userspace: failed attachments since start.
     attach_failed: u64,
+    /// Counted in userspace: interval entries left out of the run totals.
+    untotalled: u64,
 }
 
 impl Counters {
@@ -79,7 +85,13 @@ impl Counters {
             total: Health::default(),
             interval: Health::default(),
             attach_failed: 0,
+            untotalled: 0,
         })
+    }
+
+    /// Sets how many interval entries the run totals left out since start.
+    pub fn untotalled(&mut self, n: u64) {
+        self.untotalled = n;
     }
 
     /// Counts `n` attachments that failed.
@@ -109,6 +121,7 @@ impl Counters {
             capture_rate_limited: read(counter::CAPTURE_RATE_LIMITED)?,
             capture_lost: read(counter::CAPTURE_LOST)?,
             attach_failed: self.attach_failed,
+            totals_full: self.untotalled,
         };
         self.interval = now.since(&self.total);
         self.total = now;

@@ -156,6 +156,12 @@ pub trait Collector {
     fn fill(&self) -> Option<(usize, u32)> {
         None
     }
+
+    /// Interval entries its run totals left out since start: they held
+    /// `--totals-limit` keys.
+    fn untotalled(&self) -> u64 {
+        0
+    }
 }
 
 /// A drop's or error's flow as flow rows key it (no per-packet flags), and
@@ -185,7 +191,7 @@ pub fn registry(cli: &Cli, kernel: &Kernel) -> Result<Vec<Box<dyn Collector>>> {
     Ok(vec![
         Box::new(flows::Flows::new(cli)),
         Box::new(drops::Drops::new(cli, kernel)?),
-        Box::new(icmp::Icmp::new()),
+        Box::new(icmp::Icmp::new(cli)),
         Box::new(verdicts::Verdicts::new(cli)?),
     ])
 }
@@ -268,6 +274,8 @@ impl Collectors {
             c.drain(&self.barrier)
                 .with_context(|| format!("drain {}", c.name()))?;
         }
+        self.health
+            .untotalled(self.list.iter().map(|c| c.untotalled()).sum());
         self.health.read()
     }
 

@@ -26,6 +26,8 @@ pub struct Tally<K, V> {
     /// Indexes into `interval` of the keys the run had not seen before.
     fresh: Vec<usize>,
     total: Totals<K, V>,
+    /// Entries left out of `total`, which held its limit of keys.
+    untotalled: u64,
 }
 
 impl<K, V> Default for Tally<K, V> {
@@ -36,6 +38,7 @@ impl<K, V> Default for Tally<K, V> {
             settled: 0,
             fresh: Vec::new(),
             total: Totals::default(),
+            untotalled: 0,
         }
     }
 }
@@ -67,11 +70,27 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Tally<K, V> {
     pub fn settle(&mut self) {
         let start = self.settled;
         let fresh = &mut self.fresh;
-        self.total
+        let left_out = self
+            .total
             .add_all(&self.interval[start..], &mut self.at[start..], |i| {
                 fresh.push(start + i)
             });
+        self.untotalled += left_out as u64;
         self.settled = self.interval.len();
+    }
+
+    /// A tally whose run totals hold at most `limit` keys.
+    pub fn limited(limit: usize) -> Self {
+        Tally {
+            total: Totals::limited(limit),
+            ..Tally::default()
+        }
+    }
+
+    /// Interval entries the run totals left out since start: new keys once
+    /// they held their limit. Their interval rows are still reported.
+    pub fn untotalled(&self) -> u64 {
+        self.untotalled
     }
 
     /// The keys of this interval the run had not seen before it.

@@ -30,6 +30,9 @@ pub struct Totals<K, V> {
     /// Per key of the batch being added by hash: its batch index and hash
     /// (kept for its memory).
     hashed: Vec<(usize, u64)>,
+    /// Keys the totals hold at most: a run on a busy host sees new flows
+    /// all day, each a few hundred bytes here.
+    limit: usize,
 }
 
 impl<K, V> Default for Totals<K, V> {
@@ -38,20 +41,29 @@ impl<K, V> Default for Totals<K, V> {
             entries: Vec::new(),
             slots: Vec::new(),
             hashed: Vec::new(),
+            limit: usize::MAX,
         }
     }
 }
 
 impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
     /// Adds every `(key, value)` of `batch` to the totals, and calls `fresh`
-    /// with the batch index of each key the run had not seen before.
+    /// with the batch index of each key they did not hold before.
     ///
     /// `at[i]` is where the total of `batch[i]`'s key is, if the caller
     /// knows ([`UNKNOWN`] if not), as a previous call left it there: a key
     /// found there is added to without hashing it (a flow slot's key stays
     /// the same while the slot is held; most of an interval's keys are
     /// those of the last). Where it was not known (or not found), it is set.
-    pub fn add_all(&mut self, batch: &[(K, V)], at: &mut [u32], mut fresh: impl FnMut(usize)) {
+    ///
+    /// Returns how many entries were left out: new keys once the totals
+    /// hold their limit ([`Totals::limited`]); their `at` stays [`UNKNOWN`].
+    pub fn add_all(
+        &mut self,
+        batch: &[(K, V)],
+        at: &mut [u32],
+        mut fresh: impl FnMut(usize),
+    ) -> usize {
         assert_eq!(batch.len(), at.len(), "one place per entry");
         for (i, (key, value)) in batch.iter().enumerate() {
             if let Some(e) = self.entries.get_mut(at[i] as usize)
@@ -70,7 +82,12 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
                 .filter(|&i| at[i] == UNKNOWN)
                 .map(|i| (i, hash(&batch[i].0))),
         );
-        self.reserve(hashed.len());
+        self.reserve(
+            hashed
+                .len()
+                .min(self.limit.saturating_sub(self.entries.len())),
+        );
+        let mut left_out = 0;
         let mask = self.slots.len() - 1;
         for n in 0..hashed.len() {
             if let Some(&(_, h)) = hashed.get(n + AHEAD) {
@@ -87,6 +104,12 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
             let mut probe = home(h, mask);
             loop {
                 let slot = self.slots[probe];
+                if slot == 0 && self.entries.len() >= self.limit {
+                    // Still new to the run as far as its callers can tell.
+                    left_out += 1;
+                    fresh(i);
+                    break;
+                }
                 if slot == 0 {
                     self.slots[probe] = (h as u32 as u64) << 32 | (self.entries.len() as u64 + 1);
                     at[i] = self.entries.len() as u32;
@@ -106,6 +129,16 @@ impl<K: Eq + Hash + Copy, V: Accumulate> Totals<K, V> {
             }
         }
         self.hashed = hashed;
+        left_out
+    }
+
+    /// Totals that hold at most `limit` keys: the entries of keys beyond it
+    /// are left out (and counted by the caller).
+    pub fn limited(limit: usize) -> Self {
+        Totals {
+            limit,
+            ..Totals::default()
+        }
     }
 
     /// Every key's total, in the order first seen.
@@ -228,6 +261,28 @@ mod tests {
             model.iter().map(|(&k, &v)| (key(k), v)).collect();
         assert_eq!(got, want);
         assert!(t.slots.len() >= 2 * t.entries.len());
+    }
+
+    #[test]
+    fn keys_beyond_the_limit_are_left_out_and_counted() {
+        let mut t: Totals<u32, N> = Totals::limited(3);
+        let batch: Vec<(u32, N)> = (0..5).map(|k| (k, N(1))).collect();
+        for round in 1..=2 {
+            let mut at = vec![UNKNOWN; batch.len()];
+            let mut fresh = Vec::new();
+            let left_out = t.add_all(&batch, &mut at, |i| fresh.push(i));
+            assert_eq!(left_out, 2, "round {round}");
+            // Left out, they are as new to the totals as they were.
+            let new: Vec<usize> = if round == 1 {
+                vec![0, 1, 2, 3, 4]
+            } else {
+                vec![3, 4]
+            };
+            assert_eq!(fresh, new, "round {round}");
+            assert_eq!(at[3..], [UNKNOWN, UNKNOWN]);
+        }
+        let got: Vec<(u32, u64)> = t.iter().map(|(k, v)| (*k, v.0)).collect();
+        assert_eq!(got, [(0, 2), (1, 2), (2, 2)]);
     }
 
     #[test]

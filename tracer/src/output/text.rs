@@ -366,7 +366,8 @@ impl<W: Write> Sink for TextSink<W> {
             self.line(format_args!(
                 "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
                  verdict_map_full={} icmp_map_full={} device_map_full={} frag_unmatched={} \
-                 explain_events_lost={} capture_rate_limited={} capture_lost={} attach_failed={}",
+                 explain_events_lost={} capture_rate_limited={} capture_lost={} attach_failed={} \
+                 totals_full={}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
                 h.flow_map_full,
@@ -380,6 +381,7 @@ impl<W: Write> Sink for TextSink<W> {
                 h.capture_rate_limited,
                 h.capture_lost,
                 h.attach_failed,
+                h.totals_full,
             ))?;
         }
         self.out.finish()
@@ -464,7 +466,7 @@ mod tests {
              count=3 bytes=90 hint=\"nothing listens on the destination port\"\n\
              health total seconds=1.500 flow_map_full=0 drop_map_full=0 drop_events_lost=0 \
              verdict_map_full=0 icmp_map_full=0 device_map_full=0 frag_unmatched=0 explain_events_lost=0 \
-             capture_rate_limited=0 capture_lost=0 attach_failed=0\n"
+             capture_rate_limited=0 capture_lost=0 attach_failed=0 totals_full=0\n"
         );
     }
 
@@ -719,7 +721,7 @@ mod tests {
             "path interval netns=c1 tcp 10.0.0.7:33000 > 10.0.0.8:8080 sent=7 arrived=0 lost=7 hops=[c1/eth0 out 7; ha/ul0 out vxlan 7; hb/ul0 in vxlan 5] lost=[after ha/ul0 out: 2 reason=FRAG_REASM_TIMEOUT mtu=\"fragments over 1450\" icmp=\"frag_needed mtu=1450\"] lost=[after hb/ul0 in: 5 reason=NETFILTER_DROP location=nft_do_chain+0x3e8 hook=input rule=\"-A INPUT -j DROP\"] incomplete=\"after hb/ul0 in: not traced\" note=\"a note\" orig=203.0.113.9:80",
             "path interval netns=hb udp 10.0.0.1:40000 > 10.0.0.2:4789 vni=42 inner=[icmp 10.0.0.5 > 10.0.0.6] sent=0 arrived=0 lost=1 hops=[] lost=[in hb: 1]",
             "benign interval drops=6 echo_replies=1 empty_queue_purges=2 ipv6_link_local=3 rows_hidden=4 hint=\"known-benign drops and IPv6 link-local control traffic, summarised; --show-benign shows them\"",
-            "health interval seconds=1.000 flow_map_full=1 drop_map_full=0 drop_events_lost=0 verdict_map_full=0 icmp_map_full=0 device_map_full=0 frag_unmatched=0 explain_events_lost=0 capture_rate_limited=0 capture_lost=0 attach_failed=0",
+            "health interval seconds=1.000 flow_map_full=1 drop_map_full=0 drop_events_lost=0 verdict_map_full=0 icmp_map_full=0 device_map_full=0 frag_unmatched=0 explain_events_lost=0 capture_rate_limited=0 capture_lost=0 attach_failed=0 totals_full=0",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
     }

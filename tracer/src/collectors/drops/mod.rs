@@ -118,7 +118,7 @@ impl Drops {
         Ok(Drops {
             enabled: !cli.no_drops,
             program,
-            counts: Drained::default(),
+            counts: Drained::limited(cli.totals_limit),
             cache: None,
             events: None,
             capture: match &cli.pcap_drops {
@@ -231,6 +231,10 @@ impl Collector for Drops {
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
         self.counts.drain_cached(barrier, self.cache.as_ref())
+    }
+
+    fn untotalled(&self) -> u64 {
+        self.counts.untotalled()
     }
 
     fn fill(&self) -> Option<(usize, u32)> {

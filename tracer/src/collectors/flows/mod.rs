@@ -90,6 +90,8 @@ pub struct Flows {
     devices: DeviceNames,
     /// Kfuncs may be used where the kernel has them (not `--no-kfuncs`).
     kfuncs: bool,
+    /// Keys the run totals hold (`--totals-limit`).
+    totals_limit: usize,
 }
 
 impl CacheSlot for FlowSlot {
@@ -122,6 +124,7 @@ impl Flows {
             cache: None,
             devices: DeviceNames::default(),
             kfuncs: !cli.no_kfuncs,
+            totals_limit: cli.totals_limit,
         }
     }
 }
@@ -230,7 +233,7 @@ impl Collector for Flows {
     }
 
     fn take_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.counts = Some(slots::Slots::take(ebpf)?);
+        self.counts = Some(slots::Slots::take(ebpf, self.totals_limit)?);
         self.cache = Some(Cache::take(ebpf, "FLOW_CACHE")?);
         self.devices.map = Some(take_map(ebpf, "DEVICES", BpfHashMap::try_from)?);
         Ok(())
@@ -241,6 +244,10 @@ impl Collector for Flows {
             Some(c) => c.drain(barrier, self.cache.as_ref()),
             None => Ok(()),
         }
+    }
+
+    fn untotalled(&self) -> u64 {
+        self.counts.as_ref().map_or(0, |c| c.untotalled())
     }
 
     fn fill(&self) -> Option<(usize, u32)> {

@@ -90,8 +90,9 @@ fn fingerprint(k: &FlowKey) -> usize {
 }
 
 impl Slots {
-    /// Takes the slot maps out of `ebpf` and puts every slot on the free stack.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    /// Takes the slot maps out of `ebpf` and puts every slot on the free
+    /// stack; the run totals hold at most `totals_limit` keys.
+    pub fn take(ebpf: &mut Ebpf, totals_limit: usize) -> Result<Self> {
         let generation = Generation::take(ebpf, "FLOW_GENERATION")?;
         fn mapped<T: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Mapped<T>> {
             let map = take_map(ebpf, name, |m| match m {
@@ -119,7 +120,7 @@ impl Slots {
             high,
             held: Vec::new(),
             in_use: 0,
-            tally: Tally::default(),
+            tally: Tally::limited(totals_limit),
         })
     }
 
@@ -212,6 +213,11 @@ impl Slots {
             .filter(|h| matches!(h, Held::Counting { .. }))
             .count();
         Ok(())
+    }
+
+    /// Interval entries the run totals left out (see [`Tally::untotalled`]).
+    pub fn untotalled(&self) -> u64 {
+        self.tally.untotalled()
     }
 
     /// Slots held after the last drain, and how many there are.

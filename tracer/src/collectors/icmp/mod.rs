@@ -8,6 +8,7 @@ use aya::Ebpf;
 use tracer_ebpf::{FAMILY_IPV4, FlowId, IcmpKey};
 
 use crate::{
+    cli::Cli,
     collectors::{
         Collector, Notice, SKB_FIELDS, Setup, double_buffer::Drained, fragment_of, loader,
         tally::Accumulate,
@@ -51,14 +52,15 @@ pub struct IcmpRow {
     pub count: u64,
 }
 
-#[derive(Default)]
 pub struct Icmp {
     counts: Drained<IcmpKey, u64, IcmpCount>,
 }
 
 impl Icmp {
-    pub fn new() -> Self {
-        Icmp::default()
+    pub fn new(cli: &Cli) -> Self {
+        Icmp {
+            counts: Drained::limited(cli.totals_limit),
+        }
     }
 }
 
@@ -97,6 +99,10 @@ impl Collector for Icmp {
 
     fn drain(&mut self, barrier: &Barrier) -> Result<()> {
         self.counts.drain(barrier)
+    }
+
+    fn untotalled(&self) -> u64 {
+        self.counts.untotalled()
     }
 
     fn fill(&self) -> Option<(usize, u32)> {

@@ -138,7 +138,7 @@ impl Verdicts {
             hooks: Hooks::None,
             nf_tables: None,
             kprobes: None,
-            counts: Drained::default(),
+            counts: Drained::limited(cli.totals_limit),
             cache: None,
         })
     }
@@ -305,6 +305,10 @@ impl Collector for Verdicts {
             // aya's own: the metrics read them from the `Ebpf`.
             Hooks::Kprobes => Vec::new(),
         }
+    }
+
+    fn untotalled(&self) -> u64 {
+        self.counts.untotalled()
     }
 
     fn fill(&self) -> Option<(usize, u32)> {

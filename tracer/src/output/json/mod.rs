@@ -309,6 +309,7 @@ struct JsonHealth {
     capture_rate_limited: u64,
     capture_lost: u64,
     attach_failed: u64,
+    totals_full: u64,
 }
 
 #[cfg(test)]
@@ -897,6 +898,7 @@ impl<W: Write> Sink for JsonSink<W> {
                 capture_rate_limited: r.health.capture_rate_limited,
                 capture_lost: r.health.capture_lost,
                 attach_failed: r.health.attach_failed,
+                totals_full: r.health.totals_full,
             })?;
         }
         self.out.finish()

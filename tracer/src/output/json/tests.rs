@@ -121,6 +121,7 @@ fn vxlan_flow_row_matches_the_contract() {
             capture_rate_limited: 8,
             capture_lost: 9,
             attach_failed: 0,
+            totals_full: 11,
         },
         ..Report::default()
     };
@@ -144,7 +145,7 @@ fn vxlan_flow_row_matches_the_contract() {
                            "verdict_map_full": 3, "icmp_map_full": 4, "device_map_full": 10,
                            "frag_unmatched": 5,
                            "explain_events_lost": 6, "capture_rate_limited": 8,
-                           "capture_lost": 9, "attach_failed": 0})
+                           "capture_lost": 9, "attach_failed": 0, "totals_full": 11})
     );
     assert_eq!(lines.len(), 2);
 }

@@ -70,6 +70,7 @@ fn header_line(s: &State) -> Line<'static> {
         (h.capture_rate_limited, "PCAP RATE LIMITED"),
         (h.capture_lost, "PCAP LOST"),
         (h.attach_failed, "ATTACH FAILED"),
+        (h.totals_full, "TOTALS FULL"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)

@@ -569,4 +569,5 @@ fn add_health(h: &mut Health, o: &Health) {
     h.capture_rate_limited += o.capture_rate_limited;
     h.capture_lost += o.capture_lost;
     h.attach_failed += o.attach_failed;
+    h.totals_full += o.totals_full;
 }

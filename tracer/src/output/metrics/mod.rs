@@ -213,6 +213,7 @@ impl MetricsSink {
             ("capture_rate_limited", h.capture_rate_limited),
             ("capture_lost", h.capture_lost),
             ("attach_failed", h.attach_failed),
+            ("totals_full", h.totals_full),
         ] {
             // Every event is listed from the start: a zero is a finding too.
             *t.health.entry(labels(&[("event", event)])).or_default() += n;
