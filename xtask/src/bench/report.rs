@@ -429,7 +429,18 @@ const CPU_PROFILE: &str = "A perf profile of this load's shape (tracer at 460fe8
     first eight bytes that vary among all the rows, and a few IPv6 rows (link-local \
     traffic, as in these namespaces) make their address bytes vary first, tying all \
     the IPv4 rows of a device: e7e1bb3 sorts such a run again from the byte after its \
-    digest (sorted() on 20,000 IPv4 rows and 16 IPv6 ones: 3.2-3.3 -> 1.04-1.09 ms).
+    digest (sorted() on 20,000 IPv4 rows and 16 IPv6 ones: 3.2-3.3 -> 1.04-1.09 ms). \
+    A profile of this load at ef181cd (25 s of a steady run, after its first report): \
+    the drain a quarter of tracer's samples (adding its entries to the run totals, \
+    each key hashed and looked up, 11%), naming and sorting the flow rows a fifth, \
+    paths 15%, the JSON lines 19% (the pipe writes 7%). c952f6d lets a slot keep where \
+    its key's run total is, so that the totals add there after comparing the key, \
+    without hashing it (the report harness, on this load's 20,000 keys: 1.19 -> 0.89 \
+    ms a report, medians of 15 rounds); c840099 sizes a report's conversation groups \
+    before filling them (paths 4.21/4.51/4.29 -> 4.25/4.06/4.00 ms, three interleaved \
+    pairs). Whole-agent runs of this load could not tell either apart: three runs of \
+    each, two rounds alternated, measured 1.70-3.62% of a core before and 1.77-3.89% \
+    after, the spread of a 2-vCPU VM where the load and tracer share the CPUs.
 
 During the throughput loads, most of tracer's own time was the NAT ties' conntrack \
     dumps: one per traced namespace whenever a report had a new conversation, each \
