@@ -63,7 +63,7 @@ pub struct Cli {
     /// Keys of each kind (flow and hop, drop, verdict, ICMP error) the run totals hold, a few
     /// hundred bytes each: a long run on a busy host sees new flows all day. Rows of keys beyond
     /// it are reported in their interval, left out of the totals, and counted (totals_full).
-    #[arg(long, default_value_t = 1_000_000, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 1_000_000, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 31))]
     pub totals_limit: usize,
 
     /// Show only drops for this reason (repeatable), e.g. NETFILTER_DROP; see --list-reasons.
