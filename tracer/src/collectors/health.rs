@@ -44,6 +44,25 @@ pub struct Health {
 }
 
 impl Health {
+    /// Each field by its name in the rows, in their order: the one list the
+    /// outputs write, so a new field lands here and in the struct alone.
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
+        [
+            ("flow_map_full", self.flow_map_full),
+            ("drop_map_full", self.drop_map_full),
+            ("drop_events_lost", self.drop_events_lost),
+            ("verdict_map_full", self.verdict_map_full),
+            ("icmp_map_full", self.icmp_map_full),
+            ("device_map_full", self.device_map_full),
+            ("frag_unmatched", self.frag_unmatched),
+            ("explain_events_lost", self.explain_events_lost),
+            ("capture_rate_limited", self.capture_rate_limited),
+            ("capture_lost", self.capture_lost),
+            ("attach_failed", self.attach_failed),
+            ("totals_full", self.totals_full),
+        ]
+    }
+
     pub fn any(&self) -> bool {
         *self != Health::default()
     }

@@ -362,26 +362,16 @@ impl<W: Write> Sink for TextSink<W> {
             ))?;
         }
         if r.scope == Scope::Total || (r.scope == Scope::Interval && r.health.any()) {
-            let h = &r.health;
+            let fields = fmt::from_fn(|f| {
+                for (name, n) in r.health.fields() {
+                    write!(f, " {name}={n}")?;
+                }
+                Ok(())
+            });
             self.line(format_args!(
-                "health {} seconds={:.3} flow_map_full={} drop_map_full={} drop_events_lost={} \
-                 verdict_map_full={} icmp_map_full={} device_map_full={} frag_unmatched={} \
-                 explain_events_lost={} capture_rate_limited={} capture_lost={} attach_failed={} \
-                 totals_full={}",
+                "health {} seconds={:.3}{fields}",
                 r.scope.as_str(),
                 r.elapsed.as_secs_f64(),
-                h.flow_map_full,
-                h.drop_map_full,
-                h.drop_events_lost,
-                h.verdict_map_full,
-                h.icmp_map_full,
-                h.device_map_full,
-                h.frag_unmatched,
-                h.explain_events_lost,
-                h.capture_rate_limited,
-                h.capture_lost,
-                h.attach_failed,
-                h.totals_full,
             ))?;
         }
         self.out.finish()

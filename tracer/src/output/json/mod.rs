@@ -293,23 +293,26 @@ struct JsonPath<'a> {
     notes: &'a [String],
 }
 
-#[derive(Serialize)]
-struct JsonHealth {
-    r#type: &'static str,
+/// `type`, `scope`, `seconds`, then [`Health::fields`].
+struct JsonHealth<'a> {
     scope: &'static str,
     seconds: f64,
-    flow_map_full: u64,
-    drop_map_full: u64,
-    drop_events_lost: u64,
-    verdict_map_full: u64,
-    icmp_map_full: u64,
-    device_map_full: u64,
-    frag_unmatched: u64,
-    explain_events_lost: u64,
-    capture_rate_limited: u64,
-    capture_lost: u64,
-    attach_failed: u64,
-    totals_full: u64,
+    health: &'a crate::output::Health,
+}
+
+impl Serialize for JsonHealth<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let fields = self.health.fields();
+        let mut m = s.serialize_map(Some(3 + fields.len()))?;
+        m.serialize_entry("type", "health")?;
+        m.serialize_entry("scope", self.scope)?;
+        m.serialize_entry("seconds", &self.seconds)?;
+        for (name, n) in fields {
+            m.serialize_entry(name, &n)?;
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
@@ -884,21 +887,9 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         if r.scope != Scope::First {
             self.line(&JsonHealth {
-                r#type: "health",
                 scope: r.scope.as_str(),
                 seconds: r.elapsed.as_secs_f64(),
-                flow_map_full: r.health.flow_map_full,
-                drop_map_full: r.health.drop_map_full,
-                drop_events_lost: r.health.drop_events_lost,
-                verdict_map_full: r.health.verdict_map_full,
-                icmp_map_full: r.health.icmp_map_full,
-                device_map_full: r.health.device_map_full,
-                frag_unmatched: r.health.frag_unmatched,
-                explain_events_lost: r.health.explain_events_lost,
-                capture_rate_limited: r.health.capture_rate_limited,
-                capture_lost: r.health.capture_lost,
-                attach_failed: r.health.attach_failed,
-                totals_full: r.health.totals_full,
+                health: &r.health,
             })?;
         }
         self.out.finish()

@@ -200,21 +200,7 @@ impl MetricsSink {
             ]);
             add(&mut t.icmp, key, i.count);
         }
-        let h = &r.health;
-        for (event, n) in [
-            ("flow_map_full", h.flow_map_full),
-            ("drop_map_full", h.drop_map_full),
-            ("drop_events_lost", h.drop_events_lost),
-            ("verdict_map_full", h.verdict_map_full),
-            ("icmp_map_full", h.icmp_map_full),
-            ("device_map_full", h.device_map_full),
-            ("frag_unmatched", h.frag_unmatched),
-            ("explain_events_lost", h.explain_events_lost),
-            ("capture_rate_limited", h.capture_rate_limited),
-            ("capture_lost", h.capture_lost),
-            ("attach_failed", h.attach_failed),
-            ("totals_full", h.totals_full),
-        ] {
+        for (event, n) in r.health.fields() {
             // Every event is listed from the start: a zero is a finding too.
             *t.health.entry(labels(&[("event", event)])).or_default() += n;
         }
